@@ -1,0 +1,1 @@
+"""Ray: start or join a cluster, placement, and the environment workers run in."""

@@ -1,0 +1,1 @@
+"""Evaluation: arms -> lm-eval tasks -> scores with CIs -> forgetting -> report."""

@@ -1,0 +1,1 @@
+"""Launch: the CLI, the experiment config, the pipeline and its run manifest."""

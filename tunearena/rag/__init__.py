@@ -1,0 +1,1 @@
+"""Retrieval: chunk -> embed (sentence-transformers) -> FAISS index -> retrieve -> prompt."""

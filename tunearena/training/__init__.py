@@ -1,0 +1,1 @@
+"""Training: data -> DeepSpeed engine on Ray Train workers -> checkpoints -> HF export."""
