@@ -1,0 +1,257 @@
+"""The FAISS index: build it from a corpus, persist it, load it, search it, measure recall.
+
+An index directory holds three files: ``index.faiss`` (row ``i`` is chunk ``i``),
+``chunks.jsonl`` (one chunk a line, in row order) and ``meta.json`` (factory string, embedding
+model, dim, counts, chunk parameters). ``meta.json`` is written last, so its presence marks a
+complete index.
+
+Vectors are unit-length and every index uses ``METRIC_INNER_PRODUCT``, so scores are cosine
+similarities. Recall is always measured against an exact ``Flat`` search over the same vectors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+from sentence_transformers import SentenceTransformer
+
+from tunearena.rag.chunking import Chunk, chunk_documents
+from tunearena.rag.config import RagConfig
+from tunearena.rag.corpus import load_documents
+from tunearena.rag.embed import embed_texts, load_embedder
+
+INDEX_FILE = "index.faiss"
+CHUNKS_FILE = "chunks.jsonl"
+META_FILE = "meta.json"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved chunk; ``score`` is the cosine similarity to the query."""
+
+    chunk_id: str
+    doc_id: str
+    text: str
+    score: float
+
+
+def make_index(factory: str, dim: int) -> faiss.Index:
+    """An empty inner-product index of ``dim`` dimensions from a FAISS factory string."""
+    try:
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise ValueError(f"invalid index_factory {factory!r}: {_faiss_message(e)}") from None
+
+
+def fill_index(index: faiss.Index, vectors: np.ndarray) -> faiss.Index:
+    """Train ``index`` on ``vectors`` if its type needs it, then add them (row ``i`` gets id ``i``)."""
+    _check_trainable(index, len(vectors))
+    if not index.is_trained:
+        try:
+            index.train(vectors)
+        except RuntimeError as e:
+            raise ValueError(
+                f"could not train the index on {len(vectors)} vectors: {_faiss_message(e)}"
+            ) from None
+    index.add(vectors)
+    return index
+
+
+def search_index(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, ids)``, each ``(n_queries, k)``, with search-time parameters set for ``k``.
+
+    HNSW: ``efSearch = max(64, 2k)``: the candidate list must be longer than ``k``, and 64 is
+    a common floor that keeps recall high at little cost. IVF: ``nprobe = min(nlist, max(8,
+    nlist // 8))``, an eighth of the lists but at least 8, so small indexes are searched
+    exhaustively and large ones trade a little recall for speed. Missing results have id ``-1``.
+    """
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.nprobe = min(ivf.nlist, max(8, ivf.nlist // 8))
+    # ParameterSpace reaches an HNSW graph inside wrappers (PCA, refine, IVF quantizer); it
+    # raises when the index has none.
+    with contextlib.suppress(RuntimeError):
+        faiss.ParameterSpace().set_index_parameter(index, "efSearch", max(64, 2 * k))
+    return index.search(queries, k)
+
+
+def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product ``(scores, ids)`` of ``queries`` over ``vectors`` (``IndexFlatIP``)."""
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(vectors)
+    return flat.search(queries, k)
+
+
+def recall_against_exact(
+    index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int
+) -> float:
+    """Fraction of the exact top-``k`` ids that ``index``'s top-``k`` also returns.
+
+    ``index`` must hold ``vectors`` with ids ``0..n-1`` (as ``fill_index`` adds them).
+    """
+    if len(queries) == 0:
+        raise ValueError("recall_against_exact needs at least one query")
+    _, exact_ids = exact_search(vectors, queries, k)
+    _, index_ids = search_index(index, queries, k)
+    found = sum(
+        len(set(e[e >= 0].tolist()) & set(a[a >= 0].tolist()))
+        for e, a in zip(exact_ids, index_ids, strict=True)
+    )
+    # Count only real results: with fewer than k vectors, exact search pads with -1.
+    return found / int((exact_ids >= 0).sum())
+
+
+def gold_recall_at_k(hits: Sequence[Sequence[Hit]], gold_doc_ids: Sequence[str]) -> float:
+    """Fraction of questions whose gold document is among their retrieved hits.
+
+    ``hits[i]`` are the hits for question ``i`` (its top-k), ``gold_doc_ids[i]`` its gold id.
+    """
+    if len(hits) != len(gold_doc_ids):
+        raise ValueError(f"{len(hits)} hit lists but {len(gold_doc_ids)} gold doc ids")
+    if not hits:
+        raise ValueError("gold_recall_at_k needs at least one question")
+    found = sum(
+        gold in {h.doc_id for h in q_hits} for q_hits, gold in zip(hits, gold_doc_ids, strict=True)
+    )
+    return found / len(hits)
+
+
+def build_index(cfg: RagConfig, out_dir: Path) -> dict:
+    """Chunk, embed and index ``cfg.corpus``; write the index directory ``out_dir``.
+
+    Returns a summary: ``n_documents``, ``n_chunks``, ``dim``, ``index_factory``, ``build_s``.
+    Raises ``CorpusError`` for a bad corpus and ``ValueError`` for chunks longer than the
+    embedder reads or an index that cannot be trained on this many chunks; both are checked
+    before the (slow) embedding.
+    """
+    if cfg.corpus is None:
+        raise ValueError("rag.corpus is not set: point it at a JSONL file of documents")
+    start_s = time.perf_counter()
+    docs = load_documents(cfg.corpus)
+    embedder = load_embedder(cfg.embedding_model)
+    tokenizer = embedder.tokenizer
+    # The embedder silently truncates longer inputs, which would drop the end of every chunk.
+    max_chunk_tokens = embedder.max_seq_length - tokenizer.num_special_tokens_to_add()
+    if cfg.chunk_tokens > max_chunk_tokens:
+        raise ValueError(
+            f"chunk_tokens ({cfg.chunk_tokens}) exceeds what {cfg.embedding_model!r} reads "
+            f"({max_chunk_tokens} tokens plus special tokens); lower chunk_tokens"
+        )
+    chunks = chunk_documents(docs, tokenizer, cfg.chunk_tokens, cfg.chunk_overlap_tokens)
+    dim = embedder.get_embedding_dimension()
+    index = make_index(cfg.index_factory, dim)
+    _check_trainable(index, len(chunks))
+    vectors = embed_texts(embedder, [c.text for c in chunks], cfg.embed_batch_size)
+    fill_index(index, vectors)
+    summary = {
+        "n_documents": len(docs),
+        "n_chunks": len(chunks),
+        "dim": dim,
+        "index_factory": cfg.index_factory,
+        "build_s": round(time.perf_counter() - start_s, 3),
+    }
+    meta = {
+        **summary,
+        "embedding_model": cfg.embedding_model,
+        "chunk_tokens": cfg.chunk_tokens,
+        "chunk_overlap_tokens": cfg.chunk_overlap_tokens,
+        "corpus": str(cfg.corpus),
+    }
+    _write_index_dir(Path(out_dir), index, chunks, meta)
+    return summary
+
+
+@dataclass
+class RagIndex:
+    """A built index loaded for querying: the FAISS index, its chunks (row ``i`` is
+    ``chunks[i]``), ``meta.json`` and the embedder recorded there."""
+
+    index: faiss.Index
+    chunks: list[Chunk]
+    meta: dict
+    embedder: SentenceTransformer
+
+    @classmethod
+    def load(cls, index_dir: str | Path, device: str | None = None) -> RagIndex:
+        """Load an index directory written by ``build_index``, with its embedding model."""
+        index_dir = Path(index_dir)
+        missing = [n for n in (INDEX_FILE, CHUNKS_FILE, META_FILE) if not (index_dir / n).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{index_dir}: not a complete RAG index (missing {', '.join(missing)}); "
+                "build it with build_index"
+            )
+        meta = json.loads((index_dir / META_FILE).read_text(encoding="utf-8"))
+        with (index_dir / CHUNKS_FILE).open(encoding="utf-8") as f:
+            chunks = [Chunk(**json.loads(line)) for line in f if line.strip()]
+        index = faiss.read_index(str(index_dir / INDEX_FILE))
+        if not index.ntotal == len(chunks) == meta["n_chunks"]:
+            raise ValueError(
+                f"{index_dir}: {INDEX_FILE} holds {index.ntotal} vectors, {CHUNKS_FILE} "
+                f"{len(chunks)} chunks, {META_FILE} says {meta['n_chunks']}; rebuild the index"
+            )
+        embedder = load_embedder(meta["embedding_model"], device=device)
+        if embedder.get_embedding_dimension() != index.d:
+            raise ValueError(
+                f"{index_dir}: index dim {index.d} but {meta['embedding_model']!r} embeds "
+                f"{embedder.get_embedding_dimension()} dims; rebuild the index"
+            )
+        return cls(index=index, chunks=chunks, meta=meta, embedder=embedder)
+
+    def search(self, queries: Sequence[str], k: int, batch_size: int = 64) -> list[list[Hit]]:
+        """The top-``k`` chunks for each query, best first (fewer if the index is smaller)."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1 (got {k})")
+        if not queries:
+            return []
+        vectors = embed_texts(self.embedder, queries, batch_size)
+        scores, ids = search_index(self.index, vectors, k)
+        return [
+            [_hit(self.chunks[i], s) for s, i in zip(q_scores, q_ids, strict=True) if i >= 0]
+            for q_scores, q_ids in zip(scores.tolist(), ids.tolist(), strict=True)
+        ]
+
+
+def _hit(chunk: Chunk, score: float) -> Hit:
+    return Hit(chunk_id=chunk.chunk_id, doc_id=chunk.doc_id, text=chunk.text, score=score)
+
+
+def _check_trainable(index: faiss.Index, n_vectors: int) -> None:
+    # k-means needs at least one training point per IVF list; faiss's own error names neither
+    # the factory string nor a way out.
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and ivf.nlist > n_vectors:
+        raise ValueError(
+            f"an IVF index with {ivf.nlist} lists needs at least {ivf.nlist} vectors to train, "
+            f"but there are only {n_vectors} chunks; use fewer lists (faiss wants ~39 vectors "
+            f"a list: IVF{max(1, n_vectors // 39)}) or a Flat or HNSW32 index"
+        )
+
+
+def _faiss_message(e: RuntimeError) -> str:
+    # faiss prefixes its messages with the C++ function and source location.
+    return re.sub(r"^Error in .*? at \S+:\d+: ", "", str(e)).strip()
+
+
+def _write_index_dir(out_dir: Path, index: faiss.Index, chunks: list[Chunk], meta: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = {name: out_dir / f".{name}.tmp" for name in (INDEX_FILE, CHUNKS_FILE, META_FILE)}
+    faiss.write_index(index, str(tmp[INDEX_FILE]))
+    with tmp[CHUNKS_FILE].open("w", encoding="utf-8") as f:
+        for chunk in chunks:
+            f.write(json.dumps(asdict(chunk), ensure_ascii=False) + "\n")
+    tmp[META_FILE].write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    # Drop the old meta.json first and rename the new one last, so meta.json never sits next
+    # to files from another build: its presence marks a complete index.
+    (out_dir / META_FILE).unlink(missing_ok=True)
+    for name in (INDEX_FILE, CHUNKS_FILE, META_FILE):
+        os.replace(tmp[name], out_dir / name)
