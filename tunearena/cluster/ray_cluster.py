@@ -1,0 +1,76 @@
+"""Start or join a Ray cluster, and the scaling settings Ray Train workers get."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import ray
+from ray.train import ScalingConfig
+
+from tunearena.cluster.config import ClusterConfig
+
+# Passed through to every worker when the driver has them: offline switches must hold on
+# the workers too, or a worker may try the hub that the driver was told to avoid.
+PASSTHROUGH_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME")
+
+
+def worker_env(cfg: ClusterConfig) -> dict[str, str]:
+    """Environment for worker processes.
+
+    OpenMP and torch default to one thread per core of the whole machine; with several
+    workers per node they oversubscribe the CPU, so each gets its reserved CPUs only.
+    """
+    env = {
+        "OMP_NUM_THREADS": str(cfg.cpus_per_worker),
+        "MKL_NUM_THREADS": str(cfg.cpus_per_worker),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    env |= {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
+    return env
+
+
+@contextmanager
+def ray_session(cfg: ClusterConfig) -> Iterator[None]:
+    """Connect to (or start) Ray for the duration of the block.
+
+    An already-initialised Ray (a test's cluster, a notebook) is used as it is and left running.
+    """
+    if ray.is_initialized():
+        yield
+        return
+    runtime_env = {"env_vars": worker_env(cfg)}
+    if cfg.address == "local":
+        ray.init(
+            num_cpus=cfg.num_cpus,
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            log_to_driver=True,
+        )
+    else:
+        ray.init(address=cfg.address, runtime_env=runtime_env)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def cluster_has_gpus() -> bool:
+    """Whether the connected cluster offers at least one GPU."""
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def resolve_use_gpu(cfg: ClusterConfig) -> bool:
+    """``use_gpu`` with ``auto`` decided by the connected cluster's resources."""
+    return cluster_has_gpus() if cfg.use_gpu == "auto" else bool(cfg.use_gpu)
+
+
+def scaling_config(cfg: ClusterConfig, use_gpu: bool) -> ScalingConfig:
+    """Ray Train scaling for ``cfg``: workers, their resources and their placement."""
+    return ScalingConfig(
+        num_workers=cfg.num_workers,
+        use_gpu=use_gpu,
+        resources_per_worker={"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if use_gpu else {}),
+        placement_strategy=cfg.placement,
+    )

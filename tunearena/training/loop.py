@@ -1,0 +1,200 @@
+"""What every Ray Train worker runs: one DeepSpeed engine, one data-parallel rank.
+
+The loop is kept in one function on purpose, so gradient accumulation, loss normalisation
+and every collective can be read top to bottom.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+
+from tunearena.training.batch import BatchPlan
+from tunearena.training.config import TrainingConfig
+from tunearena.training.data import IGNORE_INDEX
+from tunearena.training.ds_config import build_ds_config
+from tunearena.training.export import export_hf_model
+
+EXPORT_MARKER = "tunearena_export.json"
+"""Written into a reported checkpoint that is a Hugging Face model dir (not DeepSpeed state)."""
+
+
+def rank_zero_print(rank: int, *args) -> None:
+    """Only rank 0 speaks, so the driver's console shows one line per event."""
+    if rank == 0:
+        print(*args, flush=True)
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def _to_device(split: dict, rows: np.ndarray, device: torch.device) -> dict:
+    return {
+        "input_ids": torch.as_tensor(split["input_ids"][rows], dtype=torch.long, device=device),
+        "labels": torch.as_tensor(split["labels"][rows], dtype=torch.long, device=device),
+        "attention_mask": torch.as_tensor(split["attention_mask"][rows], device=device),
+    }
+
+
+def validation_loss(engine, split: dict, micro_batch_size: int, rank: int, world_size: int,
+                    device: torch.device) -> float:
+    """Token-weighted mean loss over the whole validation split, identical on every rank.
+
+    Every rank runs the same number of forward passes (padding its shard with zero-weight
+    rows): under ZeRO-3 each forward gathers parameters collectively, so an uneven count hangs.
+    """
+    n = len(split["input_ids"])
+    shard = np.arange(rank, n, world_size)
+    n_batches = math.ceil(math.ceil(n / world_size) / micro_batch_size)
+    loss_sum = tokens = 0.0
+    engine.eval()
+    with torch.no_grad():
+        for b in range(n_batches):
+            rows = shard[b * micro_batch_size : (b + 1) * micro_batch_size]
+            weight = 1.0 if len(rows) else 0.0
+            batch = _to_device(split, rows if len(rows) else np.array([0]), device)
+            out = engine(**batch)
+            # HF's loss is a mean over this batch's predicted tokens; undo it to weight by tokens.
+            n_tok = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            loss_sum += weight * float(out.loss) * n_tok
+            tokens += weight * n_tok
+    engine.train()
+    loss_sum, tokens = _all_reduce_sum([loss_sum, tokens], device)
+    return loss_sum / max(tokens, 1.0)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Train one stage; report metrics (and checkpoints) to Ray Train; export on rank 0."""
+    import deepspeed
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.integrations import HfDeepSpeedConfig
+
+    cfg = TrainingConfig.model_validate(config["training"])
+    ctx = ray.train.get_context()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    torch.manual_seed(cfg.seed)
+    data = ray.get(config["data_ref"])
+    train, val = data["train"], data.get("val")
+
+    plan = BatchPlan(cfg.micro_batch_size, cfg.grad_accum_steps, world_size)
+    n_train = len(train["input_ids"])
+    steps_per_epoch = plan.steps_per_epoch(n_train)
+    total_steps = plan.total_steps(n_train, cfg.epochs, cfg.max_steps)
+    bf16 = config["bf16"]
+    ds_config = build_ds_config(cfg, world_size, total_steps, bf16=bf16)
+
+    # Under ZeRO-3 this object must exist before from_pretrained, so weights are partitioned
+    # as they load instead of materialising the full model on every rank.
+    hf_ds_config = HfDeepSpeedConfig(ds_config) if cfg.zero_stage == 3 else None  # noqa: F841
+    model = AutoModelForCausalLM.from_pretrained(
+        config["model_dir"], dtype=torch.bfloat16 if bf16 else torch.float32
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=ds_config,
+        dist_init_required=False,  # Ray Train already created the process group.
+    )
+
+    rank_zero_print(
+        rank,
+        f"training: {total_steps} steps, {n_train} sequences of {train['input_ids'].shape[1]} "
+        f"tokens, global batch {plan.global_batch_size} ({cfg.micro_batch_size} x "
+        f"{cfg.grad_accum_steps} accum x {world_size} workers), ZeRO-{cfg.zero_stage}, "
+        f"{'bf16' if bf16 else 'fp32'} on {device.type}",
+    )
+    history: list[dict] = []
+    order: np.ndarray | None = None
+    t_start = time.perf_counter()
+    t_first_step = None
+    window_loss, window_micro, window_tokens, t_window = 0.0, 0, 0, time.perf_counter()
+    total_tokens = 0
+    engine.train()
+    for step in range(total_steps):
+        epoch, step_in_epoch = divmod(step, steps_per_epoch)
+        if order is None or step_in_epoch == 0:
+            # Same permutation on every rank (same seed), so rank slices never overlap.
+            order = np.random.default_rng(cfg.seed + epoch).permutation(n_train)
+        for micro in range(cfg.grad_accum_steps):
+            rows = order[plan.rank_slice(step_in_epoch, micro, rank)]
+            batch = _to_device(train, rows, device)
+            loss = engine(**batch).loss
+            # DeepSpeed divides the loss by grad_accum_steps before backward and only applies
+            # the optimizer (after averaging gradients over ranks) at the accumulation boundary.
+            engine.backward(loss)
+            engine.step()
+            window_loss += float(loss)
+            window_micro += 1
+            window_tokens += int(batch["attention_mask"].sum())
+        if t_first_step is None:
+            t_first_step = time.perf_counter() - t_start
+        last = step + 1 == total_steps
+        metrics: dict = {"step": step + 1}
+        if (step + 1) % cfg.log_every_steps == 0 or last:
+            # One all-reduce per log line: mean loss and total tokens over every rank.
+            loss_sum, n_micro, tokens = _all_reduce_sum(
+                [window_loss, window_micro, window_tokens], device
+            )
+            elapsed = time.perf_counter() - t_window
+            total_tokens += int(tokens)
+            metrics |= {
+                "train_loss": loss_sum / n_micro,
+                "tokens_per_s": tokens / elapsed,
+                "lr": engine.get_lr()[0],
+                "epoch": epoch + step_in_epoch / steps_per_epoch,
+            }
+            window_loss, window_micro, window_tokens, t_window = 0.0, 0, 0, time.perf_counter()
+        if val is not None and ((step + 1) % cfg.eval_every_steps == 0 or last):
+            metrics["val_loss"] = validation_loss(
+                engine, val, cfg.micro_batch_size, rank, world_size, device
+            )
+        if len(metrics) > 1:
+            history.append(metrics)
+            rank_zero_print(
+                rank,
+                f"step {step + 1}/{total_steps} "
+                + " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "step"),
+            )
+        if cfg.checkpoint_every_steps and (step + 1) % cfg.checkpoint_every_steps == 0 and not last:
+            with tempfile.TemporaryDirectory() as tmp:
+                engine.save_checkpoint(tmp)  # collective: every rank writes its shard
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    train_s = time.perf_counter() - t_start
+    summary = {
+        "steps": total_steps,
+        "train_tokens": total_tokens,
+        "train_s": train_s,
+        "time_to_first_step_s": t_first_step,
+        "tokens_per_s": total_tokens / train_s,
+        "global_batch_size": plan.global_batch_size,
+        "world_size": world_size,
+        "final_train_loss": next((h["train_loss"] for h in reversed(history) if "train_loss" in h), None),
+        "final_val_loss": next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None),
+        "history": history,
+    }
+    # Export: a collective under ZeRO-3 (parameters are gathered), then rank 0 alone writes.
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "model"
+        written = export_hf_model(engine, cfg.zero_stage, out, rank)
+        checkpoint = None
+        if rank == 0:
+            AutoTokenizer.from_pretrained(config["model_dir"]).save_pretrained(out)
+            (out / EXPORT_MARKER).write_text(json.dumps({"tensors": written, **summary} | {"history": None}))
+            checkpoint = ray.train.Checkpoint.from_directory(out)
+        ray.train.report(summary, checkpoint=checkpoint)
