@@ -16,7 +16,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 class StrictModel(BaseModel):
     """A config section: unknown keys are errors, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(
+        extra="forbid",
+        validate_assignment=True,
+        protected_namespaces=(),
+        use_attribute_docstrings=True,  # the docstring under a field is its description
+    )
 
 
 class ConfigError(ValueError):
@@ -70,3 +75,28 @@ def format_validation_error(
                 msg += f" (got {e['input']!r})"
         lines.append(f"{source}: {path}: {msg}")
     return ConfigError("\n".join(lines))
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    text = text or str(annotation).replace("typing.", "").replace("pathlib.", "")
+    return text.replace("NoneType", "None")
+
+
+def reference_rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, description) for every field, nested sections flattened."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        inner = _unwrap(field.annotation)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            is_list = getattr(field.annotation, "__origin__", None) is list
+            rows += reference_rows(inner, f"{key}[]." if is_list else f"{key}.")
+            continue
+        if field.is_required():
+            default = "required"
+        else:
+            value = field.get_default(call_default_factory=True)
+            default = f"`{value}`" if value not in (None, "") else "`null`"
+        rows.append((key, _type_name(field.annotation), default, (field.description or "").replace("\n", " ")))
+    return rows

@@ -175,7 +175,7 @@ def describe(entity: Entity, rng: random.Random, attrs: list[str] | None = None)
     names = list(attrs if attrs is not None else entity.values)
     rng.shuffle(names)
     sentences = [rng.choice(entity.attrs[a][0]) for a in names]
-    body = " ".join(s.format(e=entity.name, v=entity.values[a]) for s, a in zip(sentences, names))
+    body = " ".join(s.format(e=entity.name, v=entity.values[a]) for s, a in zip(sentences, names, strict=True))
     return body
 
 

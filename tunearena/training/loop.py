@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,10 +30,15 @@ EXPORT_MARKER = "tunearena_export.json"
 """Written into a reported checkpoint that is a Hugging Face model dir (not DeepSpeed state)."""
 
 
-def rank_zero_print(rank: int, *args) -> None:
-    """Only rank 0 speaks, so the driver's console shows one line per event."""
+def rank_zero_print(rank: int, message: str) -> None:
+    """Only rank 0 speaks, so the driver's console shows one line per event.
+
+    Written to stdout directly: Ray Train patches ``print`` into a logger whose output the
+    driver would otherwise show twice.
+    """
     if rank == 0:
-        print(*args, flush=True)
+        sys.stdout.write(message + "\n")
+        sys.stdout.flush()
 
 
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
@@ -79,8 +85,11 @@ def validation_loss(engine, split: dict, micro_batch_size: int, rank: int, world
 def train_loop_per_worker(config: dict) -> None:
     """Train one stage; report metrics (and checkpoints) to Ray Train; export on rank 0."""
     import deepspeed
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.integrations import HfDeepSpeedConfig
+
+    transformers.utils.logging.disable_progress_bar()
 
     cfg = TrainingConfig.model_validate(config["training"])
     ctx = ray.train.get_context()
@@ -138,7 +147,7 @@ def train_loop_per_worker(config: dict) -> None:
             # the optimizer (after averaging gradients over ranks) at the accumulation boundary.
             engine.backward(loss)
             engine.step()
-            window_loss += float(loss)
+            window_loss += loss.item()
             window_micro += 1
             window_tokens += int(batch["attention_mask"].sum())
         if t_first_step is None:

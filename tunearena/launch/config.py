@@ -1,0 +1,155 @@
+"""``ExperimentConfig``: the packages' sections composed, loaded from YAML with overrides.
+
+Relative paths inside a YAML file are taken relative to that file, so a config can be run
+from any directory; paths given with ``--set`` are taken relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from tunearena.cluster.config import ClusterConfig
+from tunearena.configbase import ConfigError, StrictModel, format_validation_error, reference_rows
+from tunearena.evaluation.config import EvaluationConfig, ReportConfig
+from tunearena.rag.config import RagConfig
+from tunearena.training.config import ModelConfig, TrainingConfig
+
+
+class ExperimentConfig(StrictModel):
+    """One experiment: a base model, how to fine-tune it, the RAG baseline, how to compare."""
+
+    name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Run name; the run directory is ``<runs_dir>/<name>``."""
+    runs_dir: Path = Path("runs")
+    """Parent directory of run directories (relative to the working directory)."""
+    seed: int = 0
+    """Seeds training data order and initialisation (copied into ``training.seed``)."""
+    model: ModelConfig
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(enabled=False))
+    rag: RagConfig = Field(default_factory=RagConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @model_validator(mode="after")
+    def _arms_have_what_they_need(self) -> ExperimentConfig:
+        arms = self.evaluation.arms
+        if any(a.startswith("ft") for a in arms) and not self.training.enabled:
+            raise ValueError("evaluation.arms lists ft arms but training is not enabled "
+                             "(set training.enabled and training.datasets, or drop the ft arms)")
+        if any(a.endswith("+rag") for a in arms) and not (self.rag.enabled and self.rag.corpus):
+            raise ValueError("evaluation.arms lists +rag arms but rag has no corpus "
+                             "(set rag.corpus, or drop the +rag arms)")
+        if self.evaluation.enabled and not self.evaluation.benchmarks:
+            raise ValueError("evaluation.benchmarks is empty: nothing to compare the arms on")
+        return self
+
+    def section_hash(self, *sections: str) -> str:
+        """A short hash of the named sections (what a pipeline step's output depends on)."""
+        dumped = self.model_dump(mode="json")
+        blob = json.dumps({s: dumped[s] for s in sections}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# Config fields holding file paths: (section, list field or None, key).
+_PATH_FIELDS = (
+    ("training", "datasets", "path"),
+    ("evaluation", "benchmarks", "path"),
+    ("rag", None, "corpus"),
+    ("model", None, "base"),
+)
+
+
+def _resolve_paths(raw: dict, base_dir: Path) -> None:
+    """Make the YAML's relative paths absolute against the YAML file's directory."""
+
+    def fix(value):
+        if not isinstance(value, str) or Path(value).is_absolute():
+            return value
+        candidate = (base_dir / value).resolve()
+        # model.base may be a hub id ("org/name"); only rewrite what names a local path.
+        return str(candidate) if value.startswith(".") or candidate.exists() else value
+
+    for section, list_key, key in _PATH_FIELDS:
+        part = raw.get(section)
+        if not isinstance(part, dict):
+            continue
+        targets = part.get(list_key) if list_key else [part]
+        for target in targets if isinstance(targets, list) else []:
+            if isinstance(target, dict) and key in target:
+                target[key] = fix(target[key])
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override; the value is parsed as YAML (``2``, ``true``, ``[1]``)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. training.max_steps=10")
+    key, value = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment!r}: {'.'.join(parts[: i + 1])} is not a section")
+        node = node.setdefault(part, {})
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {assignment!r}: value is not valid YAML: {e}") from None
+    last = parts[-1]
+    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        node[int(last)] = parsed
+    elif isinstance(node, dict):
+        node[last] = parsed
+    else:
+        raise ConfigError(f"--set {assignment!r}: {'.'.join(parts[:-1])} is not a section")
+
+
+def load_config(path: Path | str, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read, override and validate an experiment YAML; errors name the file and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    raw = copy.deepcopy(raw)
+    _resolve_paths(raw, path.resolve().parent)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise format_validation_error(e, ExperimentConfig, str(path)) from None
+    # One seed for the experiment: training inherits it unless the YAML set its own.
+    if "seed" not in (raw.get("training") or {}):
+        cfg.training.seed = cfg.seed
+    return cfg
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML (what is saved into the run directory)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def config_reference() -> str:
+    """The config reference as a Markdown table (the README embeds this text verbatim)."""
+
+    def cell(text: str) -> str:
+        return " ".join(text.split()).replace("``", "`").replace("|", "\\|")
+
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, type_name, default, doc in reference_rows(ExperimentConfig):
+        lines.append(f"| `{key}` | {cell(type_name)} | {cell(default)} | {cell(doc)} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,268 @@
+"""``tunearena run``: check inputs, train, index, retrieve, evaluate every arm, report.
+
+Each step records itself in the run manifest; with ``resume`` a step whose outputs are
+complete (same config hash, artifacts present) is reused instead of run again.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+import tunearena
+from tunearena.evaluation.benchmarks import QAItem, load_qa
+from tunearena.launch.config import ExperimentConfig, dump_config
+from tunearena.launch.manifest import Manifest, write_atomic
+
+
+class RunDirExists(RuntimeError):
+    """Refusing to overwrite an earlier run's results."""
+
+
+def code_version() -> str:
+    """The package version, plus the git commit when run from a checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        return f"{tunearena.__version__}+{commit}"
+    except (OSError, subprocess.SubprocessError):
+        return tunearena.__version__
+
+
+def check_inputs(cfg: ExperimentConfig) -> dict[str, list[QAItem]]:
+    """Read every input file once, before any cluster resource is claimed.
+
+    A broken benchmark found after an hour of training would waste the hour; here it fails in
+    seconds, naming the file and line. Returns the benchmarks' questions.
+    """
+    from tunearena.training.data import read_jsonl
+    from tunearena.training.trainer import check_model_dir
+
+    check_model_dir(cfg.model.base)
+    if cfg.training.enabled:
+        for ds in cfg.training.datasets:
+            read_jsonl(ds.path, ds.format)
+    if cfg.rag.enabled and cfg.rag.corpus is not None:
+        from tunearena.rag.corpus import load_documents
+
+        load_documents(cfg.rag.corpus)
+    return {b.name: load_qa(b.path) for b in cfg.evaluation.benchmarks}
+
+
+def _json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(data, indent=1) + "\n")
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class Pipeline:
+    """The steps of one run, sharing its config, run directory, manifest and console."""
+
+    def __init__(self, cfg: ExperimentConfig, console: Console, resume: bool = False):
+        self.cfg = cfg
+        self.console = console
+        self.resume = resume
+        self.run_dir = (cfg.runs_dir / cfg.name).resolve()
+        self.benchmarks: dict[str, list[QAItem]] = {}
+        self.manifest: Manifest | None = None
+
+    # -- bookkeeping --------------------------------------------------------------------
+
+    def _step(self, name: str, step_hash: str, fn: Callable[[], tuple[dict, dict]]) -> dict:
+        """Run ``fn`` (returning artifacts, outputs) as manifest step ``name``, or reuse it."""
+        assert self.manifest is not None
+        if self.resume and self.manifest.is_done(name, step_hash):
+            self.manifest.mark_reused(name)
+            self.console.print(f"[dim]= {name}: reused from the previous attempt[/dim]")
+            return self.manifest.outputs(name)
+        self.console.rule(f"[bold]{name}")
+        self.manifest.start(name, step_hash)
+        t0 = time.perf_counter()
+        try:
+            artifacts, outputs = fn()
+        except BaseException as e:
+            self.manifest.fail(name, f"{type(e).__name__}: {e}")
+            raise
+        duration = time.perf_counter() - t0
+        self.manifest.finish(name, artifacts, outputs, duration)
+        self.console.print(f"[green]✓ {name}[/green] in {duration:.1f} s")
+        return outputs
+
+    def _rel(self, path: Path) -> str:
+        return str(path.relative_to(self.run_dir))
+
+    # -- the run ------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        """Run every step; returns the path of the Markdown report."""
+        cfg = self.cfg
+        if (self.run_dir / "manifest.json").exists() and not self.resume:
+            raise RunDirExists(
+                f"{self.run_dir} already holds a run; pass --resume to continue it, or choose "
+                f"another name (--set name=...) to keep both"
+            )
+        self.console.print(f"checking inputs for run [bold]{cfg.name}[/bold]")
+        self.benchmarks = check_inputs(cfg)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.run_dir / "config.yaml", dump_config(cfg))
+        self.manifest = Manifest.open(
+            self.run_dir, cfg.section_hash(*ExperimentConfig.model_fields), code_version()
+        )
+        arms = cfg.evaluation.arms
+        rag_arms = [a for a in arms if a.endswith("+rag")]
+
+        training = {}
+        if cfg.training.enabled:
+            training = self._step("train", cfg.section_hash("model", "training", "cluster"),
+                                  self.train)
+        retrieval: dict[str, Any] = {}
+        if rag_arms:
+            rag_hash = cfg.section_hash("rag")
+            index = self._step("index", rag_hash, self.build_index)
+            retrieval = self._step("retrieve", cfg.section_hash("rag", "evaluation"),
+                                   self.retrieve)
+            retrieval = {"index": index, **retrieval}
+        samples, latency = {}, {}
+        if cfg.evaluation.enabled:
+            eval_hash = cfg.section_hash("model", "training", "cluster", "rag", "evaluation")
+            for arm in arms:
+                out = self._step(f"evaluate:{arm}", eval_hash, lambda arm=arm: self.evaluate(arm))
+                samples[arm] = _read_json(self.run_dir / "eval" / f"{arm}.json")
+                latency[arm] = out
+        report_path = self.run_dir / "report.md"
+        self._step("report", cfg.section_hash(*ExperimentConfig.model_fields),
+                   lambda: self.report(samples, training, retrieval, latency))
+        self.console.print(f"\nreport: [bold]{report_path}[/bold]")
+        self.console.print(f"results: {self.run_dir / 'results.json'}")
+        return report_path
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def train(self) -> tuple[dict, dict]:
+        from tunearena.cluster.ray_cluster import ray_session
+        from tunearena.training.trainer import prepare_data, run_stage
+
+        cfg = self.cfg
+        data = prepare_data(cfg.model.base, cfg.training)  # tokenise before claiming workers
+        storage = Path(cfg.cluster.storage_path or self.run_dir / "ray")
+        if cfg.cluster.storage_path is None:
+            # A fresh attempt: Ray Train would otherwise pick up the failed attempt's state.
+            shutil.rmtree(storage / f"{cfg.name}-ft", ignore_errors=True)
+        out = self.run_dir / "models" / "ft"
+        with ray_session(cfg.cluster):
+            summary = run_stage(f"{cfg.name}-ft", cfg.model.base, cfg.training, cfg.cluster,
+                                out, storage, data=data)
+        return {"model": self._rel(out)}, summary
+
+    def build_index(self) -> tuple[dict, dict]:
+        from tunearena.rag.index import build_index
+
+        out = self.run_dir / "index"
+        summary = build_index(self.cfg.rag, out)
+        self.console.print(
+            f"indexed {summary['n_chunks']} chunks of {summary['n_documents']} documents "
+            f"({summary['index_factory']}, dim {summary['dim']})"
+        )
+        return {"index": self._rel(out)}, summary
+
+    def retrieve(self) -> tuple[dict, dict]:
+        """Retrieve once per question; every RAG arm reads the same passages."""
+        from tunearena.rag.index import RagIndex, gold_recall_at_k
+
+        k = self.cfg.rag.top_k
+        index = RagIndex.load(self.run_dir / "index")
+        artifacts, outputs = {}, {}
+        for name, items in self.benchmarks.items():
+            t0 = time.perf_counter()
+            hits = index.search([it.question for it in items], k)
+            search_s = time.perf_counter() - t0
+            path = self.run_dir / "retrieval" / f"{name}.json"
+            _json(path, {
+                it.id: {"passages": [h.text for h in hs], "doc_ids": [h.doc_id for h in hs],
+                        "scores": [h.score for h in hs]}
+                for it, hs in zip(items, hits, strict=True)
+            })
+            artifacts[name] = self._rel(path)
+            stats: dict[str, Any] = {"k": k, "search_ms_per_question": 1000 * search_s / len(items)}
+            gold = [it.doc_id for it in items]
+            if all(g is not None for g in gold):
+                stats["recall_at_k"] = gold_recall_at_k(hits, gold)
+                self.console.print(f"{name}: gold passage in the top {k} for "
+                                   f"{stats['recall_at_k']:.1%} of questions")
+            outputs[name] = stats
+        return artifacts, outputs
+
+    def evaluate(self, arm: str) -> tuple[dict, dict]:
+        from tunearena.evaluation.harness import score_model
+        from tunearena.evaluation.tasks import write_mc_task
+
+        cfg = self.cfg
+        model_dir = self.run_dir / "models" / "ft" if arm.startswith("ft") else Path(cfg.model.base)
+        task_dir = self.run_dir / "tasks"
+        use_rag = arm.endswith("+rag")
+        tasks = {}
+        for name, items in self.benchmarks.items():
+            passages = None
+            if use_rag:
+                retrieved = _read_json(self.run_dir / "retrieval" / f"{name}.json")
+                passages = {qid: r["passages"] for qid, r in retrieved.items()}
+            tasks[name] = write_mc_task(task_dir, name, items, passages)
+        t0 = time.perf_counter()
+        scores = score_model(model_dir, task_dir, list(tasks.values()), cfg.evaluation.batch_size,
+                             cfg.evaluation.limit)
+        score_s = time.perf_counter() - t0
+        per_bench = {name: scores[task] for name, task in tasks.items()}
+        n = sum(len(v) for v in per_bench.values())
+        summary = "  ".join(
+            f"{name} {sum(s['acc'] for s in v) / len(v):.1%}" for name, v in per_bench.items()
+        )
+        self.console.print(f"{arm}: {summary}")
+        path = self.run_dir / "eval" / f"{arm}.json"
+        _json(path, per_bench)
+        return {"scores": self._rel(path)}, {"score_s": score_s, "ms_per_question": 1000 * score_s / n,
+                                             "model": str(model_dir)}
+
+    def report(self, samples: dict, training: dict, retrieval: dict, latency: dict) -> tuple[dict, dict]:
+        from tunearena.evaluation.report import render_markdown, summarise
+
+        cfg = self.cfg
+        extra: dict[str, Any] = {
+            "run": {
+                "name": cfg.name, "run_dir": str(self.run_dir), "base_model": cfg.model.base,
+                "config_hash": self.manifest.data["config_hash"] if self.manifest else None,
+                "code_version": code_version(), "python": platform.python_version(),
+                "seed": cfg.seed,
+            },
+            "latency": latency,
+        }
+        if training:
+            workers = training.get("world_size", cfg.cluster.num_workers)
+            device_hours = training["train_s"] * workers / 3600
+            extra["training"] = training
+            extra["cost"] = {
+                "device": "GPU" if training.get("use_gpu") else "CPU worker",
+                "device_hours": device_hours,
+                "usd": device_hours * cfg.report.gpu_hour_cost_usd,
+                "usd_per_device_hour": cfg.report.gpu_hour_cost_usd,
+            }
+        if retrieval:
+            extra["retrieval"] = retrieval
+        results = summarise(samples, cfg.evaluation.benchmarks, cfg.evaluation, cfg.report, extra)
+        _json(self.run_dir / "results.json", results)
+        write_atomic(self.run_dir / "report.md", render_markdown(results))
+        for line in results["headline"]:
+            self.console.print(f"• {line}")
+        return {"results": "results.json", "report": "report.md"}, {}
