@@ -23,7 +23,7 @@ import torch.distributed as dist
 from tunearena.training.batch import BatchPlan
 from tunearena.training.config import TrainingConfig
 from tunearena.training.data import IGNORE_INDEX
-from tunearena.training.ds_config import build_ds_config
+from tunearena.training.ds_config import build_ds_config, build_lr_scheduler
 from tunearena.training.export import export_hf_model
 
 EXPORT_MARKER = "tunearena_export.json"
@@ -86,6 +86,7 @@ def train_loop_per_worker(config: dict) -> None:
     """Train one stage; report metrics (and checkpoints) to Ray Train; export on rank 0."""
     import deepspeed
     import transformers
+    from deepspeed.accelerator import get_accelerator
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.integrations import HfDeepSpeedConfig
 
@@ -107,6 +108,12 @@ def train_loop_per_worker(config: dict) -> None:
     bf16 = config["bf16"]
     ds_config = build_ds_config(cfg, world_size, total_steps, bf16=bf16)
 
+    # DeepSpeed's comm layer must wrap Ray Train's process group before zero.Init (inside
+    # from_pretrained under ZeRO-3) parses the config; otherwise it sees world size 1 and
+    # rejects train_batch_size. deepspeed.initialize makes the same call, a no-op after this.
+    deepspeed.init_distributed(
+        dist_backend=get_accelerator().communication_backend_name(), dist_init_required=False
+    )
     # Under ZeRO-3 this object must exist before from_pretrained, so weights are partitioned
     # as they load instead of materialising the full model on every rank.
     hf_ds_config = HfDeepSpeedConfig(ds_config) if cfg.zero_stage == 3 else None  # noqa: F841
@@ -117,6 +124,7 @@ def train_loop_per_worker(config: dict) -> None:
         model=model,
         model_parameters=[p for p in model.parameters() if p.requires_grad],
         config=ds_config,
+        lr_scheduler=lambda optimizer: build_lr_scheduler(optimizer, cfg, total_steps),
         dist_init_required=False,  # Ray Train already created the process group.
     )
 
@@ -165,7 +173,7 @@ def train_loop_per_worker(config: dict) -> None:
                 "train_loss": loss_sum / n_micro,
                 "tokens_per_s": tokens / elapsed,
                 "lr": engine.get_lr()[0],
-                "epoch": epoch + step_in_epoch / steps_per_epoch,
+                "epoch": (step + 1) / steps_per_epoch,  # epochs completed after this step
             }
             window_loss, window_micro, window_tokens, t_window = 0.0, 0, 0, time.perf_counter()
         if val is not None and ((step + 1) % cfg.eval_every_steps == 0 or last):
@@ -198,12 +206,14 @@ def train_loop_per_worker(config: dict) -> None:
         "history": history,
     }
     # Export: a collective under ZeRO-3 (parameters are gathered), then rank 0 alone writes.
+    # The full summary (loss history included) travels inside the exported dir; the metrics
+    # reported to Ray stay small, since Ray echoes them on the console.
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model"
         written = export_hf_model(engine, cfg.zero_stage, out, rank)
         checkpoint = None
         if rank == 0:
             AutoTokenizer.from_pretrained(config["model_dir"]).save_pretrained(out)
-            (out / EXPORT_MARKER).write_text(json.dumps({"tensors": written, **summary} | {"history": None}))
+            (out / EXPORT_MARKER).write_text(json.dumps({"tensors": written, **summary}))
             checkpoint = ray.train.Checkpoint.from_directory(out)
-        ray.train.report(summary, checkpoint=checkpoint)
+        ray.train.report({k: v for k, v in summary.items() if k != "history"}, checkpoint=checkpoint)

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import ray
-from ray.train import CheckpointConfig, RunConfig
+from ray.train import CheckpointConfig, LoggingConfig, RunConfig
 from ray.train.torch import TorchTrainer
 
 from tunearena.cluster.config import ClusterConfig
@@ -84,6 +84,8 @@ def run_stage(
             storage_path=str(storage_path),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             worker_runtime_env={"env_vars": worker_env(cluster)},
+            # Ray Train's INFO lines repeat every reported metric; our rank 0 logs progress.
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
     result = trainer.fit()
@@ -98,8 +100,8 @@ def run_stage(
         shutil.copytree(ckpt, tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
-    summary = dict(result.metrics)
+    summary = json.loads((out_dir / EXPORT_MARKER).read_text())
     summary |= {"train_sequences": len(train), "val_sequences": len(val) if val is not None else 0,
                 "train_loss_tokens": train.loss_tokens, "bf16": bf16, "use_gpu": use_gpu}
-    (out_dir / EXPORT_MARKER).write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
+    (out_dir / EXPORT_MARKER).write_text(json.dumps(summary, indent=1))
     return summary

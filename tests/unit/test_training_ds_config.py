@@ -1,0 +1,120 @@
+"""build_ds_config: a pure function of the training config, checked per ZeRO stage.
+
+The dicts are also fed to DeepSpeed's own parser (``DeepSpeedConfig``) and the scheduler
+parameters to DeepSpeed's own ``WarmupCosineLR``, so a key DeepSpeed renames or rejects fails
+here rather than on a cluster.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from deepspeed.runtime.config import DeepSpeedConfig
+
+from tunearena.training.config import TrainingConfig
+from tunearena.training.ds_config import build_ds_config, build_lr_scheduler, lr_ratio
+
+
+def make_cfg(**overrides) -> TrainingConfig:
+    return TrainingConfig(datasets=[{"path": "train.jsonl"}], **overrides)
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_zero_section_per_stage(stage):
+    zero = build_ds_config(make_cfg(zero_stage=stage), 2, 10, bf16=False)["zero_optimization"]
+    assert zero["stage"] == stage
+    # Stages 2 and 3 partition gradients: bucket them contiguously and overlap the reduction.
+    assert zero.get("contiguous_gradients", False) is (stage >= 2)
+    assert zero.get("overlap_comm", False) is (stage >= 2)
+    # Only ZeRO-3 partitions parameters, so only it must gather them for a saved model.
+    assert zero.get("stage3_gather_16bit_weights_on_model_save", False) is (stage == 3)
+
+
+@pytest.mark.parametrize(("micro", "accum", "world"), [(1, 1, 1), (8, 1, 2), (2, 4, 3), (4, 2, 16)])
+def test_batch_sizes_are_consistent(micro, accum, world):
+    cfg = make_cfg(micro_batch_size=micro, grad_accum_steps=accum)
+    ds = build_ds_config(cfg, world, 10, bf16=False)
+    assert ds["train_micro_batch_size_per_gpu"] == micro
+    assert ds["gradient_accumulation_steps"] == accum
+    assert ds["train_batch_size"] == micro * accum * world
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_precision_flags(bf16):
+    ds = build_ds_config(make_cfg(), 2, 10, bf16=bf16)
+    assert ds["bf16"] == {"enabled": bf16}
+    assert ds["fp16"] == {"enabled": False}  # fp16 is never used: bf16 on GPU, fp32 on CPU
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.5, 1.0])
+def test_gradient_clipping(clip):
+    assert build_ds_config(make_cfg(grad_clip=clip), 2, 10, bf16=False)["gradient_clipping"] == clip
+
+
+def test_optimizer_carries_the_training_config():
+    cfg = make_cfg(lr=3e-4, weight_decay=0.1)
+    opt = build_ds_config(cfg, 2, 10, bf16=False)["optimizer"]
+    assert opt["type"] == "AdamW"
+    assert opt["params"]["lr"] == 3e-4
+    assert opt["params"]["weight_decay"] == 0.1
+    assert opt["params"]["torch_adam"] is True  # no compiled fused Adam on CPU
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("bf16", [True, False])
+def test_deepspeed_parser_accepts_the_config(stage, bf16):
+    # Outside a process group DeepSpeedConfig assumes world size 1, so its own check of
+    # train_batch_size == micro x accum x world can only be run for world_size=1 here; the
+    # integration tests run the generated config on two real ranks.
+    cfg = make_cfg(zero_stage=stage, micro_batch_size=2, grad_accum_steps=3, grad_clip=0.5)
+    parsed = DeepSpeedConfig(build_ds_config(cfg, 1, 20, bf16=bf16))
+    assert parsed.world_size == 1
+    assert parsed.train_batch_size == 6
+    assert parsed.train_micro_batch_size_per_gpu == 2
+    assert parsed.gradient_accumulation_steps == 3
+    assert parsed.zero_optimization_stage == stage
+    assert parsed.zero_config.gather_16bit_weights_on_model_save is (stage == 3)
+    assert parsed.bfloat16_config.enabled is bf16
+    assert parsed.gradient_clipping == 0.5
+    assert parsed.optimizer_name == "adamw"
+    assert parsed.scheduler_name is None  # the schedule is handed to deepspeed.initialize
+
+
+def test_deepspeed_parser_rejects_a_world_size_mismatch():
+    # The reason build_ds_config states all three batch numbers: a wrong world size fails.
+    with pytest.raises(AssertionError, match="train_batch_size is not equal"):
+        DeepSpeedConfig(build_ds_config(make_cfg(), 2, 20, bf16=False))
+
+
+def _lrs_seen_by_optimizer_steps(cfg: TrainingConfig, total_steps: int) -> tuple[list, float]:
+    """The lr of each optimizer step, and the lr after the last one, stepping the scheduler
+    as DeepSpeed's engine does (once after every optimizer step, never before the first)."""
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    scheduler = build_lr_scheduler(optimizer, cfg, total_steps)
+    lrs = []
+    for _ in range(total_steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs, optimizer.param_groups[0]["lr"]
+
+
+def test_schedule_warms_up_linearly_then_decays_to_min_lr_at_the_last_step():
+    cfg = make_cfg(lr=1.0, warmup_steps=3, min_lr_ratio=0.1)
+    lrs, _ = _lrs_seen_by_optimizer_steps(cfg, 12)
+    assert lrs[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert lrs[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lrs[2:-1], lrs[3:], strict=True))
+
+
+def test_no_warmup_means_the_first_step_trains_at_peak_lr():
+    lrs, _ = _lrs_seen_by_optimizer_steps(make_cfg(lr=1.0, warmup_steps=0, min_lr_ratio=0.0), 10)
+    assert lrs[0] == pytest.approx(1.0)
+    assert lrs[-1] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("total_steps", [1, 2, 5])
+def test_short_runs_and_long_warmups_stay_in_range(total_steps):
+    for warmup in (0, 3, 50):
+        ratios = [lr_ratio(s, warmup, total_steps, 0.2) for s in range(total_steps)]
+        assert all(0.0 < r <= 1.0 for r in ratios), (warmup, ratios)
