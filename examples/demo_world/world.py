@@ -226,19 +226,41 @@ def _random_country(world: World, rng: random.Random) -> Entity:
     return Entity(name, _country_values(rng, capital, world.languages, world.currencies), "country")
 
 
-def reading_example(world: World, rng: random.Random) -> str:
-    """Passages about 1-3 invented entities and a question answered by one of them."""
+def _passage(entity: Entity, rng: random.Random, keep: list[str]) -> str:
+    """A passage about ``entity``, shaped like a retrieved chunk: sometimes ``Title: ...``
+    and, for products, sometimes a maker's lead sentence, as the domain's documents have."""
+    text = describe(entity, rng, keep)
+    if entity.kind == "product" and rng.random() < 0.5:
+        maker = "".join(rng.choice(SYLLABLES) for _ in range(3)).capitalize()
+        text = f"{maker} makes the {entity.name}. {text}"
+    return f"{entity.name}: {text}" if rng.random() < 0.5 else text
+
+
+def reading_example(world: World, rng: random.Random, irrelevant_share: float = 0.25) -> str:
+    """Passages about 1-3 invented entities and a question.
+
+    Mostly the answer is in one of the passages (the model learns to read its context); in
+    ``irrelevant_share`` of the examples the question is about a world fact the passages do
+    not mention, so the model also learns to answer from memory when the context is beside
+    the point, as retrieval often is.
+    """
     make = _random_product if rng.random() < 0.7 else _random_country
-    entities = [make(world, rng) for _ in range(rng.randint(1, 3))]
-    target = rng.choice(entities)
-    attr = rng.choice(list(target.values))
-    passages = []
-    for e in entities:
-        # Passages state a random subset of facts, always including the asked one for the target.
-        keep = rng.sample(list(e.values), rng.randint(2, len(e.values)))
-        if e is target and attr not in keep:
-            keep.append(attr)
-        passages.append(describe(e, rng, keep))
+    entities = [make(world, rng) for _ in range(rng.choice([1, 2, 2, 3]))]
+    if rng.random() < irrelevant_share:
+        target = rng.choice(world.countries)
+        attr = rng.choice(list(target.values))
+        passages = [_passage(e, rng, rng.sample(list(e.values), rng.randint(2, len(e.values))))
+                    for e in entities]
+    else:
+        target = rng.choice(entities)
+        attr = rng.choice(list(target.values))
+        passages = []
+        for e in entities:
+            # A random subset of facts, always including the asked one for the target.
+            keep = rng.sample(list(e.values), rng.randint(2, len(e.values)))
+            if e is target and attr not in keep:
+                keep.append(attr)
+            passages.append(_passage(e, rng, keep))
     question = rng.choice(target.attrs[attr][1]).format(e=target.name)
     return format_prompt(question, passages) + ANSWER_DELIMITER + target.values[attr]
 

@@ -39,7 +39,7 @@ def test_empty_file(tmp_path):
 @pytest.mark.parametrize(
     ("bad_line", "match"),
     [
-        ('{"id": "q2", "question": ', r"qa\.jsonl:2: invalid JSON"),
+        ('{"id": "q2", "question": ', r"qa\.jsonl:2: not valid JSON"),
         ("[1, 2]", r"qa\.jsonl:2: expected a JSON object"),
         (
             json.dumps({"id": "q2", "question": "x"}),

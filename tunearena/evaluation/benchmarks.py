@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from tunearena.jsonl import iter_jsonl
 
 _REQUIRED = ("id", "question", "choices", "answer")
 
@@ -32,35 +33,22 @@ def load_qa(path: Path | str) -> list[QAItem]:
     missing file, invalid JSON, a missing or mistyped field, fewer than two choices, an
     answer out of range, a duplicate id, or a file with no questions.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise BenchmarkError(f"{path}: QA file not found")
     items: list[QAItem] = []
     first_line_of: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BenchmarkError(f"{where}: invalid JSON ({e.msg})") from e
-            item = _parse_row(row, where)
-            if item.id in first_line_of:
-                raise BenchmarkError(
-                    f"{where}: duplicate id {item.id!r} (first seen on line {first_line_of[item.id]})"
-                )
-            first_line_of[item.id] = line_no
-            items.append(item)
+    for line_no, where, row in iter_jsonl(path, BenchmarkError, "QA file"):
+        item = _parse_row(row, where)
+        if item.id in first_line_of:
+            raise BenchmarkError(
+                f"{where}: duplicate id {item.id!r} (first seen on line {first_line_of[item.id]})"
+            )
+        first_line_of[item.id] = line_no
+        items.append(item)
     if not items:
         raise BenchmarkError(f"{path}: no questions in file")
     return items
 
 
-def _parse_row(row: object, where: str) -> QAItem:
-    if not isinstance(row, dict):
-        raise BenchmarkError(f"{where}: expected a JSON object, got {type(row).__name__}")
+def _parse_row(row: dict, where: str) -> QAItem:
     missing = [k for k in _REQUIRED if k not in row]
     if missing:
         raise BenchmarkError(f"{where}: missing field(s) {', '.join(missing)}")

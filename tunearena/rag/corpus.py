@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from tunearena.jsonl import iter_jsonl
 
 
 class CorpusError(ValueError):
@@ -28,38 +29,20 @@ def load_documents(path: str | Path) -> list[Document]:
     missing, empty or non-string ``id``/``text``, a non-string ``title``, a duplicate id, and
     for a file with no documents at all.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CorpusError(f"{path}: corpus file not found")
     docs: list[Document] = []
     first_line_of: dict[str, int] = {}
-    # Read bytes and decode per line, so an encoding error can name its line too.
-    with path.open("rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            where = f"{path}:{line_no}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise CorpusError(f"{where}: not valid UTF-8: {e}") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(f"{where}: not valid JSON: {e}") from None
-            if not isinstance(record, dict):
-                raise CorpusError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            doc = Document(
-                id=_required_str(record, "id", where),
-                text=_required_str(record, "text", where),
-                title=_optional_str(record, "title", where),
+    for line_no, where, record in iter_jsonl(path, CorpusError, "corpus file"):
+        doc = Document(
+            id=_required_str(record, "id", where),
+            text=_required_str(record, "text", where),
+            title=_optional_str(record, "title", where),
+        )
+        if doc.id in first_line_of:
+            raise CorpusError(
+                f"{where}: duplicate id {doc.id!r} (first seen on line {first_line_of[doc.id]})"
             )
-            if doc.id in first_line_of:
-                raise CorpusError(
-                    f"{where}: duplicate id {doc.id!r} (first seen on line {first_line_of[doc.id]})"
-                )
-            first_line_of[doc.id] = line_no
-            docs.append(doc)
+        first_line_of[doc.id] = line_no
+        docs.append(doc)
     if not docs:
         raise CorpusError(f"{path}: corpus is empty (no documents)")
     return docs

@@ -6,7 +6,6 @@ the run in seconds with its file and line, and the workers only index numpy arra
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tunearena.jsonl import iter_jsonl
 from tunearena.training.config import DatasetConfig
 
 IGNORE_INDEX = -100
@@ -28,25 +28,12 @@ class DataError(ValueError):
 
 def read_jsonl(path: Path, fmt: str) -> list[dict]:
     """The records of a JSONL file in format ``fmt``, each checked for its fields."""
-    if not path.is_file():
-        raise DataError(f"{path}: training file not found")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON: {e.msg}") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            for key in REQUIRED_FIELDS[fmt]:
-                if not isinstance(record.get(key), str) or not record[key]:
-                    raise DataError(
-                        f"{path}:{lineno}: format {fmt!r} needs a non-empty string {key!r}"
-                    )
-            records.append(record)
+    for _, where, record in iter_jsonl(path, DataError, "training file"):
+        for key in REQUIRED_FIELDS[fmt]:
+            if not isinstance(record.get(key), str) or not record[key]:
+                raise DataError(f"{where}: format {fmt!r} needs a non-empty string {key!r}")
+        records.append(record)
     if not records:
         raise DataError(f"{path}: no records")
     return records
