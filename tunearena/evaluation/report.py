@@ -218,8 +218,8 @@ def _headline(
 def render_markdown(results: dict[str, Any]) -> str:
     """The report as Markdown: headline, one table per benchmark, forgetting, run details.
 
-    Reads only the results dict (as written to ``results.json``); the ``training``,
-    ``retrieval`` and ``run`` sections are rendered when present and skipped otherwise.
+    Reads only the results dict (as written to ``results.json``); the ``training``, ``cost``,
+    ``retrieval``, ``latency`` and ``run`` sections are rendered when present, else skipped.
     """
     conf = results.get("settings", {}).get("confidence", 0.95)
     ci = f"{_pct_label(conf)} CI"
@@ -257,7 +257,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += [f"- {c['sentence']}." for c in forgetting.get("checks", [])]
         lines.append("")
 
-    for key, title in (("training", "Training"), ("retrieval", "Retrieval"), ("run", "Run")):
+    sections = (("training", "Training"), ("cost", "Cost"), ("retrieval", "Retrieval"),
+                ("latency", "Evaluation time per arm"), ("run", "Run"))
+    for key, title in sections:
         if results.get(key):
             lines += [f"## {title}", "", *_render_value(results[key]), ""]
     return "\n".join(lines).rstrip() + "\n"

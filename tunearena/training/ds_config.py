@@ -10,7 +10,9 @@ from tunearena.training.batch import BatchPlan
 from tunearena.training.config import TrainingConfig
 
 
-def build_ds_config(cfg: TrainingConfig, world_size: int, total_steps: int, bf16: bool) -> dict:
+def build_ds_config(
+    cfg: TrainingConfig, world_size: int, total_steps: int, bf16: bool, cuda: bool = False
+) -> dict:
     """A DeepSpeed config dict for ``cfg`` on ``world_size`` ranks running ``total_steps``.
 
     DeepSpeed checks ``train_batch_size == micro x accum x world_size`` itself; we state all
@@ -34,13 +36,15 @@ def build_ds_config(cfg: TrainingConfig, world_size: int, total_steps: int, bf16
         "fp16": {"enabled": False},
         "optimizer": {
             "type": "AdamW",
-            # torch's AdamW: DeepSpeed's fused Adam needs a compiled op that a CPU lacks.
+            # torch's AdamW: DeepSpeed's own fused Adam needs a JIT-compiled op.
             "params": {
                 "lr": cfg.lr,
                 "betas": [0.9, 0.95],
                 "eps": 1e-8,
                 "weight_decay": cfg.weight_decay,
                 "torch_adam": True,
+                # torch's single-kernel AdamW on CUDA; the CPU has no fused kernel.
+                "fused": cuda,
             },
         },
         "steps_per_print": 10**9,

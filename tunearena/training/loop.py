@@ -106,7 +106,7 @@ def train_loop_per_worker(config: dict) -> None:
     steps_per_epoch = plan.steps_per_epoch(n_train)
     total_steps = plan.total_steps(n_train, cfg.epochs, cfg.max_steps)
     bf16 = config["bf16"]
-    ds_config = build_ds_config(cfg, world_size, total_steps, bf16=bf16)
+    ds_config = build_ds_config(cfg, world_size, total_steps, bf16=bf16, cuda=device.type == "cuda")
 
     # DeepSpeed's comm layer must wrap Ray Train's process group before zero.Init (inside
     # from_pretrained under ZeRO-3) parses the config; otherwise it sees world size 1 and
@@ -155,9 +155,11 @@ def train_loop_per_worker(config: dict) -> None:
             # the optimizer (after averaging gradients over ranks) at the accumulation boundary.
             engine.backward(loss)
             engine.step()
-            window_loss += loss.item()
+            # Accumulated on the device and counted from the host copy: a .item() per
+            # micro-step would make the CPU wait for the GPU at every step.
+            window_loss += loss.detach().float()
             window_micro += 1
-            window_tokens += int(batch["attention_mask"].sum())
+            window_tokens += int(train["attention_mask"][rows].sum())
         if t_first_step is None:
             t_first_step = time.perf_counter() - t_start
         last = step + 1 == total_steps
@@ -165,7 +167,7 @@ def train_loop_per_worker(config: dict) -> None:
         if (step + 1) % cfg.log_every_steps == 0 or last:
             # One all-reduce per log line: mean loss and total tokens over every rank.
             loss_sum, n_micro, tokens = _all_reduce_sum(
-                [window_loss, window_micro, window_tokens], device
+                [float(window_loss), window_micro, window_tokens], device
             )
             elapsed = time.perf_counter() - t_window
             total_tokens += int(tokens)

@@ -1,0 +1,76 @@
+"""Bad input is refused before any cluster resource is claimed, naming file, line or field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import ray
+
+from tunearena.evaluation.benchmarks import BenchmarkError
+from tunearena.launch.cli import main
+from tunearena.launch.config import load_config
+from tunearena.launch.pipeline import check_inputs
+from tunearena.rag.corpus import CorpusError
+from tunearena.training.data import DataError
+from tunearena.training.trainer import ModelDirError
+
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+
+
+@pytest.fixture
+def model_dir(tmp_path) -> Path:
+    """A model dir that passes the cheap checks (config + weights file present)."""
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    (d / "model.safetensors").write_bytes(b"")
+    return d
+
+
+def cfg_with(model_dir: Path, *overrides: str):
+    return load_config(DEMO, [f"model.base={model_dir}", *overrides])
+
+
+def test_model_dir_without_weights(tmp_path, model_dir):
+    (model_dir / "model.safetensors").unlink()
+    with pytest.raises(ModelDirError, match="has no weights"):
+        check_inputs(cfg_with(model_dir))
+    with pytest.raises(ModelDirError, match="does not exist"):
+        check_inputs(cfg_with(tmp_path / "missing"))
+
+
+def test_empty_corpus(tmp_path, model_dir):
+    empty = tmp_path / "docs.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(CorpusError, match="empty"):
+        check_inputs(cfg_with(model_dir, f"rag.corpus={empty}"))
+
+
+def test_missing_training_file(tmp_path, model_dir):
+    with pytest.raises(DataError, match=r"nope\.jsonl: training file not found"):
+        check_inputs(cfg_with(model_dir, f"training.datasets.0.path={tmp_path / 'nope.jsonl'}"))
+
+
+def test_training_record_missing_its_field(tmp_path, model_dir):
+    bad = tmp_path / "qa.jsonl"
+    bad.write_text(json.dumps({"prompt": "Q", "response": "A"}) + "\n" + json.dumps({"prompt": "Q"}) + "\n")
+    with pytest.raises(DataError, match=r"qa\.jsonl:2: format 'instruction' needs .*'response'"):
+        check_inputs(cfg_with(model_dir, f"training.datasets.1.path={bad}"))
+
+
+def test_benchmark_answer_out_of_range(tmp_path, model_dir):
+    bad = tmp_path / "test.jsonl"
+    bad.write_text(json.dumps({"id": "a", "question": "?", "choices": ["x", "y"], "answer": 2}) + "\n")
+    with pytest.raises(BenchmarkError, match=r"test\.jsonl:1: answer 2 out of range"):
+        check_inputs(cfg_with(model_dir, f"evaluation.benchmarks.0.path={bad}"))
+
+
+def test_cli_reports_one_clear_line_and_claims_nothing(tmp_path, capsys):
+    code = main(["demo", "--set", f"runs_dir={tmp_path}", "--set", "rag.top_k=zero"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "rag.top_k" in err and "zero" in err and "Traceback" not in err
+    assert not ray.is_initialized()
+    assert not any(tmp_path.iterdir())
