@@ -22,8 +22,8 @@ sys.path.insert(0, str(HERE))
 from generate import SEED, write_jsonl  # noqa: E402
 from world import general_corpus, make_world  # noqa: E402
 
-# A Llama of about 1.3M parameters: big enough to memorise the world facts and learn to copy
-# an answer out of its context, small enough to pretrain on two CPU cores in about half an hour.
+# A Llama of about 1.1M parameters: big enough to memorise the world facts and learn to copy
+# an answer out of its context, small enough to pretrain on two CPU cores in about 25 minutes.
 ARCH = dict(
     hidden_size=128,
     intermediate_size=384,
