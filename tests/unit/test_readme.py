@@ -21,5 +21,5 @@ def test_readme_config_reference_matches_the_code():
 
 def test_readme_test_command_is_what_ci_runs():
     ci = (README.parent / ".ci" / "run").read_text()
-    assert "ruff check . && python -m pytest -q" in README.read_text()
-    assert "ruff check ." in ci and "python -m pytest -q" in ci
+    assert "ruff check . && mypy && python -m pytest -q" in README.read_text()
+    assert "\nruff check .\nmypy\npython -m pytest -q\n" in ci

@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,9 +117,17 @@ def _quiet() -> Iterator[None]:
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
+    # lm-eval also runs `git describe` in the working directory, whose "fatal: not a git
+    # repository" goes to file descriptor 2 directly; only an fd-level redirect hides it.
+    sys.stderr.flush()
+    saved_fd, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
     try:
         with contextlib.redirect_stderr(io.StringIO()):
             yield
     finally:
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
+        os.close(devnull)
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)

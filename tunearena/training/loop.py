@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import ray
 import ray.train
+import ray.train.torch
 import torch
 import torch.distributed as dist
 

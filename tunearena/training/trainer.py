@@ -79,7 +79,8 @@ def run_stage(
             "bf16": bf16,
         },
         scaling_config=scaling_config(cluster, use_gpu),
-        run_config=RunConfig(
+        # Ray Train V2's RunConfig; type checkers see the V1 class that `ray.train` swaps out.
+        run_config=RunConfig(  # type: ignore[call-arg]
             name=name,
             storage_path=str(storage_path),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
