@@ -12,14 +12,16 @@ from pathlib import Path
 
 
 def iter_jsonl(
-    path: Path | str, error: type[Exception], what: str
-) -> Iterator[tuple[int, str, dict]]:
-    """Yield ``(line number, "path:LINE", record)`` for every non-blank line of a JSONL file.
+    path: Path | str, error: type[Exception], what: str, unique_key: str | None = None
+) -> Iterator[tuple[str, dict]]:
+    """Yield ``("path:LINE", record)`` for every non-blank line of a JSONL file.
 
     Raises ``error`` for a missing file (``"{path}: {what} not found"``), a line that is not
-    UTF-8 or not JSON, or a line that is not a JSON object, naming the file and line.
+    UTF-8 or not JSON, a line that is not a JSON object, and, with ``unique_key``, a value of
+    that key seen on an earlier line; each message names the file and line.
     """
     path = Path(path)
+    first_line_of: dict[str, int] = {}
     if not path.is_file():
         raise error(f"{path}: {what} not found")
     # Bytes decoded line by line, so an encoding error can name its line too.
@@ -38,4 +40,12 @@ def iter_jsonl(
                 raise error(f"{where}: not valid JSON: {e.msg}") from None
             if not isinstance(record, dict):
                 raise error(f"{where}: expected a JSON object, got {type(record).__name__}")
-            yield line_no, where, record
+            if unique_key is not None and record.get(unique_key) is not None:
+                key = str(record[unique_key])
+                if key in first_line_of:
+                    raise error(
+                        f"{where}: duplicate {unique_key} {key!r} "
+                        f"(first seen on line {first_line_of[key]})"
+                    )
+                first_line_of[key] = line_no
+            yield where, record

@@ -33,16 +33,10 @@ def load_qa(path: Path | str) -> list[QAItem]:
     missing file, invalid JSON, a missing or mistyped field, fewer than two choices, an
     answer out of range, a duplicate id, or a file with no questions.
     """
-    items: list[QAItem] = []
-    first_line_of: dict[str, int] = {}
-    for line_no, where, row in iter_jsonl(path, BenchmarkError, "QA file"):
-        item = _parse_row(row, where)
-        if item.id in first_line_of:
-            raise BenchmarkError(
-                f"{where}: duplicate id {item.id!r} (first seen on line {first_line_of[item.id]})"
-            )
-        first_line_of[item.id] = line_no
-        items.append(item)
+    items = [
+        _parse_row(row, where)
+        for where, row in iter_jsonl(path, BenchmarkError, "QA file", unique_key="id")
+    ]
     if not items:
         raise BenchmarkError(f"{path}: no questions in file")
     return items

@@ -29,20 +29,14 @@ def load_documents(path: str | Path) -> list[Document]:
     missing, empty or non-string ``id``/``text``, a non-string ``title``, a duplicate id, and
     for a file with no documents at all.
     """
-    docs: list[Document] = []
-    first_line_of: dict[str, int] = {}
-    for line_no, where, record in iter_jsonl(path, CorpusError, "corpus file"):
-        doc = Document(
+    docs = [
+        Document(
             id=_required_str(record, "id", where),
             text=_required_str(record, "text", where),
             title=_optional_str(record, "title", where),
         )
-        if doc.id in first_line_of:
-            raise CorpusError(
-                f"{where}: duplicate id {doc.id!r} (first seen on line {first_line_of[doc.id]})"
-            )
-        first_line_of[doc.id] = line_no
-        docs.append(doc)
+        for where, record in iter_jsonl(path, CorpusError, "corpus file", unique_key="id")
+    ]
     if not docs:
         raise CorpusError(f"{path}: corpus is empty (no documents)")
     return docs

@@ -29,7 +29,7 @@ class DataError(ValueError):
 def read_jsonl(path: Path, fmt: str) -> list[dict]:
     """The records of a JSONL file in format ``fmt``, each checked for its fields."""
     records = []
-    for _, where, record in iter_jsonl(path, DataError, "training file"):
+    for where, record in iter_jsonl(path, DataError, "training file"):
         for key in REQUIRED_FIELDS[fmt]:
             if not isinstance(record.get(key), str) or not record[key]:
                 raise DataError(f"{where}: format {fmt!r} needs a non-empty string {key!r}")
