@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunearena.jsonl import iter_jsonl
+from tunearena.files import iter_jsonl
 
 _REQUIRED = ("id", "question", "choices", "answer")
 

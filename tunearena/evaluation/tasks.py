@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import yaml
 
 from tunearena.evaluation.benchmarks import QAItem
 from tunearena.evaluation.prompt import ANSWER_DELIMITER, format_prompt
+from tunearena.files import write_atomic
 
 RAG_SUFFIX = "__rag"
 """Appended to a benchmark's task name when its prompts carry retrieved passages."""
@@ -50,7 +50,7 @@ def write_mc_task(
         }
         for item in items
     ]
-    _write_atomic(data_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_atomic(data_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
     spec = {
         "task": task_name,
@@ -72,11 +72,6 @@ def write_mc_task(
         ],
         "metadata": {"version": 1.0},
     }
-    _write_atomic(task_dir / f"{task_name}.yaml", yaml.safe_dump(spec, sort_keys=False))
+    write_atomic(task_dir / f"{task_name}.yaml", yaml.safe_dump(spec, sort_keys=False))
     return task_name
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

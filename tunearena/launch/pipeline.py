@@ -19,8 +19,9 @@ from rich.console import Console
 
 import tunearena
 from tunearena.evaluation.benchmarks import QAItem, load_qa
+from tunearena.files import write_atomic
 from tunearena.launch.config import ExperimentConfig, dump_config
-from tunearena.launch.manifest import Manifest, write_atomic
+from tunearena.launch.manifest import Manifest
 
 
 class RunDirExists(RuntimeError):
@@ -138,8 +139,10 @@ class Pipeline:
         samples, latency = {}, {}
         if cfg.evaluation.enabled:
             eval_hash = cfg.section_hash("model", "training", "cluster", "rag", "evaluation")
+            tasks = self.write_tasks(with_rag=bool(rag_arms))
             for arm in arms:
-                out = self._step(f"evaluate:{arm}", eval_hash, lambda arm=arm: self.evaluate(arm))
+                out = self._step(f"evaluate:{arm}", eval_hash,
+                                 lambda arm=arm: self.evaluate(arm, tasks))
                 samples[arm] = _read_json(self.run_dir / "eval" / f"{arm}.json")
                 latency[arm] = out
         report_path = self.run_dir / "report.md"
@@ -205,23 +208,29 @@ class Pipeline:
             outputs[name] = stats
         return artifacts, outputs
 
-    def evaluate(self, arm: str) -> tuple[dict, dict]:
-        from tunearena.evaluation.harness import score_model
+    def write_tasks(self, with_rag: bool) -> dict[str, dict[bool, str]]:
+        """Write each benchmark's lm-eval task once, and its RAG variant: every arm reads the
+        same files, so arms differ only in weights and context. Returns name -> {rag: task}."""
         from tunearena.evaluation.tasks import write_mc_task
+
+        task_dir = self.run_dir / "tasks"
+        tasks: dict[str, dict[bool, str]] = {}
+        for name, items in self.benchmarks.items():
+            tasks[name] = {False: write_mc_task(task_dir, name, items)}
+            if with_rag:
+                retrieved = _read_json(self.run_dir / "retrieval" / f"{name}.json")
+                passages = {qid: r["passages"] for qid, r in retrieved.items()}
+                tasks[name][True] = write_mc_task(task_dir, name, items, passages)
+        return tasks
+
+    def evaluate(self, arm: str, all_tasks: dict[str, dict[bool, str]]) -> tuple[dict, dict]:
+        from tunearena.evaluation.harness import score_model
 
         cfg = self.cfg
         model_dir = self.run_dir / "models" / "ft" if arm.startswith("ft") else Path(cfg.model.base)
-        task_dir = self.run_dir / "tasks"
-        use_rag = arm.endswith("+rag")
-        tasks = {}
-        for name, items in self.benchmarks.items():
-            passages = None
-            if use_rag:
-                retrieved = _read_json(self.run_dir / "retrieval" / f"{name}.json")
-                passages = {qid: r["passages"] for qid, r in retrieved.items()}
-            tasks[name] = write_mc_task(task_dir, name, items, passages)
+        tasks = {name: variants[arm.endswith("+rag")] for name, variants in all_tasks.items()}
         t0 = time.perf_counter()
-        scores = score_model(model_dir, task_dir, list(tasks.values()), cfg.evaluation.batch_size,
+        scores = score_model(model_dir, self.run_dir / "tasks", list(tasks.values()), cfg.evaluation.batch_size,
                              cfg.evaluation.limit)
         score_s = time.perf_counter() - t0
         per_bench = {name: scores[task] for name, task in tasks.items()}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tunearena.jsonl import iter_jsonl
+from tunearena.files import iter_jsonl
 from tunearena.training.config import DatasetConfig
 
 IGNORE_INDEX = -100

@@ -1,12 +1,15 @@
-"""Reading JSONL input files with errors that name the file and line.
+"""Files in and out: JSONL inputs read with errors that name the file and line, outputs
+written atomically.
 
 Training data, the RAG corpus and the benchmarks all come as JSONL; each package checks its
-own fields, and this one reader makes every file fail alike on what they share.
+own fields, and this one reader makes every file fail alike on what they share. Outputs go
+through a temp name and a rename, so a killed process never leaves half a file behind.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,3 +52,10 @@ def iter_jsonl(
                     )
                 first_line_of[key] = line_no
             yield where, record
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file in the same directory and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
