@@ -118,3 +118,62 @@ def test_short_runs_and_long_warmups_stay_in_range(total_steps):
     for warmup in (0, 3, 50):
         ratios = [lr_ratio(s, warmup, total_steps, 0.2) for s in range(total_steps)]
         assert all(0.0 < r <= 1.0 for r in ratios), (warmup, ratios)
+
+
+@pytest.mark.parametrize(
+    ("stage", "optimizer", "params"),
+    [(1, "cpu", "none"), (2, "cpu", "none"), (3, "cpu", "cpu"), (3, "none", "cpu")],
+)
+def test_offload_sections_reach_deepspeeds_parser(stage, optimizer, params):
+    cfg = make_cfg(zero_stage=stage, offload_optimizer=optimizer, offload_params=params,
+                   micro_batch_size=1)
+    ds = build_ds_config(cfg, 1, 10, bf16=True, cuda=True)
+    parsed = DeepSpeedConfig(ds)
+    zero = parsed.zero_config
+    assert (zero.offload_optimizer is not None) is (optimizer != "none")
+    assert (zero.offload_param is not None) is (params != "none")
+    if optimizer != "none":
+        assert zero.offload_optimizer.device == "cpu"
+        assert zero.offload_optimizer.pin_memory is True  # pinned host memory on CUDA
+    # torch's AdamW steps the offloaded states: no compiled DeepSpeed CPU Adam, no fused kernel.
+    assert ds["zero_force_ds_cpu_optimizer"] is False
+    assert ds["optimizer"]["params"]["fused"] is False
+
+
+def test_no_offload_keeps_deepspeeds_default_optimizer_rule():
+    ds = build_ds_config(make_cfg(zero_stage=2), 1, 10, bf16=True, cuda=True)
+    assert "offload_optimizer" not in ds["zero_optimization"]
+    assert "zero_force_ds_cpu_optimizer" not in ds
+    assert ds["optimizer"]["params"]["fused"] is True
+
+
+def test_nvme_offload_carries_its_path():
+    cfg = make_cfg(zero_stage=3, offload_params="nvme", offload_optimizer="nvme",
+                   nvme_path="/local_nvme", micro_batch_size=1)
+    zero = build_ds_config(cfg, 1, 10, bf16=True, cuda=True)["zero_optimization"]
+    assert zero["offload_param"] == {"device": "nvme", "pin_memory": True,
+                                     "nvme_path": "/local_nvme"}
+    assert zero["offload_optimizer"]["nvme_path"] == "/local_nvme"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"zero_stage": 2, "offload_params": "cpu"}, "needs zero_stage 3"),
+        ({"zero_stage": 0, "offload_optimizer": "cpu"}, "needs zero_stage 1, 2 or 3"),
+        ({"zero_stage": 3, "offload_params": "nvme"}, "needs nvme_path"),
+    ],
+)
+def test_offload_settings_that_cannot_work_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_cfg(**overrides)
+
+
+def test_linear_and_constant_schedules():
+    linear = [lr_ratio(s, 2, 12, 0.0, "linear") for s in range(12)]
+    assert linear[:2] == pytest.approx([0.5, 1.0])
+    assert linear[-1] == pytest.approx(0.0)
+    steps = [a - b for a, b in zip(linear[2:-1], linear[3:], strict=True)]
+    assert steps == pytest.approx([steps[0]] * len(steps))  # a straight line
+    constant = [lr_ratio(s, 2, 12, 0.1, "constant") for s in range(12)]
+    assert constant == pytest.approx([0.5] + [1.0] * 11)

@@ -71,6 +71,8 @@ def scaling_config(cfg: ClusterConfig, use_gpu: bool) -> ScalingConfig:
     return ScalingConfig(
         num_workers=cfg.num_workers,
         use_gpu=use_gpu,
-        resources_per_worker={"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if use_gpu else {}),
+        resources_per_worker={"CPU": cfg.cpus_per_worker}
+        | ({"GPU": cfg.gpus_per_worker} if use_gpu else {})
+        | cfg.resources_per_worker,
         placement_strategy=cfg.placement,
     )

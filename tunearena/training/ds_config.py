@@ -26,6 +26,13 @@ def build_ds_config(
     if cfg.zero_stage == 3:
         # Export gathers the partitioned parameters on rank 0 (see export.py).
         zero |= {"stage3_gather_16bit_weights_on_model_save": True}
+    for key, where in (("offload_optimizer", cfg.offload_optimizer),
+                       ("offload_param", cfg.offload_params)):
+        if where != "none":
+            zero[key] = {"device": where, "pin_memory": cuda}
+            if where == "nvme":
+                zero[key]["nvme_path"] = str(cfg.nvme_path)
+    offload = (cfg.offload_optimizer, cfg.offload_params) != ("none", "none")
     return {
         "train_batch_size": plan.global_batch_size,
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
@@ -43,27 +50,36 @@ def build_ds_config(
                 "eps": 1e-8,
                 "weight_decay": cfg.weight_decay,
                 "torch_adam": True,
-                # torch's single-kernel AdamW on CUDA; the CPU has no fused kernel.
-                "fused": cuda,
+                # torch's single-kernel AdamW on CUDA; the CPU (and offloaded states) has none.
+                "fused": cuda and not offload,
             },
         },
+        # With offload DeepSpeed insists on its own CPU Adam, a C++ op compiled at start-up
+        # (minutes, and a compiler on every node); torch's AdamW steps the offloaded fp32
+        # states on the CPU just as well for the sizes we train.
+        **({"zero_force_ds_cpu_optimizer": False} if offload else {}),
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
 
 
-def lr_ratio(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+def lr_ratio(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float,
+             schedule: str = "cosine") -> float:
     """Multiplier of the peak lr for optimizer step ``step`` (0-based).
 
-    Linear warm-up over ``warmup_steps`` (the first step already trains), then a cosine decay
-    that reaches ``min_lr_ratio`` at the last step. DeepSpeed's own WarmupCosineLR is not
-    used: it gives lr 0 to the first two steps even with no warm-up.
+    Linear warm-up over ``warmup_steps`` (the first step already trains), then a ``cosine``
+    or ``linear`` decay that reaches ``min_lr_ratio`` at the last step, or ``constant``.
+    DeepSpeed's own WarmupCosineLR is not used: it gives lr 0 to the first two steps even
+    with no warm-up.
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
     decay_steps = max(1, total_steps - warmup_steps - 1)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
-    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+    return min_lr_ratio + (1.0 - min_lr_ratio) * shape
 
 
 def build_lr_scheduler(
@@ -71,5 +87,7 @@ def build_lr_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """The schedule as a torch scheduler; DeepSpeed steps it once per optimizer step."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_ratio(step, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
+        optimizer,
+        lambda step: lr_ratio(step, cfg.warmup_steps, total_steps, cfg.min_lr_ratio,
+                              cfg.lr_schedule),
     )
