@@ -31,11 +31,11 @@ class DatasetConfig(StrictModel):
 class LoraConfig(StrictModel):
     """Low-rank adapters (peft) for ``method: lora`` or ``qlora``."""
 
-    rank: int = Field(16, ge=1)
+    rank: int = Field(default=16, ge=1)
     """Adapter rank r."""
-    alpha: float = Field(32.0, gt=0)
+    alpha: float = Field(default=32.0, gt=0)
     """Scaling numerator: the update is scaled by ``alpha / rank``."""
-    dropout: float = Field(0.05, ge=0, lt=1)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
     """Dropout on the adapter's input."""
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     """Module names to adapt (e.g. ``[q_proj, v_proj]``), or ``all-linear``: every linear layer
@@ -71,7 +71,7 @@ class TrainingConfig(StrictModel):
     method: Literal["full", "lora", "qlora"] = "full"
     """``full``: every weight trains; ``lora``: adapters only (see ``lora``); ``qlora``: adapters
     on a 4-bit base (CUDA and bitsandbytes only)."""
-    lora: LoraConfig = Field(default_factory=lambda: LoraConfig())
+    lora: LoraConfig = Field(default_factory=LoraConfig)
     """Adapter settings, used when ``method`` is ``lora`` or ``qlora``."""
     packing: bool = True
     """Concatenate records into full ``seq_len`` sequences (else: one record each, padded)."""
