@@ -140,6 +140,7 @@ def train_loop_per_worker(config: dict) -> None:
     order: np.ndarray | None = None
     t_start = time.perf_counter()
     t_first_step = None
+    step_time_s: list[float] = []  # wall time of each optimizer step, as rank 0 saw it
     window_loss, window_micro, window_tokens, t_window = 0.0, 0, 0, time.perf_counter()
     total_tokens = 0
     engine.train()
@@ -148,6 +149,7 @@ def train_loop_per_worker(config: dict) -> None:
         if order is None or step_in_epoch == 0:
             # Same permutation on every rank (same seed), so rank slices never overlap.
             order = np.random.default_rng(cfg.seed + epoch).permutation(n_train)
+        t_step = time.perf_counter()
         for micro in range(cfg.grad_accum_steps):
             rows = order[plan.rank_slice(step_in_epoch, micro, rank)]
             batch = _to_device(train, rows, device)
@@ -161,8 +163,10 @@ def train_loop_per_worker(config: dict) -> None:
             window_loss += loss.detach().float()
             window_micro += 1
             window_tokens += int(train["attention_mask"][rows].sum())
+        step_time_s.append(time.perf_counter() - t_step)
         if t_first_step is None:
-            t_first_step = time.perf_counter() - t_start
+            # From the driver's launch of the trainer: worker start-up, model load, engine.
+            t_first_step = time.time() - config["launch_time"]
         last = step + 1 == total_steps
         metrics: dict = {"step": step + 1}
         if (step + 1) % cfg.log_every_steps == 0 or last:
@@ -201,6 +205,7 @@ def train_loop_per_worker(config: dict) -> None:
         "train_tokens": total_tokens,
         "train_s": train_s,
         "time_to_first_step_s": t_first_step,
+        "step_time_s": step_time_s,
         "tokens_per_s": total_tokens / train_s,
         "global_batch_size": plan.global_batch_size,
         "world_size": world_size,
@@ -219,4 +224,5 @@ def train_loop_per_worker(config: dict) -> None:
             AutoTokenizer.from_pretrained(config["model_dir"]).save_pretrained(out)
             (out / EXPORT_MARKER).write_text(json.dumps({"tensors": written, **summary}))
             checkpoint = ray.train.Checkpoint.from_directory(out)
-        ray.train.report({k: v for k, v in summary.items() if k != "history"}, checkpoint=checkpoint)
+        ray.train.report({k: v for k, v in summary.items() if k not in ("history", "step_time_s")},
+                         checkpoint=checkpoint)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -77,6 +78,7 @@ def run_stage(
             "model_dir": str(Path(model_dir).resolve()) if Path(model_dir).exists() else model_dir,
             "data_ref": data_ref,
             "bf16": bf16,
+            "launch_time": time.time(),
         },
         scaling_config=scaling_config(cluster, use_gpu),
         # Ray Train V2's RunConfig; type checkers see the V1 class that `ray.train` swaps out.
