@@ -85,7 +85,7 @@ def main() -> int:
                              zero_stage=args.zero_stage, validation_fraction=0.0,
                              log_every_steps=5, eval_every_steps=10**6, lr=1e-4)
         gpus = torch.cuda.device_count()
-        ray.init(num_cpus=max(2, args.workers), num_gpus=gpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=max(2, args.workers), num_gpus=gpus, include_dashboard=False)
         try:
             summary = run_stage("throughput", str(work / "model"), cfg,
                                 ClusterConfig(num_workers=args.workers), work / "out", work / "ray")

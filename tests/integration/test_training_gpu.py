@@ -19,7 +19,7 @@ pytestmark = [
 def ray_gpu():
     import ray
 
-    ray.init(num_cpus=4, num_gpus=torch.cuda.device_count(), include_dashboard=False)
+    ray.init(address="local", num_cpus=4, num_gpus=torch.cuda.device_count(), include_dashboard=False)
     yield
     ray.shutdown()
 

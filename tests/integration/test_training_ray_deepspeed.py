@@ -31,7 +31,7 @@ RECORDED_ZERO2_FINAL_TRAIN_LOSS = 3.3494830
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
     try:
         yield
     finally:

@@ -42,7 +42,10 @@ def ray_session(cfg: ClusterConfig) -> Iterator[None]:
         return
     runtime_env = {"env_vars": worker_env(cfg)}
     if cfg.address == "local":
+        # "local" always starts a new instance: without it, ray.init joins whatever cluster
+        # `ray start` left running on this machine.
         ray.init(
+            address="local",
             num_cpus=cfg.num_cpus,
             include_dashboard=False,
             runtime_env=runtime_env,

@@ -50,16 +50,20 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console(stderr=False, highlight=False)
     err = Console(stderr=True, highlight=False)
+    from tunearena.cluster.preflight import PreflightError
     from tunearena.configbase import ConfigError
     from tunearena.evaluation.benchmarks import BenchmarkError
     from tunearena.launch.config import dump_config, load_config
     from tunearena.launch.pipeline import Pipeline, RunDirExists, check_inputs
     from tunearena.rag.corpus import CorpusError
+    from tunearena.training.checkpoint import ResumeError
     from tunearena.training.data import DataError
-    from tunearena.training.trainer import ModelDirError
+    from tunearena.training.tracking import TrackerUnavailable
+    from tunearena.training.trainer import MethodUnavailable, ModelDirError
 
-    # Errors that mean "the input is wrong": one clear message, no traceback.
-    user_errors = (ConfigError, RunDirExists, DataError, CorpusError, BenchmarkError, ModelDirError)
+    # Errors that mean "the input or the cluster is wrong": one clear message, no traceback.
+    user_errors = (ConfigError, RunDirExists, DataError, CorpusError, BenchmarkError, ModelDirError,
+                   PreflightError, ResumeError, MethodUnavailable, TrackerUnavailable)
 
     if args.command == "reference":
         from tunearena.launch.config import config_reference

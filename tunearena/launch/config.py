@@ -46,6 +46,10 @@ class ExperimentConfig(StrictModel):
         if any(a.endswith("+rag") for a in arms) and not (self.rag.enabled and self.rag.corpus):
             raise ValueError("evaluation.arms lists +rag arms but rag has no corpus "
                              "(set rag.corpus, or drop the +rag arms)")
+        if (any(a.startswith("ft") for a in arms) and self.training.method != "full"
+                and not self.training.lora.merge):
+            raise ValueError("evaluation.arms lists ft arms, which evaluate a merged model, but "
+                             "training.lora.merge is false (set it true, or drop the ft arms)")
         if self.evaluation.enabled and not self.evaluation.benchmarks:
             raise ValueError("evaluation.benchmarks is empty: nothing to compare the arms on")
         return self

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -51,8 +50,11 @@ def check_inputs(cfg: ExperimentConfig) -> dict[str, list[QAItem]]:
 
     check_model_dir(cfg.model.base)
     if cfg.training.enabled:
+        from tunearena.training.tracking import check_trackers_available
+
         for ds in cfg.training.datasets:
             read_jsonl(ds.path, ds.format)
+        check_trackers_available(cfg.training.tracking)
     if cfg.rag.enabled and cfg.rag.corpus is not None:
         from tunearena.rag.corpus import load_documents
 
@@ -156,19 +158,87 @@ class Pipeline:
 
     def train(self) -> tuple[dict, dict]:
         from tunearena.cluster.ray_cluster import ray_session
+        from tunearena.training import checkpoint
         from tunearena.training.trainer import prepare_data, run_stage
 
         cfg = self.cfg
         data = prepare_data(cfg.model.base, cfg.training)  # tokenise before claiming workers
-        storage = Path(cfg.cluster.storage_path or self.run_dir / "ray")
-        if cfg.cluster.storage_path is None:
-            # A fresh attempt: Ray Train would otherwise pick up the failed attempt's state.
-            shutil.rmtree(storage / f"{cfg.name}-ft", ignore_errors=True)
+        storage = cfg.cluster.storage_path or str(self.run_dir / "ray")
+        # Named by the training config: --resume continues this stage's checkpoints only
+        # while the stage is the same one.
+        ray_name = f"{cfg.name}-ft-{cfg.section_hash('model', 'training', 'cluster')[:8]}"
+        if not self.resume:
+            checkpoint.clear(storage, ray_name)  # a fresh attempt never restores an old one
         out = self.run_dir / "models" / "ft"
         with ray_session(cfg.cluster):
-            summary = run_stage(f"{cfg.name}-ft", cfg.model.base, cfg.training, cfg.cluster,
+            self.preflight(storage, len(data[0]))
+            summary = run_stage(ray_name, cfg.model.base, self.training_config(), cfg.cluster,
                                 out, storage, data=data)
+        if summary.get("resumed_from_step"):
+            self.console.print(f"resumed training from step {summary['resumed_from_step']}")
         return {"model": self._rel(out)}, summary
+
+    def preflight(self, storage: str, n_train_sequences: int) -> None:
+        """Check the run fits the cluster before training claims its workers.
+
+        The cheap checks (batch arithmetic, resources, memory) go first; storage seen from
+        every node and an all-reduce across the placed workers follow only when those pass.
+        """
+        from transformers import AutoConfig
+
+        from tunearena.cluster.preflight import (
+            PreflightError,
+            check_collective,
+            check_resources,
+            check_storage,
+            format_checks,
+        )
+        from tunearena.cluster.ray_cluster import resolve_use_gpu
+        from tunearena.training.memory import (
+            check_batch,
+            check_memory,
+            estimate_memory_per_gpu,
+            gpu_memory_bytes,
+            parameter_counts,
+        )
+        from tunearena.training.trainer import check_method, uses_bf16
+
+        cfg, cluster = self.cfg, self.cfg.cluster
+        use_gpu = resolve_use_gpu(cluster)
+        check_method(cfg.training, use_gpu)
+        shape = AutoConfig.from_pretrained(cfg.model.base)
+        total, trainable = parameter_counts(
+            cfg.model.base, cfg.training.lora if cfg.training.method != "full" else None)
+        estimate = estimate_memory_per_gpu(
+            cfg.training, cluster.num_workers, uses_bf16(cfg.training, use_gpu), total, trainable,
+            shape.hidden_size, shape.num_hidden_layers, shape.vocab_size)
+        device_memory = gpu_memory_bytes() if use_gpu else None
+        checks = [
+            check_batch(cfg.training, cluster.num_workers, n_train_sequences),
+            check_resources(cluster, use_gpu),
+            check_memory(estimate,
+                         int(device_memory * min(1.0, cluster.gpus_per_worker)) if device_memory else None,
+                         "GPU" if use_gpu else "CPU"),
+        ]
+        if all(c.ok for c in checks):
+            checks += [check_storage(storage), check_collective(cluster, use_gpu, storage)]
+        self.console.print(format_checks(checks), highlight=False, markup=False)
+        if not all(c.ok for c in checks):
+            raise PreflightError(checks)
+
+    def training_config(self):
+        """The training section with tracker locations made absolute (the workers' working
+        directory is not ours): relative ones live in the run directory."""
+        tracking = self.cfg.training.tracking
+        updates: dict[str, Any] = {}
+        if tracking.tensorboard_dir is not None and not tracking.tensorboard_dir.is_absolute():
+            updates["tensorboard_dir"] = self.run_dir / tracking.tensorboard_dir
+        uri = tracking.mlflow_tracking_uri
+        if uri is not None and uri.startswith("file:") and not uri.startswith("file:/"):
+            updates["mlflow_tracking_uri"] = f"file:{self.run_dir / uri[len('file:'):]}"
+        return self.cfg.training.model_copy(
+            update={"tracking": tracking.model_copy(update=updates)}
+        )
 
     def build_index(self) -> tuple[dict, dict]:
         from tunearena.rag.index import build_index

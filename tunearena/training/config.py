@@ -33,7 +33,7 @@ class LoraConfig(StrictModel):
 
     rank: int = Field(default=16, ge=1)
     """Adapter rank r."""
-    alpha: float = Field(default=32.0, gt=0)
+    alpha: int = Field(default=32, ge=1)
     """Scaling numerator: the update is scaled by ``alpha / rank``."""
     dropout: float = Field(default=0.05, ge=0, lt=1)
     """Dropout on the adapter's input."""
@@ -51,8 +51,10 @@ class TrackingConfig(StrictModel):
     """TensorBoard log dir, relative to the run directory (needs the ``tensorboard`` package);
     default: off. On several nodes, rank 0 writes it on its own node."""
     mlflow_tracking_uri: str | None = None
-    """MLflow tracking URI: ``file:mlruns`` (a file store, relative to the run directory; works
-    offline) or a server such as ``http://host:5000``; default: off."""
+    """MLflow tracking URI: ``file:mlruns`` (MLflow's file store, relative to the run directory;
+    offline, needs only ``mlflow-skinny``), ``sqlite:///mlflow.db`` (also needs ``sqlalchemy``
+    and ``alembic``) or a server such as ``http://host:5000``; default: off. MLflow's
+    telemetry is switched off."""
     mlflow_experiment: str = "tunearena"
     """MLflow experiment the run is logged under."""
 

@@ -21,6 +21,8 @@ IGNORE_INDEX = -100
 
 REQUIRED_FIELDS = {"text": ("text",), "instruction": ("prompt", "response")}
 
+CHAT_ROLES = ("system", "user", "assistant")
+
 
 class DataError(ValueError):
     """A training file that cannot be used; the message names the file and line."""
@@ -30,7 +32,11 @@ def read_jsonl(path: Path, fmt: str) -> list[dict]:
     """The records of a JSONL file in format ``fmt``, each checked for its fields."""
     records = []
     for where, record in iter_jsonl(path, DataError, "training file"):
-        for key in REQUIRED_FIELDS[fmt]:
+        if fmt == "chat":
+            problem = _chat_problem(record)
+            if problem:
+                raise DataError(f"{where}: {problem}")
+        for key in REQUIRED_FIELDS.get(fmt, ()):
             if not isinstance(record.get(key), str) or not record[key]:
                 raise DataError(f"{where}: format {fmt!r} needs a non-empty string {key!r}")
         records.append(record)
@@ -39,8 +45,86 @@ def read_jsonl(path: Path, fmt: str) -> list[dict]:
     return records
 
 
+def _chat_problem(record: dict) -> str | None:
+    """What is wrong with a ``chat`` record's messages (numbered from 1), or None."""
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "format 'chat' needs a non-empty list 'messages'"
+    for n, message in enumerate(messages, start=1):
+        if not isinstance(message, dict):
+            return f"message {n} is not an object with 'role' and 'content'"
+        if message.get("role") not in CHAT_ROLES:
+            return (
+                f"message {n} has role {message.get('role')!r}; "
+                f"expected one of {', '.join(CHAT_ROLES)}"
+            )
+        if not isinstance(message.get("content"), str) or not message["content"]:
+            return f"message {n} needs a non-empty string 'content'"
+    # An opening reply has no prompt to render before it, so its tokens cannot be located.
+    if messages[0]["role"] == "assistant":
+        return "message 1 has role 'assistant'; a conversation opens with a system or user message"
+    if not any(m["role"] == "assistant" for m in messages):
+        return "no message has role 'assistant', so the record teaches nothing"
+    return None
+
+
+def require_chat_template(tokenizer, where: str = "format 'chat'") -> None:
+    """Raise ``DataError`` if the tokenizer cannot render conversations."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise DataError(
+            f"{where}: the model's tokenizer has no chat template to render conversations with; "
+            "use format 'instruction', or add a 'chat_template' to the model directory's "
+            "tokenizer_config.json (or a chat_template.jinja file beside it)"
+        )
+
+
+def _tokenize_chat(messages: list[dict], tokenizer) -> tuple[list[int], list[int]]:
+    """(input ids, labels) for a conversation rendered by the tokenizer's chat template.
+
+    Loss falls on each assistant turn: its content and the template's tokens that close it,
+    so the model learns to stop; never on system or user turns or on the generation prompt
+    that opens a reply (``<|im_start|>assistant`` and its newline, say). A turn's tokens are
+    the difference between the conversation before it, rendered with the generation prompt,
+    and the conversation through it; both must be token prefixes of the whole conversation,
+    or ``DataError`` is raised rather than a turn mislabelled.
+    """
+    require_chat_template(tokenizer)
+
+    def render(conversation: list[dict], add_generation_prompt: bool = False) -> list[int]:
+        text = tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        # The template writes its own BOS, if it has one; special tokens added here would
+        # put a second in front.
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # No EOS is appended, unlike text and instruction records: the template closes each turn
+    # with its own end-of-turn token, the one generation stops on, and an extra EOS would
+    # teach a sequence the model never sees when it is served through the same template.
+    ids = render(messages)
+    labels = [IGNORE_INDEX] * len(ids)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = render(messages[:i], add_generation_prompt=True)
+        through = render(messages[: i + 1])
+        if through[: len(prompt)] != prompt or ids[: len(through)] != through:
+            raise DataError(
+                f"the chat template is not prefix-consistent at message {i + 1}: the tokens of "
+                "the conversation before an assistant turn (with the generation prompt) are not "
+                "a prefix of the tokens through it and of the whole, so the turn cannot be "
+                "labelled; use a template that renders earlier turns unchanged, or format "
+                "'instruction'"
+            )
+        labels[len(prompt) : len(through)] = through[len(prompt) :]
+    return ids, labels
+
+
 def tokenize_record(record: dict, fmt: str, tokenizer) -> tuple[list[int], list[int]]:
-    """(input ids, labels) for one record; every record ends with EOS."""
+    """(input ids, labels) for one record; ``text`` and ``instruction`` records end with EOS,
+    ``chat`` records as the chat template ends them (see ``_tokenize_chat``)."""
+    if fmt == "chat":
+        return _tokenize_chat(record["messages"], tokenizer)
     eos = [tokenizer.eos_token_id]
     if fmt == "text":
         ids = tokenizer(record["text"], add_special_tokens=False)["input_ids"] + eos
@@ -99,6 +183,8 @@ def prepare_splits(
     """Read, tokenise and split every dataset; returns (train, validation or None)."""
     examples = []
     for ds in datasets:
+        if ds.format == "chat":
+            require_chat_template(tokenizer, f"{ds.path}: format 'chat'")
         examples += [tokenize_record(r, ds.format, tokenizer) for r in read_jsonl(ds.path, ds.format)]
     # Shuffle records before the split so validation is a sample of every file.
     random.Random(seed).shuffle(examples)

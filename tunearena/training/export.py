@@ -1,28 +1,37 @@
-"""Export a trained engine as a Hugging Face model dir (safetensors), gathered under ZeRO-3."""
+"""Export a trained engine as a Hugging Face model dir (safetensors) or a peft adapter, gathered
+under ZeRO-3, and verify the export by reloading it."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 
+ADAPTER_DIR = "adapter"
+"""Where a LoRA stage's adapter goes inside the export dir (the merged model sits beside it)."""
+
 
 class ExportError(RuntimeError):
-    """An export that would write a broken model (for example an empty tensor)."""
+    """An export that would write, or did write, a broken model."""
 
 
-def full_state_dict(engine, zero_stage: int, rank: int) -> dict[str, torch.Tensor] | None:
-    """Every parameter and persistent buffer, whole, on CPU, on rank 0 (None elsewhere).
+def gathered_state_dict(engine, zero_stage: int, rank: int,
+                        trainable_only: bool = False) -> dict[str, torch.Tensor] | None:
+    """Parameters (and persistent buffers) whole, on CPU, on rank 0 (None elsewhere).
 
     Under ZeRO-3 each rank holds a shard and the module's own tensors are empty, so each
     parameter is gathered in turn (a collective every rank must enter, in the same order);
     gathering one at a time keeps peak memory at one full parameter, not the whole model.
+    ``trainable_only`` takes the parameters that train (a LoRA adapter) and no buffers.
     """
     import deepspeed
 
     module = engine.module
     state: dict[str, torch.Tensor] = {}
     for name, param in module.named_parameters():
+        if trainable_only and not param.requires_grad:
+            continue
         if zero_stage == 3:
             with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
                 if rank == 0:
@@ -31,25 +40,82 @@ def full_state_dict(engine, zero_stage: int, rank: int) -> dict[str, torch.Tenso
             state[name] = param.data.detach().to("cpu", copy=True)
     if rank != 0:
         return None
-    persistent = {k for k, _ in module.named_buffers() if k in module.state_dict()}
-    for name, buf in module.named_buffers():
-        if name in persistent:
-            state[name] = buf.detach().to("cpu", copy=True)
+    if not trainable_only:
+        persistent = module.state_dict().keys()
+        state |= {k: b.detach().to("cpu", copy=True)
+                  for k, b in module.named_buffers() if k in persistent}
+    empty = [k for k, v in state.items() if v.numel() == 0]
+    if empty:
+        # The signature of a ZeRO-3 export that saved partitions instead of whole parameters.
+        raise ExportError(f"refusing to export empty tensors: {', '.join(empty[:5])}")
     return state
 
 
-def export_hf_model(engine, zero_stage: int, out_dir: Path, rank: int) -> int:
-    """Write ``out_dir`` (config + safetensors) from rank 0; returns the tensor count there.
+def export(engine, zero_stage: int, is_lora: bool, out_dir: Path, rank: int) -> int:
+    """Write the model (full) or the adapter (LoRA, into ``out_dir/adapter``) from rank 0.
 
-    Refuses to write an empty tensor: that is the signature of a ZeRO-3 export that saved
-    partitions instead of gathered parameters.
+    A collective under ZeRO-3: every rank must call it. Returns the tensor count on rank 0.
     """
-    state = full_state_dict(engine, zero_stage, rank)
-    if rank != 0:
+    state = gathered_state_dict(engine, zero_stage, rank, trainable_only=is_lora)
+    if state is None:
         return 0
-    assert state is not None
-    empty = [k for k, v in state.items() if v.numel() == 0]
-    if empty:
-        raise ExportError(f"refusing to export empty tensors: {', '.join(empty[:5])}")
-    engine.module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+    if is_lora:
+        # peft keeps only the adapter's tensors of the given state dict, renamed as
+        # PeftModel.from_pretrained expects them.
+        engine.module.save_pretrained(out_dir / ADAPTER_DIR, state_dict=state,
+                                      safe_serialization=True)
+    else:
+        engine.module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
     return len(state)
+
+
+def merge_adapter(base_dir: str, adapter_dir: Path, out_dir: Path, dtype: torch.dtype) -> None:
+    """Fold a LoRA adapter into its base weights and save a plain Hugging Face model dir."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(out_dir, safe_serialization=True)
+
+
+def batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float:
+    """The causal-LM loss of ``model`` on ``batch``, in eval mode (no dropout)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        loss = float(model(**batch).loss)
+    model.train(was_training)
+    return loss
+
+
+def reload_loss(model_dir: Path, batch: dict[str, torch.Tensor], dtype: torch.dtype,
+                base_dir: str | None = None) -> float:
+    """Loss on ``batch`` of the model as a user would load it, on CPU.
+
+    With ``base_dir``, ``model_dir`` is an adapter loaded with ``PeftModel.from_pretrained``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    model: torch.nn.Module
+    if base_dir is None:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    else:
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
+        model = PeftModel.from_pretrained(base, model_dir)
+    return batch_loss(model, {k: v.cpu() for k, v in batch.items()})
+
+
+def check_losses_match(what: str, trained: float, reloaded: float, tolerance: float) -> dict:
+    """Raise ``ExportError`` unless the reloaded loss is within ``tolerance`` (relative)."""
+    diff = abs(trained - reloaded)
+    record = {"what": what, "trained_loss": trained, "reloaded_loss": reloaded,
+              "abs_diff": diff, "tolerance": tolerance}
+    if not math.isfinite(reloaded) or diff > tolerance * max(1.0, abs(trained)):
+        raise ExportError(
+            f"the exported {what} does not reproduce the trained model: loss {reloaded:.6g} on "
+            f"reload against {trained:.6g} in training (allowed {tolerance:g} relative)"
+        )
+    return record

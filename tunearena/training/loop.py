@@ -21,11 +21,22 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from tunearena.training import checkpoint as ckpt
 from tunearena.training.batch import BatchPlan
 from tunearena.training.config import TrainingConfig
 from tunearena.training.data import IGNORE_INDEX
 from tunearena.training.ds_config import build_ds_config, build_lr_scheduler
-from tunearena.training.export import export_hf_model
+from tunearena.training.export import (
+    ADAPTER_DIR,
+    batch_loss,
+    check_losses_match,
+    export,
+    merge_adapter,
+    reload_loss,
+)
+from tunearena.training.model import count_parameters, load_model
+from tunearena.training.throughput import mfu
+from tunearena.training.tracking import Tracker
 
 EXPORT_MARKER = "tunearena_export.json"
 """Written into a reported checkpoint that is a Hugging Face model dir (not DeepSpeed state)."""
@@ -46,6 +57,27 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def worker_placement(rank: int, device: torch.device) -> list[dict]:
+    """Every rank's node, process and device, gathered on every rank (in rank order)."""
+    here = {"rank": rank, "node_ip": ray.util.get_node_ip_address(),
+            "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+            "device": str(device)}
+    placement: list = [None] * dist.get_world_size()
+    dist.all_gather_object(placement, here)
+    return placement
+
+
+def export_tolerance(cfg: TrainingConfig, bf16: bool) -> float:
+    """How far (relative) a reloaded export's loss may stray from the engine's.
+
+    fp32 on the same CPU agrees to rounding; bf16 reloads on the CPU, not the GPU, and a
+    QLoRA adapter trained on a 4-bit base is reloaded on the bf16 base it will be used with.
+    """
+    if cfg.method == "qlora":
+        return 0.15
+    return 5e-2 if bf16 else 1e-3
 
 
 def _to_device(split: dict, rows: np.ndarray, device: torch.device) -> dict:
@@ -84,12 +116,17 @@ def validation_loss(engine, split: dict, micro_batch_size: int, rank: int, world
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Train one stage; report metrics (and checkpoints) to Ray Train; export on rank 0."""
+    """Train one stage; report metrics and checkpoints to Ray Train; export on rank 0.
+
+    Starts from the latest checkpoint when Ray Train has one (a restart after a failure, or a
+    resumed run), so the same step, lr and data position continue.
+    """
     import deepspeed
     import transformers
     from deepspeed.accelerator import get_accelerator
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     transformers.utils.logging.disable_progress_bar()
 
@@ -101,6 +138,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.seed)
     data = ray.get(config["data_ref"])
     train, val = data["train"], data.get("val")
+    is_lora = cfg.method != "full"
 
     plan = BatchPlan(cfg.micro_batch_size, cfg.grad_accum_steps, world_size)
     n_train = len(train["input_ids"])
@@ -118,9 +156,8 @@ def train_loop_per_worker(config: dict) -> None:
     # Under ZeRO-3 this object must exist before from_pretrained, so weights are partitioned
     # as they load instead of materialising the full model on every rank.
     hf_ds_config = HfDeepSpeedConfig(ds_config) if cfg.zero_stage == 3 else None  # noqa: F841
-    model = AutoModelForCausalLM.from_pretrained(
-        config["model_dir"], dtype=torch.bfloat16 if bf16 else torch.float32
-    )
+    model = load_model(config["model_dir"], cfg, bf16)
+    n_params, n_trainable = count_parameters(model)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=[p for p in model.parameters() if p.requires_grad],
@@ -128,15 +165,38 @@ def train_loop_per_worker(config: dict) -> None:
         lr_scheduler=lambda optimizer: build_lr_scheduler(optimizer, cfg, total_steps),
         dist_init_required=False,  # Ray Train already created the process group.
     )
+    # Loading is done: a from_pretrained after this (the export check) must not partition.
+    unset_hf_deepspeed_config()
+    placement = worker_placement(rank, device)
 
     rank_zero_print(
         rank,
         f"training: {total_steps} steps, {n_train} sequences of {train['input_ids'].shape[1]} "
         f"tokens, global batch {plan.global_batch_size} ({cfg.micro_batch_size} x "
         f"{cfg.grad_accum_steps} accum x {world_size} workers), ZeRO-{cfg.zero_stage}, "
+        f"{cfg.method} ({n_trainable:,} of {n_params:,} parameters train), "
         f"{'bf16' if bf16 else 'fp32'} on {device.type}",
     )
-    history: list[dict] = []
+    for w in placement:
+        rank_zero_print(rank, f"  rank {w['rank']}: node {w['node_ip']} ({w['node_id'][:8]}) "
+                              f"pid {w['pid']} {w['device']}")
+
+    # -- resume ----------------------------------------------------------------------------
+    start_step, history, mlflow_run_id = 0, [], None
+    train_s_before = tokens_before = 0.0
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            state = ckpt.load(engine, Path(d), rank, world_size, exclude_frozen=is_lora)
+        start_step, history = state["step"], state["history"]
+        train_s_before, tokens_before = state["train_s"], state["train_tokens"]
+        mlflow_run_id = state.get("mlflow_run_id")
+        rank_zero_print(rank, f"resumed from the checkpoint at step {start_step}")
+    tracker = (Tracker.open(cfg.tracking, config["run_name"], cfg.model_dump(mode="json"),
+                            resume_run_id=mlflow_run_id) if rank == 0 else None)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+    # -- train -----------------------------------------------------------------------------
     order: np.ndarray | None = None
     t_start = time.perf_counter()
     t_first_step = None
@@ -144,10 +204,11 @@ def train_loop_per_worker(config: dict) -> None:
     window_loss, window_micro, window_tokens, t_window = 0.0, 0, 0, time.perf_counter()
     total_tokens = 0
     engine.train()
-    for step in range(total_steps):
+    for step in range(start_step, total_steps):
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
         if order is None or step_in_epoch == 0:
-            # Same permutation on every rank (same seed), so rank slices never overlap.
+            # Same permutation on every rank (same seed), so rank slices never overlap; a
+            # function of the epoch alone, so a resumed run sees the same order.
             order = np.random.default_rng(cfg.seed + epoch).permutation(n_train)
         t_step = time.perf_counter()
         for micro in range(cfg.grad_accum_steps):
@@ -179,9 +240,13 @@ def train_loop_per_worker(config: dict) -> None:
             metrics |= {
                 "train_loss": loss_sum / n_micro,
                 "tokens_per_s": tokens / elapsed,
+                "tokens_per_s_per_worker": tokens / elapsed / world_size,
                 "lr": engine.get_lr()[0],
                 "epoch": (step + 1) / steps_per_epoch,  # epochs completed after this step
             }
+            achieved = mfu(tokens / elapsed, n_params, n_trainable, world_size, device_name)
+            if device.type == "cuda" and achieved is not None:
+                metrics["mfu"] = achieved
             window_loss, window_micro, window_tokens, t_window = 0.0, 0, 0, time.perf_counter()
         if val is not None and ((step + 1) % cfg.eval_every_steps == 0 or last):
             metrics["val_loss"] = validation_loss(
@@ -189,40 +254,101 @@ def train_loop_per_worker(config: dict) -> None:
             )
         if len(metrics) > 1:
             history.append(metrics)
+            if tracker is not None:
+                tracker.log(metrics, step + 1)
             rank_zero_print(
                 rank,
                 f"step {step + 1}/{total_steps} "
                 + " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "step"),
             )
         if cfg.checkpoint_every_steps and (step + 1) % cfg.checkpoint_every_steps == 0 and not last:
+            state = {
+                "step": step + 1, "world_size": world_size,
+                "global_batch_size": plan.global_batch_size, "history": history,
+                "train_s": train_s_before + time.perf_counter() - t_start,
+                "train_tokens": tokens_before + total_tokens,
+                "mlflow_run_id": tracker.mlflow_run_id if tracker is not None else None,
+                "placement": placement,
+            }
             with tempfile.TemporaryDirectory() as tmp:
-                engine.save_checkpoint(tmp)  # collective: every rank writes its shard
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+                ckpt.save(engine, Path(tmp), rank, state, exclude_frozen=is_lora)
+                # Every rank reports its own files; Ray merges them into one checkpoint dir.
+                ray.train.report(
+                    {"step": step + 1, "world_size": world_size,
+                     "global_batch_size": plan.global_batch_size},
+                    checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                    checkpoint_dir_name=ckpt.checkpoint_dir_name(step + 1),
+                )
 
-    train_s = time.perf_counter() - t_start
+    train_s = train_s_before + time.perf_counter() - t_start
+    total_tokens += int(tokens_before)
     summary = {
         "steps": total_steps,
+        "resumed_from_step": start_step,
+        "method": cfg.method,
+        "parameters": n_params,
+        "trainable_parameters": n_trainable,
         "train_tokens": total_tokens,
         "train_s": train_s,
         "time_to_first_step_s": t_first_step,
         "step_time_s": step_time_s,
         "tokens_per_s": total_tokens / train_s,
+        "tokens_per_s_per_worker": total_tokens / train_s / world_size,
+        "mfu": mfu(total_tokens / train_s, n_params, n_trainable, world_size, device_name)
+        if device.type == "cuda" else None,
+        "device": device_name,
+        "placement": placement,
         "global_batch_size": plan.global_batch_size,
         "world_size": world_size,
+        "bf16": bf16,
+        "use_gpu": device.type == "cuda",
+        "train_sequences": n_train,
+        "val_sequences": len(val["input_ids"]) if val is not None else 0,
+        "train_loss_tokens": int((train["labels"] != IGNORE_INDEX).sum()),
         "final_train_loss": next((h["train_loss"] for h in reversed(history) if "train_loss" in h), None),
         "final_val_loss": next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None),
         "history": history,
     }
-    # Export: a collective under ZeRO-3 (parameters are gathered), then rank 0 alone writes.
-    # The full summary (loss history included) travels inside the exported dir; the metrics
-    # reported to Ray stay small, since Ray echoes them on the console.
+
+    # -- export ----------------------------------------------------------------------------
+    # The loss of the trained engine on one fixed sequence (a collective under ZeRO-3: every
+    # rank runs the same forward); the export must reproduce it when reloaded.
+    check_split = val if val is not None else train
+    check_batch = _to_device(check_split, np.array([0]), device)
+    check_batch = {k: v[:, :512] for k, v in check_batch.items()}
+    trained_loss = batch_loss(engine, check_batch)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model"
-        written = export_hf_model(engine, cfg.zero_stage, out, rank)
+        written = export(engine, cfg.zero_stage, is_lora, out, rank)  # a collective
         checkpoint = None
         if rank == 0:
-            AutoTokenizer.from_pretrained(config["model_dir"]).save_pretrained(out)
+            dtype = torch.bfloat16 if bf16 else torch.float32
+            tolerance = export_tolerance(cfg, bf16)
+            checks = []
+            if is_lora:
+                checks.append(check_losses_match(
+                    "adapter", trained_loss,
+                    reload_loss(out / ADAPTER_DIR, check_batch, dtype, config["model_dir"]),
+                    tolerance))
+                if cfg.lora.merge:
+                    merge_adapter(config["model_dir"], out / ADAPTER_DIR, out, dtype)
+            if not is_lora or cfg.lora.merge:
+                checks.append(check_losses_match(
+                    "model", trained_loss, reload_loss(out, check_batch, dtype), tolerance))
+            tokenizer = AutoTokenizer.from_pretrained(config["model_dir"])
+            tokenizer.save_pretrained(out)
+            if is_lora:
+                tokenizer.save_pretrained(out / ADAPTER_DIR)
+            summary["export_check"] = checks
             (out / EXPORT_MARKER).write_text(json.dumps({"tensors": written, **summary}))
             checkpoint = ray.train.Checkpoint.from_directory(out)
-        ray.train.report({k: v for k, v in summary.items() if k not in ("history", "step_time_s")},
-                         checkpoint=checkpoint)
+            rank_zero_print(rank, "export verified: " + ", ".join(
+                f"{c['what']} loss {c['reloaded_loss']:.6g} (trained {c['trained_loss']:.6g})"
+                for c in checks))
+        if tracker is not None:
+            tracker.close()
+        ray.train.report(
+            {"step": total_steps, "world_size": world_size,
+             "global_batch_size": plan.global_batch_size, "exported": True},
+            checkpoint=checkpoint, checkpoint_dir_name="export",
+        )

@@ -9,11 +9,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import ray
-from ray.train import CheckpointConfig, LoggingConfig, RunConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
 from ray.train.torch import TorchTrainer
 
 from tunearena.cluster.config import ClusterConfig
 from tunearena.cluster.ray_cluster import resolve_use_gpu, scaling_config, worker_env
+from tunearena.training import checkpoint as ckpt
 from tunearena.training.config import TrainingConfig
 from tunearena.training.data import TokenizedSplit, prepare_splits
 from tunearena.training.loop import EXPORT_MARKER, train_loop_per_worker
@@ -21,6 +22,10 @@ from tunearena.training.loop import EXPORT_MARKER, train_loop_per_worker
 
 class ModelDirError(ValueError):
     """A base model that cannot be loaded; the message says what is missing."""
+
+
+class MethodUnavailable(RuntimeError):
+    """A training method this cluster or installation cannot run (QLoRA without CUDA)."""
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -53,6 +58,27 @@ def prepare_data(model_dir: str, cfg: TrainingConfig) -> tuple[TokenizedSplit, T
     )
 
 
+def uses_bf16(cfg: TrainingConfig, use_gpu: bool) -> bool:
+    """``precision: auto`` means bf16 on GPUs and fp32 on CPUs."""
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu)
+
+
+def check_method(cfg: TrainingConfig, use_gpu: bool) -> None:
+    """QLoRA needs CUDA workers and bitsandbytes; say so before any worker starts."""
+    import importlib.util
+
+    if cfg.method != "qlora":
+        return
+    if not use_gpu:
+        raise MethodUnavailable("training.method qlora needs GPU workers (4-bit weights are a "
+                                "CUDA kernel); use method lora on CPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise MethodUnavailable('training.method qlora needs bitsandbytes: pip install bitsandbytes')
+    if cfg.zero_stage == 3:
+        raise MethodUnavailable("training.method qlora runs with zero_stage 0-2: ZeRO-3 cannot "
+                                "partition 4-bit weights")
+
+
 def run_stage(
     name: str,
     model_dir: str,
@@ -64,12 +90,24 @@ def run_stage(
 ) -> dict:
     """Train ``model_dir`` on ``cfg``'s data with ``cluster.num_workers`` DeepSpeed ranks.
 
-    Ray must be initialised. The exported model lands in ``out_dir`` (replaced atomically).
-    Returns the training summary: steps, tokens, timings, loss history.
+    Ray must be initialised. ``name`` names the Ray Train run under ``storage_path``: when a
+    run of that name has checkpoints there, training continues from the latest (call
+    ``checkpoint.clear`` first for a fresh start). Workers that fail are restarted from the
+    latest checkpoint up to ``cluster.max_failures`` times. The exported model, verified by
+    reloading it, lands in ``out_dir`` (replaced atomically). Returns the training summary.
     """
-    train, val = data if data is not None else prepare_data(model_dir, cfg)
     use_gpu = resolve_use_gpu(cluster)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu)
+    check_method(cfg, use_gpu)
+    storage = str(storage_path)
+    latest = ckpt.latest(storage, name)
+    if latest is not None and latest[1].get("exported"):
+        # A previous attempt finished and exported; only the copy to out_dir was lost.
+        with ckpt.open_checkpoint(storage, name, latest[0]).as_directory() as exported:
+            return _collect_export(name, Path(exported), out_dir)
+    if latest is not None:
+        ckpt.check_world_size(latest[1], cluster.num_workers)  # before claiming any worker
+    train, val = data if data is not None else prepare_data(model_dir, cfg)
+    bf16 = uses_bf16(cfg, use_gpu)
     data_ref = ray.put({"train": asdict(train), "val": asdict(val) if val is not None else None})
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -78,14 +116,16 @@ def run_stage(
             "model_dir": str(Path(model_dir).resolve()) if Path(model_dir).exists() else model_dir,
             "data_ref": data_ref,
             "bf16": bf16,
+            "run_name": name,
             "launch_time": time.time(),
         },
         scaling_config=scaling_config(cluster, use_gpu),
         # Ray Train V2's RunConfig; type checkers see the V1 class that `ray.train` swaps out.
         run_config=RunConfig(  # type: ignore[call-arg]
             name=name,
-            storage_path=str(storage_path),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            storage_path=storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint_keep),
+            failure_config=FailureConfig(max_failures=cluster.max_failures),
             worker_runtime_env={"env_vars": worker_env(cluster)},
             # Ray Train's INFO lines repeat every reported metric; our rank 0 logs progress.
             logging_config=LoggingConfig(log_level="WARNING"),
@@ -94,17 +134,19 @@ def run_stage(
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"stage {name!r} finished without an exported model")
+    with result.checkpoint.as_directory() as exported:
+        return _collect_export(name, Path(exported), out_dir)
+
+
+def _collect_export(name: str, exported: Path, out_dir: Path) -> dict:
+    """Copy an exported checkpoint to ``out_dir`` atomically; returns its summary."""
+    if not (exported / EXPORT_MARKER).is_file():
+        raise RuntimeError(f"stage {name!r}: the last checkpoint is not an exported model")
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    with result.checkpoint.as_directory() as ckpt:
-        if not (Path(ckpt) / EXPORT_MARKER).is_file():
-            raise RuntimeError(f"stage {name!r}: the last checkpoint is not an exported model")
-        shutil.copytree(ckpt, tmp)
+    shutil.copytree(exported, tmp)
+    summary = json.loads((tmp / EXPORT_MARKER).read_text())
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
-    summary = json.loads((out_dir / EXPORT_MARKER).read_text())
-    summary |= {"train_sequences": len(train), "val_sequences": len(val) if val is not None else 0,
-                "train_loss_tokens": train.loss_tokens, "bf16": bf16, "use_gpu": use_gpu}
-    (out_dir / EXPORT_MARKER).write_text(json.dumps(summary, indent=1))
     return summary

@@ -1,0 +1,183 @@
+"""Ray + DeepSpeed step time over plain torchrun + DeepSpeed, same model, data and ZeRO stage.
+
+    python bench/overhead.py [--zero-stage 2] [--workers 2] [--steps 60] [--repeats 2]
+
+Builds a randomly initialised Llama (sizes are options) and one tokenised data set, then
+alternates ``run_stage`` inside a local Ray with ``bench/torchrun_baseline.py`` under
+``torchrun`` (the same loop without Ray), so machine noise hits both alike. Ray is started
+and shut down around each Ray run, so its daemons are not running while the baseline trains.
+
+Steady step time is the median wall time of an optimizer step on rank 0 once the first
+steps (warm-up) are dropped; the target is Ray / torchrun <= 1.05. Time to first step runs
+from launching the trainer (``run_stage``'s TorchTrainer, or torchrun's process) to the end
+of the first step; ``ray.init`` is reported apart. Both paths do the same fp32 math on gloo,
+so their final losses agree closely: the check that they did the same work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from train_throughput import make_model_dir  # the sibling bench script's random Llama
+
+TARGET_RATIO = 1.05
+VOCAB_SIZE = 1024
+BASELINE = Path(__file__).with_name("torchrun_baseline.py")
+
+
+def steady(step_time_s: list[float]) -> dict:
+    """Median, mean and p90 step ms after the warm-up steps (the first 5, or 10% if more)."""
+    warmup = max(5, len(step_time_s) // 10)
+    ms = np.array(step_time_s[warmup:]) * 1000
+    return {"median_ms": float(np.median(ms)), "mean_ms": float(ms.mean()),
+            "p90_ms": float(np.percentile(ms, 90)), "steady_steps": len(ms)}
+
+
+def write_text(path: Path, n_seqs: int, seq_len: int) -> None:
+    """``n_seqs`` records of ``seq_len - 1`` random words: with EOS, one packed row each.
+
+    Each ``w<i>`` is one token of ``make_model_dir``'s word-level tokenizer.
+    """
+    rng = random.Random(0)
+    with path.open("w") as f:
+        for _ in range(n_seqs):
+            words = " ".join(f"w{rng.randrange(VOCAB_SIZE - 3)}" for _ in range(seq_len - 1))
+            f.write(json.dumps({"text": words}) + "\n")
+
+
+def run_ray(run: int, model_dir: Path, cfg, cluster, data, work: Path) -> dict:
+    import ray
+
+    from tunearena.training.trainer import run_stage
+
+    t0 = time.perf_counter()
+    # address="local": a fresh instance of our own, never another Ray already on this machine.
+    ray.init(address="local", num_cpus=cluster.num_workers * cluster.cpus_per_worker,
+             include_dashboard=False, log_to_driver=True)
+    init_s = time.perf_counter() - t0
+    try:
+        summary = run_stage(f"overhead{run}", str(model_dir), cfg, cluster,
+                            work / f"ray_out{run}", work / "ray", data=data)
+    finally:
+        ray.shutdown()
+    return {"step_time_s": summary["step_time_s"], "train_s": summary["train_s"],
+            "time_to_first_step_s": summary["time_to_first_step_s"],
+            "final_train_loss": summary["final_train_loss"], "ray_init_s": init_s}
+
+
+def run_torchrun(run: int, model_dir: Path, cfg, cluster, npz: Path, work: Path) -> dict:
+    (work / "cfg.json").write_text(cfg.model_dump_json())
+    out = work / f"torchrun{run}.json"
+    threads = str(cluster.cpus_per_worker)
+    env = os.environ | {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+                        "TOKENIZERS_PARALLELISM": "false"}
+    launch_time = time.time()
+    # This Python's torchrun, not whichever one is first on PATH.
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone",
+         "--nproc_per_node", str(cluster.num_workers), str(BASELINE),
+         "--model-dir", str(model_dir), "--config", str(work / "cfg.json"), "--data", str(npz),
+         "--launch-time", repr(launch_time), "--out", str(out)],
+        env=env, capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
+        raise SystemExit(f"torchrun baseline failed with exit code {proc.returncode}")
+    return json.loads(out.read_text())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zero-stage", type=int, default=2, choices=[0, 1, 2, 3])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--cpus-per-worker", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=2, help="ray/torchrun pairs, alternated")
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args()
+    if args.steps < 10:
+        parser.error("--steps must be at least 10 (the first 5 are warm-up)")
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(key, "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+    from tunearena.cluster.config import ClusterConfig
+    from tunearena.training.config import TrainingConfig
+    from tunearena.training.trainer import prepare_data
+
+    runs: list[tuple[str, dict]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model_dir = work / "model"
+        heads = max(1, args.hidden // 64)
+        arch = dict(hidden_size=args.hidden, intermediate_size=3 * args.hidden,
+                    num_hidden_layers=args.layers, num_attention_heads=heads,
+                    num_key_value_heads=heads, vocab_size=VOCAB_SIZE)
+        n_params = make_model_dir(model_dir, arch, args.seq_len)
+        write_text(work / "text.jsonl", args.micro_batch * args.workers * args.steps, args.seq_len)
+        cfg = TrainingConfig(datasets=[{"path": work / "text.jsonl"}], seq_len=args.seq_len,
+                             micro_batch_size=args.micro_batch, max_steps=args.steps,
+                             zero_stage=args.zero_stage, precision="fp32",
+                             validation_fraction=0.0, eval_every_steps=10**6, seed=0)
+        cluster = ClusterConfig(num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                                use_gpu=False)
+        # Tokenised once: Ray gets the arrays, torchrun the same arrays through an .npz.
+        train, _ = prepare_data(str(model_dir), cfg)
+        npz = work / "train.npz"
+        np.savez(npz, input_ids=train.input_ids, labels=train.labels,
+                 attention_mask=train.attention_mask)
+        for run in range(args.repeats):
+            runs.append(("ray", run_ray(run, model_dir, cfg, cluster, (train, None), work)))
+            runs.append(("torchrun", run_torchrun(run, model_dir, cfg, cluster, npz, work)))
+
+    print(f"\nmodel: {n_params / 1e6:.1f}M params (hidden {args.hidden}, {args.layers} layers), "
+          f"seq_len {args.seq_len}, micro batch {args.micro_batch}, {args.workers} workers x "
+          f"{args.cpus_per_worker} CPU, ZeRO-{args.zero_stage}, fp32, {args.steps} steps")
+    print(f"{'path':<12}{'step ms':>9}{'p90':>8}{'mean':>8}{'iter ms':>9}"
+          f"{'1st step s':>12}{'final loss':>12}")
+    rows = []
+    for i, (path, r) in enumerate(runs):
+        s = steady(r["step_time_s"])
+        warmup = len(r["step_time_s"]) - s["steady_steps"]
+        # Whole loop iterations after warm-up: also counts work between steps (logging).
+        iter_ms = (r["train_s"] - sum(r["step_time_s"][:warmup])) / s["steady_steps"] * 1000
+        rows.append(s | {"path": path, "iter_ms": iter_ms, **r})
+        print(f"{f'{path} #{i // 2 + 1}':<12}{s['median_ms']:>9.1f}{s['p90_ms']:>8.1f}"
+              f"{s['mean_ms']:>8.1f}{iter_ms:>9.1f}{r['time_to_first_step_s']:>12.2f}"
+              f"{r['final_train_loss']:>12.5f}")
+    ray_init = [r["ray_init_s"] for r in rows if "ray_init_s" in r]
+    print(f"(ray.init, not in Ray's time to first step: {statistics.median(ray_init):.2f} s; "
+          f"steady = after the first {warmup} steps)")
+    ratios = []
+    for ray_row, tr_row in zip(rows[::2], rows[1::2], strict=True):
+        ratios.append(ray_row["median_ms"] / tr_row["median_ms"])
+        print(f"pair: step ratio {ratios[-1]:.3f}, iter ratio "
+              f"{ray_row['iter_ms'] / tr_row['iter_ms']:.3f}, first step "
+              f"{ray_row['time_to_first_step_s']:.2f} s vs {tr_row['time_to_first_step_s']:.2f} s, "
+              f"loss difference {ray_row['final_train_loss'] - tr_row['final_train_loss']:+.2e}")
+    ratio = statistics.median(ratios)
+    verdict = "ABOVE TARGET" if ratio > TARGET_RATIO else "ok"
+    print(f"ratio ray/torchrun steady step time: {ratio:.3f} (target <= {TARGET_RATIO}) {verdict}")
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"args": vars(args) | {"json_out": None},
+                                             "runs": rows, "ratio": ratio}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

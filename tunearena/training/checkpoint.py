@@ -1,0 +1,122 @@
+"""Resumable checkpoints: what a worker saves and loads, and what the driver checks before a
+stage restarts from one.
+
+A checkpoint is DeepSpeed's own (every rank writes its shard into the same Ray checkpoint
+dir) plus ``tunearena_state.json`` from rank 0 (step, loss history, tracker run) and each
+rank's RNG state. Ray Train keeps the latest ``checkpoint_keep`` of them in
+``<storage>/<run name>/step_NNNNNNN`` and restores the latest when a run with the same name
+starts again: after a worker failure (``max_failures``) and on ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+STATE_FILE = "tunearena_state.json"
+DEEPSPEED_TAG = "deepspeed"
+# Ray Train V2's record of the run's checkpoints, next to them in storage.
+RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+
+
+class ResumeError(RuntimeError):
+    """A checkpoint this attempt cannot continue from; the message says why and what to do."""
+
+
+def checkpoint_dir_name(step: int) -> str:
+    """Sortable dir names, so the storage listing reads in training order."""
+    return f"step_{step:07d}"
+
+
+def save(engine, directory: Path, rank: int, state: dict, exclude_frozen: bool) -> None:
+    """Write this rank's part of a checkpoint into ``directory`` (a collective).
+
+    ``exclude_frozen`` leaves a LoRA run's frozen base weights out: they never change, and
+    they are most of the model.
+    """
+    engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG,
+                           exclude_frozen_parameters=exclude_frozen)
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    torch.save(rng, directory / f"rng_rank{rank}.pt")
+    if rank == 0:
+        (directory / STATE_FILE).write_text(json.dumps(state))
+
+
+def load(engine, directory: Path, rank: int, world_size: int, exclude_frozen: bool) -> dict:
+    """Restore engine, optimizer, lr schedule and RNG from ``directory``; returns the state."""
+    state = json.loads((directory / STATE_FILE).read_text())
+    check_world_size(state, world_size)
+    load_path, _ = engine.load_checkpoint(
+        str(directory), tag=DEEPSPEED_TAG, load_optimizer_states=True,
+        load_lr_scheduler_states=True, load_module_strict=not exclude_frozen,
+    )
+    if load_path is None:
+        raise ResumeError(f"DeepSpeed found no checkpoint in {directory}")
+    rng = torch.load(directory / f"rng_rank{rank}.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    return state
+
+
+def check_world_size(state: dict, world_size: int) -> None:
+    """Refuse to resume on a different number of workers.
+
+    ZeRO partitions the optimizer states per worker, and the global batch (so the data
+    position and the lr schedule's step count) depends on the worker count too.
+    """
+    if state["world_size"] != world_size:
+        raise ResumeError(
+            f"the checkpoint at step {state['step']} was written by {state['world_size']} "
+            f"workers (global batch {state['global_batch_size']}); this attempt has "
+            f"{world_size}. Resume with cluster.num_workers: {state['world_size']}, or start "
+            f"the stage afresh without --resume."
+        )
+
+
+def latest(storage_path: str, run_name: str) -> tuple[str, dict] | None:
+    """(dir name, metrics) of the run's latest registered checkpoint, from Ray's own record.
+
+    Only checkpoints every worker finished uploading are in that record, so a dir left half
+    written by a killed worker is never picked.
+    """
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(_uri(storage_path))
+    path = f"{root.rstrip('/')}/{run_name}/{RAY_SNAPSHOT_FILE}"
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        snapshot = json.loads(f.read())
+    result = snapshot.get("latest_checkpoint_result")
+    if not result:
+        return None
+    return result["checkpoint_dir_name"], result["metrics"]
+
+
+def open_checkpoint(storage_path: str, run_name: str, dir_name: str):
+    """A Ray ``Checkpoint`` for a checkpoint dir in storage (local or an object store)."""
+    import pyarrow.fs
+    import ray.train
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(_uri(storage_path))
+    return ray.train.Checkpoint(path=f"{root.rstrip('/')}/{run_name}/{dir_name}", filesystem=fs)
+
+
+def clear(storage_path: str, run_name: str) -> None:
+    """Delete a run's checkpoints, so a fresh attempt does not restore an old one."""
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(_uri(storage_path))
+    path = f"{root.rstrip('/')}/{run_name}"
+    if fs.get_file_info(path).type == pyarrow.fs.FileType.Directory:
+        fs.delete_dir(path)
+
+
+def _uri(storage_path: str) -> str:
+    """pyarrow wants a URI or an absolute path."""
+    return storage_path if "://" in storage_path else str(Path(storage_path).resolve())
