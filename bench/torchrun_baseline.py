@@ -6,7 +6,7 @@
 The same math as ``tunearena.training.loop``: the model dir loaded by the same
 ``load_model``, the same token arrays (an .npz the parent wrote from ``prepare_data``), the
 DeepSpeed config of ``build_ds_config``, the lr schedule of ``build_lr_scheduler``, the same
-data order and the same torch/OpenMP thread count per rank. Nothing else: no Ray, no checkpoints, no export. Rank 0 writes the wall time
+data order and the same torch/OpenMP thread count per rank, and optionally the niceness Ray gives its workers. Nothing else: no Ray, no checkpoints, no export. Rank 0 writes the wall time
 of each optimizer step (timed at the same points as the Ray loop), the time from the parent's
 launch to the end of the first step, and the final train loss (mean of the last log window).
 """
@@ -45,7 +45,10 @@ def main() -> None:
     parser.add_argument("--launch-time", type=float, required=True,
                         help="the parent's time.time() just before it started torchrun")
     parser.add_argument("--out", type=Path, required=True, help="rank 0 writes its JSON here")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="raise this rank's niceness by N (Ray starts its workers at 15)")
     args = parser.parse_args()
+    os.nice(args.nice)
 
     import deepspeed
     from deepspeed.accelerator import get_accelerator
