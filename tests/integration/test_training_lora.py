@@ -137,10 +137,31 @@ def test_lora_is_the_same_under_zero2_and_zero3(trained):
         torch.testing.assert_close(a3[name], a2[name], rtol=0, atol=1e-4, msg=name)
 
 
-def test_gradient_checkpointing_changes_memory_not_the_numbers(trained):
+def test_gradient_checkpointing_changes_memory_not_the_numbers(trained, tmp_path_factory,
+                                                               monkeypatch):
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     plain, _ = trained("lora3", 3)
-    recomputed, _ = trained("lora3-gc", 3, gradient_checkpointing=True)
+    # This run also sends its metrics to both trackers, which must not change them either.
+    tracked = tmp_path_factory.mktemp("tracking")
+    tracking = {"tensorboard_dir": tracked / "tb", "mlflow_tracking_uri": f"file:{tracked}/ml",
+                "mlflow_experiment": "lora"}
+    recomputed, _ = trained("lora3-gc", 3, gradient_checkpointing=True, tracking=tracking)
     assert recomputed["final_train_loss"] == pytest.approx(plain["final_train_loss"], abs=1e-5)
+
+    # Rank 0 alone logged every step: one event file, one MLflow run.
+    train_losses = [h["train_loss"] for h in recomputed["history"] if "train_loss" in h]
+    events = EventAccumulator(str(tracked / "tb" / "lora3-gc"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("train_loss")] == pytest.approx(train_losses)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # as the tracker sets it for itself
+    client = MlflowClient(tracking_uri=f"file:{tracked}/ml")
+    (run,) = client.search_runs([client.get_experiment_by_name("lora").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["method"] == "lora"
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in history] == list(range(1, 9))
+    assert [m.value for m in history] == pytest.approx(train_losses)
 
 
 @pytest.mark.parametrize(("stage", "offload"), [(2, {"offload_optimizer": "cpu"}),
