@@ -1,4 +1,5 @@
-"""The CUDA path: NCCL + bf16 through Ray Train and DeepSpeed. Skipped without a GPU."""
+"""The CUDA paths: NCCL + bf16 through Ray Train and DeepSpeed, full and LoRA fine-tuning,
+CPU offload with pinned memory, and QLoRA (bitsandbytes). Skipped without a GPU."""
 
 from __future__ import annotations
 
@@ -24,23 +25,52 @@ def ray_gpu():
     ray.shutdown()
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
-def test_bf16_nccl_stage_trains_and_exports(ray_gpu, tiny_model_dir, tmp_path, zero_stage):
-    from transformers import AutoModelForCausalLM
-
+def train_on_gpu(tiny_model_dir, tmp_path, name: str, **overrides) -> dict:
     from tunearena.cluster.config import ClusterConfig
     from tunearena.training.config import TrainingConfig
     from tunearena.training.trainer import run_stage
 
     data = tmp_path / "text.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in TINY_TEXT * 8))
-    cfg = TrainingConfig(datasets=[{"path": data}], seq_len=32, micro_batch_size=4, max_steps=12,
-                         lr=3e-3, zero_stage=zero_stage, log_every_steps=4, eval_every_steps=6)
+    settings = {"datasets": [{"path": data}], "seq_len": 32, "micro_batch_size": 4,
+                "max_steps": 12, "lr": 3e-3, "log_every_steps": 4, "eval_every_steps": 6}
+    cfg = TrainingConfig.model_validate(settings | overrides)
     cluster = ClusterConfig(num_workers=torch.cuda.device_count(), use_gpu="auto")
-    summary = run_stage(f"gpu-z{zero_stage}", str(tiny_model_dir), cfg, cluster,
-                        tmp_path / "out", tmp_path / "ray")
+    summary = run_stage(name, str(tiny_model_dir), cfg, cluster, tmp_path / "out",
+                        tmp_path / "ray")
     assert summary["use_gpu"] and summary["bf16"], "auto precision must pick bf16 on CUDA"
     losses = [h["train_loss"] for h in summary["history"] if "train_loss" in h]
     assert losses[-1] < losses[0]
+    return summary
+
+
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_bf16_nccl_stage_trains_and_exports(ray_gpu, tiny_model_dir, tmp_path, zero_stage):
+    from transformers import AutoModelForCausalLM
+
+    summary = train_on_gpu(tiny_model_dir, tmp_path, f"gpu-z{zero_stage}", zero_stage=zero_stage)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert all(p.numel() > 0 for p in model.parameters())
+    assert summary["mfu"] is None or 0 < summary["mfu"] < 1
+
+
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_bf16_lora_exports_a_verified_adapter(ray_gpu, tiny_model_dir, tmp_path, zero_stage):
+    from tunearena.training.export import ADAPTER_DIR
+
+    summary = train_on_gpu(tiny_model_dir, tmp_path, f"gpu-lora-z{zero_stage}", method="lora",
+                           lr=3e-2, zero_stage=zero_stage, gradient_checkpointing=True)
+    assert (tmp_path / "out" / ADAPTER_DIR / "adapter_model.safetensors").is_file()
+    assert {c["what"] for c in summary["export_check"]} == {"adapter", "model"}
+
+
+def test_cpu_offload_with_pinned_memory(ray_gpu, tiny_model_dir, tmp_path):
+    train_on_gpu(tiny_model_dir, tmp_path, "gpu-offload", zero_stage=3,
+                 offload_optimizer="cpu", offload_params="cpu")
+
+
+def test_qlora_trains_a_4bit_base(ray_gpu, tiny_model_dir, tmp_path):
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes")
+    summary = train_on_gpu(tiny_model_dir, tmp_path, "gpu-qlora", method="qlora", lr=3e-2,
+                           zero_stage=2)
+    assert summary["method"] == "qlora"

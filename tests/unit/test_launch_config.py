@@ -115,3 +115,17 @@ def test_hub_ids_are_left_alone(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL))
     assert cfg.model.base == "some-org/some-model"
     assert isinstance(cfg, ExperimentConfig)
+
+
+def test_cluster_example_config_is_valid():
+    cfg = load_config(REPO / "configs" / "cluster_lora.yaml")
+    assert cfg.training.method == "lora" and cfg.cluster.placement == "STRICT_SPREAD"
+    assert cfg.training.datasets[1].format == "chat"
+    assert cfg.cluster.max_failures == 3
+
+
+def test_ft_arms_need_a_merged_lora_model(tmp_path):
+    text = MINIMAL.replace("arms: [base]", "arms: [base, ft]") + (
+        "training:\n  datasets: [{path: t.jsonl}]\n  method: lora\n  lora: {merge: false}\n")
+    with pytest.raises(ConfigError, match="training.lora.merge is false"):
+        load_config(write(tmp_path, text))
