@@ -65,3 +65,28 @@ def make_tiny_model_dir(path: Path, seed: int = 0, vocab_size: int = 256) -> Pat
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama model dir (safetensors + tokenizer), made once per session."""
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_text_file(tmp_path_factory) -> Path:
+    """TINY_TEXT as a ``text``-format training file."""
+    import json
+
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in TINY_TEXT), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance with two CPUs for one test module; yields its GCS address.
+
+    ``address="local"`` always starts a new instance, never joining one left running.
+    """
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

@@ -6,7 +6,6 @@ configuration trains once per module (a cached fixture); the tests read those ru
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -20,17 +19,6 @@ from tunearena.training.export import ADAPTER_DIR
 from tunearena.training.trainer import run_stage
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def make_cfg(data_path: Path, zero_stage: int, **overrides) -> TrainingConfig:
@@ -55,14 +43,7 @@ def make_cfg(data_path: Path, zero_stage: int, **overrides) -> TrainingConfig:
 
 
 @pytest.fixture(scope="module")
-def train_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in TINY_TEXT), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def trained(ray_local, tiny_model_dir, train_file, tmp_path_factory):
+def trained(ray_local, tiny_model_dir, tiny_text_file, tmp_path_factory):
     """``trained(key, stage, **overrides)`` -> (summary, export dir), each key trained once."""
     runs: dict[str, tuple[dict, Path]] = {}
     root = tmp_path_factory.mktemp("runs")
@@ -71,7 +52,7 @@ def trained(ray_local, tiny_model_dir, train_file, tmp_path_factory):
         if key not in runs:
             out_dir = root / key
             summary = run_stage(
-                key, str(tiny_model_dir), make_cfg(train_file, stage, **overrides),
+                key, str(tiny_model_dir), make_cfg(tiny_text_file, stage, **overrides),
                 ClusterConfig(num_workers=2, cpus_per_worker=1, use_gpu=False),
                 out_dir, root / "ray",
             )

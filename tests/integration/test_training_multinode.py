@@ -6,11 +6,8 @@ STRICT_SPREAD must put one worker on each, and ZeRO-3 partitions and gathers acr
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from conftest import TINY_TEXT
 
 from tunearena.cluster.config import ClusterConfig
 from tunearena.cluster.preflight import check_resources
@@ -39,12 +36,11 @@ def three_nodes():
         cluster.shutdown()
 
 
-def test_strict_spread_puts_one_zero3_worker_on_each_node(three_nodes, tiny_model_dir, tmp_path):
+def test_strict_spread_puts_one_zero3_worker_on_each_node(three_nodes, tiny_model_dir,
+                                                         tiny_text_file, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in TINY_TEXT), encoding="utf-8")
-    cfg = TrainingConfig(datasets=[{"path": data}], validation_fraction=0.1, seq_len=32,
+    cfg = TrainingConfig(datasets=[{"path": tiny_text_file}], validation_fraction=0.1, seq_len=32,
                          micro_batch_size=1, max_steps=4, lr=1e-2, zero_stage=3,
                          precision="fp32", log_every_steps=1, seed=0)
     cluster = ClusterConfig(num_workers=3, cpus_per_worker=1, use_gpu=False,

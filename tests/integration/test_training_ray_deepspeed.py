@@ -6,12 +6,10 @@ so the file costs one Ray start and four short trainings.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TEXT
 from safetensors.torch import load_file
 
 from tunearena.cluster.config import ClusterConfig
@@ -25,17 +23,6 @@ pytestmark = pytest.mark.slow
 # deepspeed 0.19.8, transformers 5.23). A refactor that should not change numerics (data
 # order, loss normalisation, batching, the DeepSpeed config) must keep this value.
 RECORDED_ZERO2_FINAL_TRAIN_LOSS = 3.3494830
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def make_cfg(data_path: Path, zero_stage: int) -> TrainingConfig:
@@ -60,14 +47,7 @@ def make_cfg(data_path: Path, zero_stage: int) -> TrainingConfig:
 
 
 @pytest.fixture(scope="module")
-def train_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in TINY_TEXT), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def trained(ray_local, tiny_model_dir, train_file, tmp_path_factory):
+def trained(ray_local, tiny_model_dir, tiny_text_file, tmp_path_factory):
     """``trained(stage)`` -> (summary, export dir), training each ZeRO stage at most once."""
     runs: dict[int, tuple[dict, Path]] = {}
     root = tmp_path_factory.mktemp("runs")
@@ -78,7 +58,7 @@ def trained(ray_local, tiny_model_dir, train_file, tmp_path_factory):
             summary = run_stage(
                 f"zero{stage}",
                 str(tiny_model_dir),
-                make_cfg(train_file, stage),
+                make_cfg(tiny_text_file, stage),
                 ClusterConfig(num_workers=2, cpus_per_worker=1, use_gpu=False),
                 out_dir,
                 root / "ray",

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TEXT
 
 from tunearena.cluster.config import ClusterConfig
 from tunearena.training import checkpoint as ckpt
@@ -33,22 +32,9 @@ TOTAL_STEPS = 32
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def cfg(tmp_path_factory) -> TrainingConfig:
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in TINY_TEXT), encoding="utf-8")
+def cfg(tiny_text_file) -> TrainingConfig:
     return TrainingConfig(
-        datasets=[{"path": path, "format": "text"}], validation_fraction=0.1, seq_len=32,
+        datasets=[{"path": tiny_text_file, "format": "text"}], validation_fraction=0.1, seq_len=32,
         micro_batch_size=2, grad_accum_steps=1, max_steps=TOTAL_STEPS, lr=5e-3, warmup_steps=4,
         zero_stage=2, precision="fp32", log_every_steps=1, eval_every_steps=1000,
         checkpoint_every_steps=4, checkpoint_keep=2, seed=0,

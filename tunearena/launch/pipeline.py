@@ -330,7 +330,11 @@ class Pipeline:
         if training:
             workers = training.get("world_size", cfg.cluster.num_workers)
             device_hours = training["train_s"] * workers / 3600
-            extra["training"] = training
+            step_s = sorted(training.get("step_time_s") or [0.0])
+            extra["training"] = {k: v for k, v in training.items() if k != "step_time_s"} | {
+                "median_step_s": step_s[len(step_s) // 2],
+                "p90_step_s": step_s[min(len(step_s) - 1, int(0.9 * len(step_s)))],
+            }
             extra["cost"] = {
                 "device": "GPU" if training.get("use_gpu") else "CPU worker",
                 "device_hours": device_hours,
