@@ -12,6 +12,10 @@ steps (warm-up) are dropped; the target is Ray / torchrun <= 1.05. Time to first
 from launching the trainer (``run_stage``'s TorchTrainer, or torchrun's process) to the end
 of the first step; ``ray.init`` is reported apart. Both paths do the same fp32 math on gloo,
 so their final losses agree closely: the check that they did the same work.
+
+Ray runs its workers at niceness 15, so by default the torchrun ranks get the same niceness:
+other load on a shared machine then slows both alike. The load average is printed with the
+table; trust a ratio whose p10 ratio (the least disturbed steps) tells the same story.
 """
 
 from __future__ import annotations
@@ -128,6 +132,7 @@ def main() -> int:
     from tunearena.training.trainer import prepare_data
 
     runs: list[tuple[str, dict]] = []
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model_dir = work / "model"
@@ -156,7 +161,8 @@ def main() -> int:
     print(f"\nmodel: {n_params / 1e6:.1f}M params (hidden {args.hidden}, {args.layers} layers), "
           f"seq_len {args.seq_len}, micro batch {args.micro_batch}, {args.workers} workers x "
           f"{args.cpus_per_worker} CPU, ZeRO-{args.zero_stage}, fp32, {args.steps} steps; "
-          f"torchrun ranks at niceness {args.baseline_nice}")
+          f"torchrun ranks at niceness {args.baseline_nice}; 1-min load average "
+          f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after ({os.cpu_count()} CPUs)")
     print(f"{'path':<13}{'step ms':>8}{'p10':>8}{'p90':>8}{'mean':>8}{'iter ms':>9}"
           f"{'1st step s':>12}{'final loss':>12}")
     rows = []
