@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,19 @@ def worker_env(cfg: ClusterConfig) -> dict[str, str]:
     return env
 
 
+def quiet_ray_train_logs() -> None:
+    """Run in every Ray worker process at start-up (``worker_process_setup_hook``).
+
+    Without Ray's dashboard there is no state API, so Ray Train's placement-group cleaner
+    warns once a second that it cannot query the controller, for the whole run; the
+    cleaner's only job (removing a dead controller's placement group) is done by the job's
+    end as well.
+    """
+    logging.getLogger(
+        "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+    ).setLevel(logging.ERROR)
+
+
 @contextmanager
 def ray_session(cfg: ClusterConfig) -> Iterator[None]:
     """Connect to (or start) Ray for the duration of the block.
@@ -40,7 +54,10 @@ def ray_session(cfg: ClusterConfig) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    runtime_env = {"env_vars": worker_env(cfg)}
+    runtime_env = {
+        "env_vars": worker_env(cfg),
+        "worker_process_setup_hook": "tunearena.cluster.ray_cluster.quiet_ray_train_logs",
+    }
     if cfg.address == "local":
         # "local" always starts a new instance: without it, ray.init joins whatever cluster
         # `ray start` left running on this machine.

@@ -222,7 +222,7 @@ class Pipeline:
         ]
         if all(c.ok for c in checks):
             checks += [check_storage(storage), check_collective(cluster, use_gpu, storage)]
-        self.console.print(format_checks(checks), highlight=False, markup=False)
+        self.console.print(format_checks(checks), highlight=False, markup=False, soft_wrap=True)
         if not all(c.ok for c in checks):
             raise PreflightError(checks)
 

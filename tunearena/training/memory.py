@@ -182,8 +182,9 @@ def _levers(e: MemoryEstimate) -> list[str]:
     return levers
 
 
-def _gib(n: float) -> str:
-    return f"{n / GIB:.1f}"
+def _size(n: float) -> str:
+    """Bytes as GiB, or MiB below one GiB (a tiny model's estimate is not "0.0 GiB")."""
+    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
 
 
 def check_memory(estimate: MemoryEstimate, device_memory_bytes: int | None, device: str) -> Check:
@@ -193,21 +194,21 @@ def check_memory(estimate: MemoryEstimate, device_memory_bytes: int | None, devi
     ``gpus_per_worker`` when workers share a GPU); None (a CPU run) only reports the estimate.
     """
     e = estimate
-    parts = (f"weights {_gib(e.weights_bytes)}, gradients {_gib(e.gradients_bytes)}, optimizer "
-             f"{_gib(e.optimizer_bytes)}, activations {_gib(e.activations_bytes)}, logits "
-             f"{_gib(e.logits_bytes)} GiB; host {_gib(e.host_bytes)} GiB")
-    summary = f"~{_gib(e.total_bytes)} GiB per worker ({parts})"
+    parts = (f"weights {_size(e.weights_bytes)}, gradients {_size(e.gradients_bytes)}, "
+             f"optimizer {_size(e.optimizer_bytes)}, activations {_size(e.activations_bytes)}, "
+             f"logits {_size(e.logits_bytes)}; host {_size(e.host_bytes)}")
+    summary = f"~{_size(e.total_bytes)} per worker ({parts})"
     if device_memory_bytes is None:
         return Check("memory", True, f"{summary} on {device}; device memory unknown, not compared")
     budget = MEMORY_HEADROOM * device_memory_bytes
     if e.total_bytes <= budget:
         return Check("memory", True, f"{summary} fits {MEMORY_HEADROOM:.0%} of "
-                                     f"{_gib(device_memory_bytes)} GiB on {device}")
+                                     f"{_size(device_memory_bytes)} on {device}")
     levers = _levers(e)
     fix = ("try, in order: " + "; ".join(levers)) if levers else \
         "use GPUs with more memory or a smaller model"
     return Check("memory", False, f"{summary} exceeds {MEMORY_HEADROOM:.0%} of "
-                                  f"{_gib(device_memory_bytes)} GiB on {device}", fix)
+                                  f"{_size(device_memory_bytes)} on {device}", fix)
 
 
 def check_batch(cfg: TrainingConfig, world_size: int, n_train_sequences: int) -> Check:
