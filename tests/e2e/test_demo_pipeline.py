@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import subprocess
 import sys
@@ -58,6 +59,9 @@ def test_demo_report_and_run_directory(demo_run):
     report = (demo_run / "report.md").read_text()
     assert "### lumora_products (domain, n = 12)" in report
     assert "| ft+rag |" in report and "## Forgetting" in report
+    assert report.startswith("# tunearena report: demo\n\n## Verdict: ")
+    page = html.unescape((demo_run / "report.html").read_text())
+    assert json.loads((demo_run / "results.json").read_text())["decision"]["sentence"] in page
     manifest = json.loads((demo_run / "manifest.json").read_text())
     steps = manifest["steps"]
     assert list(steps) == ["train", "index", "retrieve", "evaluate:base", "evaluate:base+rag",

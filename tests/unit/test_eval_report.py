@@ -8,7 +8,15 @@ import re
 import pytest
 
 from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
-from tunearena.evaluation.report import render_markdown, summarise
+from tunearena.evaluation.report import (
+    RULE_IN_FULL,
+    ResultsError,
+    decide,
+    load_results,
+    render_markdown,
+    summarise,
+)
+from tunearena.evaluation.stats import paired_diff_ci
 
 BENCHMARKS = [
     BenchmarkConfig(name="dom", path="dom.jsonl", kind="domain"),
@@ -164,8 +172,184 @@ def test_only_some_arms_and_no_general_benchmark():
             "different questions",
         ),
         (SAMPLES, {"samples": []}, "own keys"),
+        (SAMPLES, {"decision": {}}, "own keys"),
     ],
 )
 def test_inconsistent_inputs_are_errors(samples, extra, match):
     with pytest.raises(ValueError, match=match):
         _summarise(samples=samples, extra=extra)
+
+
+# -- between-arm pairs ---------------------------------------------------------------------
+
+
+def test_pairs_cover_every_two_non_base_arms_with_known_sign_and_interval():
+    results = _summarise()
+    pairs = results["benchmarks"]["dom"]["pairs"]
+    assert list(pairs) == ["ft - base+rag", "ft+rag - base+rag", "ft+rag - ft"]
+    # Nested answers: ft+rag (20 right) vs base+rag (30 right) differs on 10 of 40 questions.
+    assert pairs["ft+rag - base+rag"]["diff"] == pytest.approx(-0.25)
+    assert pairs["ft+rag - base+rag"]["ci"][1] < 0
+    assert pairs["ft+rag - base+rag"]["verdict"] == "worse than base+rag"
+    assert pairs["ft+rag - ft"]["diff"] == pytest.approx(0.25)
+    assert pairs["ft+rag - ft"]["ci"][0] > 0
+    assert pairs["ft+rag - ft"]["verdict"] == "better than ft"
+    # The interval is exactly the paired bootstrap of the two arms' per-question scores.
+    a = [r["acc"] for r in SAMPLES["ft+rag"]["dom"]]
+    b = [r["acc"] for r in SAMPLES["base+rag"]["dom"]]
+    assert pairs["ft+rag - base+rag"]["ci"] == list(paired_diff_ci(a, b, 0.95, 1000)[1:])
+    # Identical answers on gen (base+rag and base both 80 right): no claim either way.
+    gen = results["benchmarks"]["gen"]["pairs"]
+    assert gen["ft - base+rag"]["verdict"] == "worse than base+rag"
+    assert gen["ft+rag - base+rag"]["verdict"] == "no evidence of a difference"
+
+
+def test_pairs_with_two_arms_are_empty():
+    samples = {"base": {"dom": _scores(40, 10, "d")}, "ft": {"dom": _scores(40, 20, "d")}}
+    results = summarise(
+        samples, BENCHMARKS[:1], EvaluationConfig(benchmarks=BENCHMARKS[:1]), ReportConfig(), {}
+    )
+    assert results["benchmarks"]["dom"]["pairs"] == {}
+
+
+# -- the verdict -----------------------------------------------------------------------------
+
+
+def _world(dom: dict[str, int], gen: dict[str, int] | None = None) -> dict:
+    """Samples with ``dom[arm]`` of 40 domain and ``gen[arm]`` of 100 general questions right."""
+    gen = gen or dict.fromkeys(dom, 80)
+    return {
+        arm: {"dom": _scores(40, dom[arm], "d"), "gen": _scores(100, gen[arm], "g")} for arm in dom
+    }
+
+
+def test_verdict_both():
+    d = _summarise(_world({"base": 10, "base+rag": 20, "ft": 20, "ft+rag": 35}), {})["decision"]
+    assert d["verdict"] == "both"
+    assert d["sentence"].startswith("Use both")
+    assert d["rule"].startswith("both: ft+rag beats base, base+rag and ft on every domain")
+    assert "no general benchmark shows forgetting beyond the 2-point tolerance" in d["rule"]
+    decisive = [e["comparison"] for e in d["evidence"] if e["decisive"]]
+    assert decisive == ["ft+rag - base", "ft+rag - base+rag", "ft+rag - ft"]
+    assert "Decided by: ft+rag - base on dom (+62.5 points" in d["confidence"]
+    assert "None of these intervals spans zero." in d["confidence"]
+
+
+def test_verdict_fine_tune_when_ft_plus_rag_adds_nothing():
+    d = _summarise(_world({"base": 10, "base+rag": 25, "ft": 30, "ft+rag": 30}), {})["decision"]
+    assert d["verdict"] == "fine-tune"
+    assert d["rule"].startswith("fine-tune: ft beats base on every domain benchmark")
+    assert "both does not hold (ft+rag is not shown to beat ft)" in d["rule"]
+    assert "ft - base+rag on dom (+12.5 points" in d["confidence"]
+
+
+def test_verdict_fine_tune_not_blocked_by_an_unscored_rag_arm():
+    samples = {"base": {"dom": _scores(40, 10, "d")}, "ft": {"dom": _scores(40, 30, "d")}}
+    results = summarise(
+        samples, BENCHMARKS[:1], EvaluationConfig(benchmarks=BENCHMARKS[:1]), ReportConfig(), {}
+    )
+    d = results["decision"]
+    assert d["verdict"] == "fine-tune"
+    assert "both does not hold (ft+rag was not scored)" in d["rule"]
+    assert "Forgetting was not measured for a fine-tuned arm." in d["confidence"]
+
+
+def test_verdict_rag_when_fine_tuning_forgets():
+    world = _world(
+        {"base": 10, "base+rag": 25, "ft": 30, "ft+rag": 30},
+        {"base": 80, "base+rag": 80, "ft": 50, "ft+rag": 80},
+    )
+    d = _summarise(world, {})["decision"]
+    assert d["verdict"] == "RAG"
+    assert "fine-tuning forgets beyond the 2-point tolerance (ft on gen)" in d["rule"]
+    assert d["sentence"].startswith("Use retrieval (RAG) with the base model")
+
+
+def test_verdict_rag_when_fine_tuning_is_worse_than_rag():
+    d = _summarise(_world({"base": 10, "base+rag": 35, "ft": 20, "ft+rag": 20}), {})["decision"]
+    assert d["verdict"] == "RAG"
+    assert "fine-tuning does not win (ft is worse than base+rag" in d["rule"]
+
+
+def test_verdict_neither_and_every_decisive_interval_spans_zero():
+    d = _summarise(_world(dict.fromkeys(["base", "base+rag", "ft", "ft+rag"], 10)), {})["decision"]
+    assert d["verdict"] == "neither"
+    assert d["rule"] == (
+        "neither: base+rag is not shown to beat base; ft is not shown to beat base; "
+        "ft+rag is not shown to beat base."
+    )
+    assert "All of them span zero: no evidence of a difference." in d["confidence"]
+    assert {e["position"] for e in d["evidence"]} == {"spans zero"}
+
+
+def test_verdict_neither_without_a_domain_benchmark():
+    samples = {"base": {"gen": _scores(10, 5, "g")}, "ft": {"gen": _scores(10, 9, "g")}}
+    results = summarise(
+        samples, BENCHMARKS[1:], EvaluationConfig(benchmarks=BENCHMARKS[1:]), ReportConfig(), {}
+    )
+    d = results["decision"]
+    assert (d["verdict"], d["evidence"]) == ("neither", [])
+    assert "no domain benchmark was scored" in d["rule"]
+
+
+def _row(diff, lo, hi):
+    return {
+        "acc": 0.5,
+        "acc_ci": [0.4, 0.6],
+        "acc_norm": 0.5,
+        "diff_vs_base": diff,
+        "diff_ci": [lo, hi],
+        "verdict": "",
+    }
+
+
+def test_decide_reads_only_the_results_dict_and_zero_is_not_above_zero():
+    results = {
+        "settings": {"confidence": 0.9, "forgetting_tolerance": 0.05},
+        "arms": ["base", "base+rag", "ft"],
+        "benchmarks": {
+            "a": {
+                "kind": "domain",
+                "n": 50,
+                "arms": {
+                    "base": {**_row(None, 0, 0), "diff_ci": None},
+                    "base+rag": _row(0.1, 0.0, 0.2),  # touches zero: does not help
+                    "ft": _row(0.2, 0.1, 0.3),
+                },
+                "pairs": {"ft - base+rag": {"diff": 0.1, "ci": [-0.1, 0.3], "verdict": ""}},
+            },
+        },
+        "forgetting": {"checks": [{"arm": "ft", "benchmark": "g", "status": "inconclusive"}]},
+    }
+    d = decide(results)
+    assert d["verdict"] == "fine-tune"
+    assert d["rule_in_full"] == list(RULE_IN_FULL)
+    assert "(though some intervals reach past it)" in d["rule"]
+    assert d["confidence"].startswith("Based on 50 domain questions, at 90% confidence.")
+    assert "Spanning zero (no evidence of a difference): ft - base+rag on a" in d["confidence"]
+    assert "cannot be ruled out for ft on g." in d["confidence"]
+    results["benchmarks"]["a"]["arms"]["base+rag"] = _row(0.1, 0.01, 0.2)
+    results["forgetting"]["checks"][0]["status"] = "forgetting"
+    assert decide(results)["verdict"] == "RAG"
+
+
+def test_markdown_puts_the_verdict_first():
+    md = render_markdown(_summarise())
+    assert md.index("## Verdict: RAG") < md.index("## Headline") < md.index("## Scores")
+    assert "**Use retrieval (RAG) with the base model" in md
+    assert "- **Rule**: RAG: base+rag beats base" in md
+    assert re.search(r"\| ft\+rag - ft \| \+25\.0 \| \+[\d.]+ to \+[\d.]+ \| better than ft \|", md)
+
+
+def test_load_results_errors_name_the_path(tmp_path):
+    path = tmp_path / "results.json"
+    with pytest.raises(ResultsError, match=re.escape(f"{path}: results not found")):
+        load_results(path)
+    path.write_text("{not json")
+    with pytest.raises(ResultsError, match=re.escape(f"{path}: not valid JSON")):
+        load_results(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(ResultsError, match="expected a JSON object, got list"):
+        load_results(path)
+    path.write_text(json.dumps(_summarise()))
+    assert load_results(path)["decision"]["verdict"] == "RAG"

@@ -1,4 +1,4 @@
-"""Per-question scores -> results dict (the source of truth) -> Markdown report.
+"""Per-question scores -> results dict (the source of truth) -> verdict -> Markdown report.
 
 Every number is a fraction in [0, 1] in the results dict; "points" in sentences and
 tables are percentage points (a fraction x 100), printed with one decimal.
@@ -6,15 +6,18 @@ tables are percentage points (a fraction x 100), printed with one decimal.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
 from tunearena.evaluation.stats import mean_ci, paired_diff_ci
+from tunearena.files import write_atomic
 
 BETTER, WORSE, NO_EVIDENCE = "better than base", "worse than base", "no evidence of a difference"
 
 _ARM_LABELS = {"base+rag": "RAG", "ft": "Fine-tuning", "ft+rag": "Fine-tuning plus RAG"}
-_OWN_KEYS = ("settings", "arms", "benchmarks", "forgetting", "headline", "samples")
+_OWN_KEYS = ("settings", "arms", "benchmarks", "forgetting", "headline", "decision", "samples")
 
 
 def summarise(
@@ -26,9 +29,11 @@ def summarise(
 ) -> dict[str, Any]:
     """Turn ``samples[arm][benchmark]`` (lists from ``score_model``) into the results dict.
 
-    Keys: ``settings``, ``arms``, ``benchmarks`` (per benchmark: kind, n and per arm
-    acc / CI / acc_norm / paired diff vs base / verdict), ``forgetting`` (each non-base
-    arm on each general benchmark), ``headline`` (plain sentences), ``samples`` (kept as
+    Keys: ``settings``, ``arms``, ``benchmarks`` (per benchmark: kind, n, per arm
+    acc / CI / acc_norm / paired diff vs base / verdict, and ``pairs``: for every two
+    non-base arms, ``"A - B": {diff, ci, verdict}`` paired question by question, A the later
+    arm in ``arms``), ``forgetting`` (each non-base arm on each general benchmark),
+    ``headline`` (plain sentences), ``decision`` (see ``decide``), ``samples`` (kept as
     given), then the keys of ``extra`` (e.g. ``training``, ``retrieval``, ``run``).
     """
     extra = extra or {}
@@ -63,7 +68,22 @@ def summarise(
                 diff, dlo, dhi = paired_diff_ci(scores[arm]["acc"], base_acc, conf, n_boot)
                 row.update(diff_vs_base=diff, diff_ci=[dlo, dhi], verdict=_verdict(dlo, dhi))
             rows[arm] = row
-        per_benchmark[bench.name] = {"kind": bench.kind, "n": len(base_acc), "arms": rows}
+        pairs: dict[str, Any] = {}
+        others = arms[1:]
+        for i, b in enumerate(others):
+            for a in others[i + 1 :]:
+                diff, dlo, dhi = paired_diff_ci(scores[a]["acc"], scores[b]["acc"], conf, n_boot)
+                pairs[f"{a} - {b}"] = {
+                    "diff": diff,
+                    "ci": [dlo, dhi],
+                    "verdict": _verdict(dlo, dhi, f"better than {b}", f"worse than {b}"),
+                }
+        per_benchmark[bench.name] = {
+            "kind": bench.kind,
+            "n": len(base_acc),
+            "arms": rows,
+            "pairs": pairs,
+        }
 
     forgetting = _forgetting(per_benchmark, arms, tolerance, conf)
     results: dict[str, Any] = {
@@ -77,8 +97,9 @@ def summarise(
         "benchmarks": per_benchmark,
         "forgetting": forgetting,
         "headline": _headline(per_benchmark, arms, forgetting, conf),
-        "samples": samples,
     }
+    results["decision"] = decide(results)
+    results["samples"] = samples
     results.update(extra)
     return results
 
@@ -112,11 +133,11 @@ def _mean(values: list[int]) -> float:
     return sum(values) / len(values)
 
 
-def _verdict(lo: float, hi: float) -> str:
+def _verdict(lo: float, hi: float, better: str = BETTER, worse: str = WORSE) -> str:
     if lo > 0:
-        return BETTER
+        return better
     if hi < 0:
-        return WORSE
+        return worse
     return NO_EVIDENCE
 
 
@@ -215,6 +236,271 @@ def _headline(
     return sentences
 
 
+VERDICTS = ("fine-tune", "RAG", "both", "neither")
+
+RULE_IN_FULL = (
+    "An arm helps when, on every domain benchmark, the confidence interval of its "
+    "question-by-question difference against the base model lies above zero.",
+    "Fine-tuning is acceptable when no forgetting check of a fine-tuned arm (ft, ft+rag) finds "
+    "a drop on a general benchmark beyond the forgetting tolerance.",
+    "both: ft+rag helps, the intervals of ft+rag minus base+rag and of ft+rag minus ft lie "
+    "above zero on every domain benchmark, and fine-tuning is acceptable.",
+    "fine-tune: ft helps, fine-tuning is acceptable, and the interval of ft minus base+rag "
+    "lies below zero on no domain benchmark.",
+    "RAG: base+rag helps, and neither rule above applies.",
+    "neither: no rule above applies.",
+)
+"""The decision rule, checked in this order; the first clause that holds gives the verdict."""
+
+_SENTENCES = {
+    "both": "Use both: fine-tune the model and give it retrieved passages (RAG).",
+    "fine-tune": "Fine-tune the model: it beats the base model, and RAG is not shown to do better.",
+    "RAG": "Use retrieval (RAG) with the base model: it beats the base model, and fine-tuning "
+    "is not shown to be worth it.",
+    "neither": "Neither: no option is shown to be worth it on these questions; keep the base "
+    "model, or score more questions to settle it.",
+}
+
+_Comparison = tuple[str, str]  # (a, b): the interval of a minus b, paired question by question
+
+
+def decide(results: dict[str, Any]) -> dict[str, Any]:
+    """The recommendation the results support: fine-tune, RAG, both, or neither.
+
+    The rule (``RULE_IN_FULL``), checked in this order, the first clause that holds wins:
+
+    - an arm *helps* when, on every domain benchmark, the confidence interval of its paired
+      difference against base lies above zero;
+    - fine-tuning is *acceptable* when no forgetting check of a fine-tuned arm (ft, ft+rag)
+      has status ``forgetting`` (its whole interval past ``report.forgetting_tolerance``);
+    - **both**: ft+rag helps, the intervals of ft+rag - base+rag and ft+rag - ft lie above
+      zero on every domain benchmark, and fine-tuning is acceptable;
+    - **fine-tune**: ft helps, fine-tuning is acceptable, and the interval of ft - base+rag
+      lies below zero on no domain benchmark (an unscored base+rag cannot block it);
+    - **RAG**: base+rag helps;
+    - **neither**: otherwise (also when no domain benchmark was scored).
+
+    Reads only the results dict (``settings``, ``arms``, ``benchmarks`` with their ``pairs``,
+    ``forgetting``). Returns ``verdict`` (one of ``VERDICTS``), ``sentence`` (the
+    recommendation in plain words), ``rule`` (the clause that produced it, and why the
+    earlier clauses did not), ``confidence`` (which intervals decided it, and which of them
+    span zero), ``rule_in_full``, and ``evidence`` (every interval the rule read, each with
+    ``comparison``, ``benchmark``, ``diff``, ``ci``, ``position`` and ``decisive``).
+    """
+    settings = results.get("settings", {})
+    forgetting = results.get("forgetting", {})
+    conf = settings.get("confidence", 0.95)
+    tol = settings.get("forgetting_tolerance", forgetting.get("tolerance", 0.0))
+    benchmarks = results.get("benchmarks", {})
+    arms = results.get("arms", [])
+    domain = [name for name, b in benchmarks.items() if b["kind"] == "domain"]
+    seen: dict[tuple[str, str, str], tuple[float, float, float]] = {}
+
+    def interval(a: str, b: str, name: str) -> tuple[float, float, float] | None:
+        bench = benchmarks[name]
+        if b == "base":
+            row = bench["arms"].get(a)
+            if row is None or row.get("diff_ci") is None:
+                return None
+            value = (row["diff_vs_base"], *row["diff_ci"])
+        else:
+            pair = bench.get("pairs", {}).get(f"{a} - {b}")
+            if pair is None:
+                return None
+            value = (pair["diff"], *pair["ci"])
+        seen[(a, b, name)] = value
+        return value
+
+    def beats(a: str, b: str) -> tuple[bool, str, list[_Comparison]]:
+        """Whether a - b lies above zero on every domain benchmark."""
+        missing = [arm for arm in (a, b) if arm not in arms]
+        if missing:
+            return False, f"{missing[0]} was not scored", []
+        values = [interval(a, b, name) for name in domain]
+        ok = bool(values) and all(v is not None and v[1] > 0 for v in values)
+        return ok, f"{a} is not shown to beat {b}", [(a, b)]
+
+    def not_worse(a: str, b: str) -> tuple[bool, str, list[_Comparison]]:
+        """Whether a - b lies below zero on no domain benchmark (trivially, b unscored)."""
+        if a not in arms or b not in arms:
+            return True, "", []
+        values = [interval(a, b, name) for name in domain]
+        ok = not any(v is not None and v[2] < 0 for v in values)
+        return ok, f"{a} is worse than {b}", [(a, b)]
+
+    ft_checks = [c for c in forgetting.get("checks", []) if c["arm"].startswith("ft")]
+    forgot = [f"{c['arm']} on {c['benchmark']}" for c in ft_checks if c["status"] == "forgetting"]
+    acceptable = (
+        not forgot,
+        f"fine-tuning forgets beyond the {_points(tol)} tolerance ({', '.join(forgot)})",
+        [],
+    )
+    # Every condition is evaluated (no short cut), so the evidence lists every interval.
+    conditions = {
+        "both": [
+            beats("ft+rag", "base"),
+            beats("ft+rag", "base+rag"),
+            beats("ft+rag", "ft"),
+            acceptable,
+        ],
+        "fine-tune": [beats("ft", "base"), acceptable, not_worse("ft", "base+rag")],
+        "RAG": [beats("base+rag", "base")],
+    }
+    failures = {
+        name: next(((reason, comps) for ok, reason, comps in conds if not ok), None)
+        for name, conds in conditions.items()
+    }
+
+    if forgot:
+        kept = acceptable[1]
+    elif any(c["status"] == "inconclusive" for c in ft_checks):
+        kept = (
+            f"no general benchmark shows forgetting beyond the {_points(tol)} tolerance "
+            "(though some intervals reach past it)"
+        )
+    elif ft_checks:
+        kept = f"no general benchmark shows forgetting beyond the {_points(tol)} tolerance"
+    else:
+        kept = "forgetting was not measured, so it cannot block fine-tuning"
+
+    def why_not(*names: str) -> str:
+        reasons = dict.fromkeys(failures[n][0] for n in names if failures[n] is not None)
+        return "; ".join(reasons)
+
+    if not domain:
+        verdict = "neither"
+        rule = "neither: no domain benchmark was scored, so no arm can be shown to help."
+        decisive: list[_Comparison] = []
+    elif failures["both"] is None:
+        verdict = "both"
+        rule = (
+            "both: ft+rag beats base, base+rag and ft on every domain benchmark (each "
+            f"interval lies above zero), and {kept}."
+        )
+        decisive = [c for _, _, comps in conditions["both"] for c in comps]
+    elif failures["fine-tune"] is None:
+        verdict = "fine-tune"
+        rule = (
+            "fine-tune: ft beats base on every domain benchmark (the interval lies above zero), "
+            f"is not shown to be worse than base+rag, and {kept}; both does not hold "
+            f"({why_not('both')})."
+        )
+        decisive = [c for _, _, comps in conditions["fine-tune"] for c in comps]
+    elif failures["RAG"] is None:
+        verdict = "RAG"
+        rule = (
+            "RAG: base+rag beats base on every domain benchmark (the interval lies above zero), "
+            f"and fine-tuning does not win ({why_not('fine-tune', 'both')})."
+        )
+        decisive = [("base+rag", "base"), *failures["fine-tune"][1], *failures["both"][1]]
+    else:
+        verdict = "neither"
+        rule = f"neither: {why_not('RAG', 'fine-tune', 'both')}."
+        decisive = [c for n in ("RAG", "fine-tune", "both") for c in failures[n][1]]
+
+    decisive = list(dict.fromkeys(decisive))
+    evidence = [
+        {
+            "comparison": f"{a} - {b}",
+            "benchmark": name,
+            "diff": diff,
+            "ci": [lo, hi],
+            "position": "above zero" if lo > 0 else "below zero" if hi < 0 else "spans zero",
+            "decisive": (a, b) in decisive,
+        }
+        for (a, b, name), (diff, lo, hi) in seen.items()
+    ]
+    # The intervals that decided it first, in the order the rule names them.
+    rank = {f"{a} - {b}": i for i, (a, b) in enumerate(decisive)}
+    evidence.sort(key=lambda e: rank.get(e["comparison"], len(rank)))
+    return {
+        "verdict": verdict,
+        "sentence": _SENTENCES[verdict],
+        "rule": rule,
+        "confidence": _confidence(evidence, ft_checks, domain, benchmarks, conf, tol),
+        "rule_in_full": list(RULE_IN_FULL),
+        "evidence": evidence,
+    }
+
+
+def _confidence(
+    evidence: list[dict],
+    ft_checks: list[dict],
+    domain: list[str],
+    benchmarks: dict[str, Any],
+    conf: float,
+    tol: float,
+) -> str:
+    """Which intervals decided the verdict, which of them span zero, and what forgetting
+    could not settle, in plain sentences."""
+    if not domain:
+        return "No domain benchmark was scored, so there is no evidence either way."
+    pct = _pct_label(conf)
+
+    def said(e: dict) -> str:
+        lo, hi = e["ci"]
+        return (
+            f"{e['comparison']} on {e['benchmark']} ({_signed(e['diff'])} points, "
+            f"CI {_signed(lo)} to {_signed(hi)})"
+        )
+
+    decisive = [e for e in evidence if e["decisive"]]
+    n = sum(benchmarks[name]["n"] for name in domain)
+    parts = [f"Based on {n} domain question{'s' if n != 1 else ''}, at {pct} confidence."]
+    if decisive:
+        parts.append("Decided by: " + "; ".join(said(e) for e in decisive) + ".")
+    spanning = [e for e in decisive if e["position"] == "spans zero"]
+    if spanning and len(spanning) == len(decisive) > 1:
+        parts.append("All of them span zero: no evidence of a difference.")
+    elif spanning:
+        parts.append(
+            "Spanning zero (no evidence of a difference): "
+            + "; ".join(said(e) for e in spanning)
+            + "."
+        )
+    elif decisive:
+        parts.append("None of these intervals spans zero.")
+    unsure = [c for c in ft_checks if c["status"] == "inconclusive"]
+    if not ft_checks:
+        parts.append("Forgetting was not measured for a fine-tuned arm.")
+    elif unsure:
+        parts.append(
+            f"Forgetting beyond the {_points(tol)} tolerance cannot be ruled out for "
+            + ", ".join(f"{c['arm']} on {c['benchmark']}" for c in unsure)
+            + "."
+        )
+    return " ".join(parts)
+
+
+class ResultsError(ValueError):
+    """A run's results.json is missing or is not a results dict."""
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """Read a run's ``results.json``; ``ResultsError`` (naming the path) if it is missing,
+    not JSON, or not a JSON object."""
+    if not path.is_file():
+        raise ResultsError(f"{path}: results not found (a finished `tunearena run` writes it)")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ResultsError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(results, dict):
+        raise ResultsError(f"{path}: expected a JSON object, got {type(results).__name__}")
+    return results
+
+
+def write_reports(run_dir: Path, results: dict[str, Any]) -> list[Path]:
+    """Write ``report.md`` and ``report.html`` for ``results`` into ``run_dir``, atomically;
+    returns their paths."""
+    from tunearena.evaluation.html import render_html  # html builds on this module
+
+    paths = [run_dir / "report.md", run_dir / "report.html"]
+    for path, text in zip(paths, (render_markdown(results), render_html(results)), strict=True):
+        write_atomic(path, text)
+    return paths
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """The report as Markdown: headline, one table per benchmark, forgetting, run details.
 
@@ -226,6 +512,12 @@ def render_markdown(results: dict[str, Any]) -> str:
     run = results.get("run") if isinstance(results.get("run"), dict) else {}
     title = "# tunearena report" + (f": {run['name']}" if run.get("name") else "")
     lines = [title, ""]
+
+    decision = results.get("decision")
+    if decision:
+        lines += [f"## Verdict: {decision['verdict']}", "", f"**{decision['sentence']}**", ""]
+        lines += [f"- **Rule**: {decision['rule']}", f"- **Confidence**: {decision['confidence']}"]
+        lines.append("")
 
     lines += ["## Headline", ""]
     lines += [f"- {s}" for s in results.get("headline", [])] + [""]
@@ -249,6 +541,15 @@ def render_markdown(results: dict[str, Any]) -> str:
                 f"| {row['acc_norm'] * 100:.1f}% | {diff} | {diff_ci} | {row['verdict']} |"
             )
         lines.append("")
+        if bench.get("pairs"):
+            lines += [f"| between arms | diff | {ci} of diff | verdict |", "|---|---:|---:|---|"]
+            for comparison, pair in bench["pairs"].items():
+                lo, hi = pair["ci"]
+                lines.append(
+                    f"| {comparison} | {_signed(pair['diff'])} | {_signed(lo)} to {_signed(hi)} "
+                    f"| {pair['verdict']} |"
+                )
+            lines.append("")
     lines.append("Differences are in percentage points, paired question by question.\n")
 
     forgetting = results.get("forgetting")

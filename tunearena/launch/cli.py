@@ -37,19 +37,42 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("config", type=Path)
     common(check)
     sub.add_parser("reference", help="print the config reference (Markdown)")
+    report = sub.add_parser("report", help="re-render report.md and report.html from a run's "
+                            "results.json (recomputes nothing)")
+    report.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                        help="a run directory, e.g. runs/demo")
     return parser
+
+
+def _report(run_dir: Path, console, err) -> int:
+    """Re-render a finished run's reports from its results.json alone."""
+    from rich.markup import escape
+
+    from tunearena.evaluation.report import ResultsError, load_results, write_reports
+
+    try:
+        results = load_results(run_dir / "results.json")
+    except ResultsError as e:
+        err.print(f"[bold red]error:[/bold red] {escape(str(e))}", markup=True, soft_wrap=True)
+        return 2
+    for path in write_reports(run_dir, results):
+        console.print(f"report: {path}", soft_wrap=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     args = _parser().parse_args(argv)
-    import transformers
     from rich.console import Console
-
-    transformers.utils.logging.disable_progress_bar()
 
     console = Console(stderr=False, highlight=False)
     err = Console(stderr=True, highlight=False)
+    if args.command == "report":  # reads one JSON file: no need to import torch and friends
+        return _report(args.run_dir, console, err)
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+
     from tunearena.cluster.preflight import PreflightError
     from tunearena.configbase import ConfigError
     from tunearena.evaluation.benchmarks import BenchmarkError

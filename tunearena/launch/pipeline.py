@@ -110,7 +110,7 @@ class Pipeline:
     # -- the run ------------------------------------------------------------------------
 
     def run(self) -> Path:
-        """Run every step; returns the path of the Markdown report."""
+        """Run every step; returns the path of the HTML report (report.md lies beside it)."""
         cfg = self.cfg
         if (self.run_dir / "manifest.json").exists() and not self.resume:
             raise RunDirExists(
@@ -147,7 +147,7 @@ class Pipeline:
                                  lambda arm=arm: self.evaluate(arm, tasks))
                 samples[arm] = _read_json(self.run_dir / "eval" / f"{arm}.json")
                 latency[arm] = out
-        report_path = self.run_dir / "report.md"
+        report_path = self.run_dir / "report.html"
         self._step("report", cfg.section_hash(*ExperimentConfig.model_fields),
                    lambda: self.report(samples, training, retrieval, latency))
         self.console.print(f"\nreport: [bold]{report_path}[/bold]")
@@ -315,7 +315,7 @@ class Pipeline:
                                              "model": str(model_dir)}
 
     def report(self, samples: dict, training: dict, retrieval: dict, latency: dict) -> tuple[dict, dict]:
-        from tunearena.evaluation.report import render_markdown, summarise
+        from tunearena.evaluation.report import summarise, write_reports
 
         cfg = self.cfg
         extra: dict[str, Any] = {
@@ -345,7 +345,9 @@ class Pipeline:
             extra["retrieval"] = retrieval
         results = summarise(samples, cfg.evaluation.benchmarks, cfg.evaluation, cfg.report, extra)
         _json(self.run_dir / "results.json", results)
-        write_atomic(self.run_dir / "report.md", render_markdown(results))
+        write_reports(self.run_dir, results)
+        self.console.print(f"[bold]verdict: {results['decision']['verdict']}[/bold] — "
+                           f"{results['decision']['sentence']}")
         for line in results["headline"]:
             self.console.print(f"• {line}")
-        return {"results": "results.json", "report": "report.md"}, {}
+        return {"results": "results.json", "report": "report.md", "html": "report.html"}, {}

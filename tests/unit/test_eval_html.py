@@ -1,0 +1,284 @@
+"""render_html and `tunearena report`: structure checked with Python's html.parser."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from html.parser import HTMLParser
+
+import pytest
+from matplotlib.image import imread
+
+from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
+from tunearena.evaluation.html import render_html
+from tunearena.evaluation.report import render_markdown, summarise
+from tunearena.launch.cli import main
+
+BENCHMARKS = [
+    BenchmarkConfig(name="products", path="p.jsonl", kind="domain"),
+    BenchmarkConfig(name="world_facts", path="w.jsonl", kind="general"),
+]
+SECTIONS = ["verdict", "scores", "forgetting", "retrieval", "cost", "training", "provenance"]
+
+
+def _scores(n: int, n_correct: int, prefix: str) -> list[dict]:
+    return [{"id": f"{prefix}{i}", "acc": int(i < n_correct), "acc_norm": 0} for i in range(n)]
+
+
+def _results(extra: dict | None = None, run_name: str = "demo") -> dict:
+    """A run where ft+rag wins, with every optional section a real run writes."""
+    right = {"base": (8, 70), "base+rag": (20, 70), "ft": (18, 69), "ft+rag": (34, 70)}
+    samples = {
+        arm: {"products": _scores(40, d, "p"), "world_facts": _scores(80, g, "w")}
+        for arm, (d, g) in right.items()
+    }
+    if extra is None:
+        extra = {
+            "run": {
+                "name": run_name,
+                "config_hash": "cc4f263d",
+                "code_version": "0.1.0+abc",
+                "python": "3.11.7",
+                "seed": 0,
+            },
+            "latency": {
+                arm: {"score_s": 1.5, "ms_per_question": 12.5, "model": f"/m/{arm}"}
+                for arm in right
+            },
+            "training": {
+                "steps": 30,
+                "train_s": 12.5,
+                "world_size": 2,
+                "use_gpu": False,
+                "history": [
+                    {"step": s, "train_loss": 4 - s / 10, "lr": 1e-4}
+                    | ({"val_loss": 3.9 - s / 12} if s % 10 == 0 else {})
+                    for s in range(5, 31, 5)
+                ],
+            },
+            "cost": {
+                "device": "CPU worker",
+                "device_hours": 0.0069,
+                "usd": 0.0174,
+                "usd_per_device_hour": 2.5,
+            },
+            "retrieval": {
+                "index": {"n_documents": 30, "index_factory": "Flat", "build_s": 1.7},
+                "products": {"k": 2, "search_ms_per_question": 12.8, "recall_at_k": 0.9},
+                "world_facts": {"k": 2, "search_ms_per_question": 2.1},
+            },
+        }
+    cfg = EvaluationConfig(benchmarks=BENCHMARKS, bootstrap_samples=500)
+    return json.loads(json.dumps(summarise(samples, BENCHMARKS, cfg, ReportConfig(), extra)))
+
+
+class _Page(HTMLParser):
+    """The parts of a page the tests look at: section ids in order, tables as rows of cell
+    text, every attribute, and the text of each section."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.sections: list[str] = []
+        self.text: dict[str, str] = {}
+        self.tags: list[tuple[str, dict]] = []
+        self.tables: list[dict] = []
+        self.style = ""
+        self._cell: list[str] | None = None
+        self._in_style = False
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append((tag, attrs))
+        if tag == "section":
+            self.sections.append(attrs.get("id", ""))
+            self.text[self.sections[-1]] = ""
+        elif tag == "table":
+            self.tables.append(
+                {"class": attrs.get("class"), "section": self.sections[-1], "rows": []}
+            )
+        elif tag == "tr":
+            self.tables[-1]["rows"].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+        self._in_style = tag == "style"
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1]["rows"][-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        self._in_style = False
+
+    def handle_data(self, data):
+        if self._in_style:
+            self.style += data
+        if self._cell is not None:
+            self._cell.append(data)
+        if self.sections:
+            self.text[self.sections[-1]] += data
+
+    def table(self, cls: str) -> list[dict]:
+        return [t for t in self.tables if t["class"] == cls]
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    return _results()
+
+
+@pytest.fixture(scope="module")
+def page(results) -> _Page:
+    return _Page(render_html(results))
+
+
+def test_sections_in_order_with_the_verdict_first(page, results):
+    assert page.sections == SECTIONS
+    decision = results["decision"]
+    assert decision["verdict"] == "both"
+    verdict = " ".join(page.text["verdict"].split())
+    assert verdict.startswith(f"Verdict {decision['verdict']} {decision['sentence']}")
+    assert decision["rule"] in verdict and decision["confidence"] in verdict
+    assert page.tags[0][0] == "html" and page.tags[0][1] == {"lang": "en"}
+
+
+def test_score_tables_show_accuracy_intervals_and_changes(page):
+    (products, world) = page.table("scores")
+    assert products["section"] == "scores"
+    assert products["rows"][0] == [
+        "arm",
+        "accuracy",
+        "95% CI",
+        "change vs base",
+        "95% CI of change",
+        "verdict",
+    ]
+    base, rag, ft, both = products["rows"][1:]
+    assert base[:2] == ["base base model", "20.0%"] and base[3:] == ["—", "—", "reference"]
+    assert both[:2] == ["ft+rag fine-tuned + RAG", "85.0%"]
+    assert both[3] == "+65.0" and both[5] == "better than base"
+    pairs = {row[0]: row for row in page.table("pairs")[0]["rows"][1:]}
+    assert set(pairs) == {"ft - base+rag", "ft+rag - base+rag", "ft+rag - ft"}
+    assert pairs["ft+rag - base+rag"][1] == "+35.0"
+    assert pairs["ft+rag - base+rag"][3] == "better than base+rag"
+    assert world["rows"][3][:2] == ["ft fine-tuned", "86.2%"]
+
+
+def test_forgetting_retrieval_cost_training_and_provenance_tables(page):
+    checks = page.table("forgetting")[0]["rows"]
+    assert [r[0] for r in checks[1:]] == ["base+rag", "ft", "ft+rag"]
+    assert "within the 2-point tolerance" in checks[1][4]
+    generic = {t["section"]: [] for t in page.table("generic")}
+    for t in page.table("generic"):
+        generic[t["section"]].append(t["rows"])
+    index, per_benchmark = generic["retrieval"]
+    assert ["index factory", "Flat"] in index and ["build (s)", "1.7"] in index
+    assert per_benchmark[0] == ["", "k", "search ms per question", "recall at k"]
+    assert per_benchmark[1:] == [
+        ["products", "2", "12.8", "90.0%"],
+        ["world_facts", "2", "2.1", "—"],
+    ]
+    assert (
+        "Fine-tuning used 0.0069 CPU worker-hours, about $0.02 at $2.5 per hour."
+        in page.text["cost"]
+    )
+    cost, latency = generic["cost"]
+    assert ["device hours", "0.0069"] in cost
+    assert latency[0] == ["", "score (s)", "ms per question", "model"]
+    assert latency[4] == ["ft+rag", "1.5", "12.5", "/m/ft+rag"]
+    (training,) = generic["training"]
+    assert ["steps", "30"] in training and ["use gpu", "no"] in training
+    assert not any("history" in row[0] for row in training)
+    (provenance,) = generic["provenance"]
+    for row in (
+        ["config hash", "cc4f263d"],
+        ["code version", "0.1.0+abc"],
+        ["seed", "0"],
+        ["settings.bootstrap samples", "500"],
+    ):
+        assert row in provenance
+
+
+def test_plots_are_embedded_pngs_that_decode(page):
+    images = [attrs for tag, attrs in page.tags if tag == "img"]
+    assert len(images) == 3  # accuracy, forgetting, loss curve
+    for attrs in images:
+        assert attrs["alt"]
+        prefix = "data:image/png;base64,"
+        assert attrs["src"].startswith(prefix)
+        data = base64.b64decode(attrs["src"][len(prefix) :], validate=True)
+        assert data.startswith(b"\x89PNG\r\n\x1a\n")
+        pixels = imread(io.BytesIO(data))
+        assert pixels.shape[0] > 100 and pixels.shape[1] > 100
+
+
+def test_page_is_self_contained(page):
+    for tag, attrs in page.tags:
+        assert tag not in ("script", "link", "iframe", "object", "embed"), tag
+        for name in ("src", "href", "srcset", "action", "poster"):
+            if name in attrs:
+                assert attrs[name].startswith(("data:", "#")), (tag, name, attrs[name][:60])
+    assert "url(" not in page.style and "@import" not in page.style
+    assert page.style.strip()
+
+
+def test_values_from_results_are_escaped():
+    html = render_html(_results(run_name="<script>alert(1)</script>"))
+    page = _Page(html)
+    assert not any(tag == "script" for tag, _ in page.tags)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_missing_sections_are_skipped():
+    bare = _results(extra={})
+    page = _Page(render_html(bare))
+    assert page.sections == ["verdict", "scores", "forgetting", "provenance"]  # settings only
+    assert len([t for t, _ in page.tags if t == "img"]) == 2
+    del bare["decision"]  # a results.json written before the verdict existed
+    assert _Page(render_html(bare)).sections[:2] == ["summary", "scores"]
+    assert _Page(render_html({})).sections == []
+
+
+def test_training_without_history_has_no_loss_plot(results):
+    no_history = {**results, "training": {"steps": 3}}
+    page = _Page(render_html(no_history))
+    assert "training" in page.sections
+    assert len([t for t, _ in page.tags if t == "img"]) == 2
+
+
+# -- tunearena report RUN_DIR ---------------------------------------------------------------
+
+
+def test_cli_report_rerenders_both_files_from_results_json(tmp_path, capsys, results):
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    (tmp_path / "report.md").write_text("stale")
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "report.md") in out and str(tmp_path / "report.html") in out
+    assert (tmp_path / "report.md").read_text() == render_markdown(results)
+    assert (tmp_path / "report.html").read_text() == render_html(results)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "report.html",
+        "report.md",
+        "results.json",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "results not found"),
+        ('{"settings": ', "not valid JSON"),
+        ("[]", "expected a JSON object"),
+    ],
+)
+def test_cli_report_without_usable_results_exits_2_naming_the_path(
+    tmp_path, capsys, content, message
+):
+    path = tmp_path / "results.json"
+    if content is not None:
+        path.write_text(content)
+    assert main(["report", str(tmp_path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"error: {path}: {message}" in err and "Traceback" not in err
+    assert not (tmp_path / "report.md").exists() and not (tmp_path / "report.html").exists()
