@@ -27,6 +27,9 @@ class RagConfig(StrictModel):
     """Tokens shared by consecutive chunks of one document."""
     index_factory: str = "Flat"
     """A FAISS index factory string: ``Flat``, ``HNSW32``, ``IVF256,Flat``, ``IVF64,PQ16``..."""
+    index_search_params: str = ""
+    """FAISS search-time parameters, e.g. ``nprobe=16`` (IVF) or ``efSearch=128`` (HNSW);
+    empty keeps tunearena's defaults. Recall against ``Flat`` is measured with them."""
     top_k: int = Field(2, ge=1, le=100)
     """Passages retrieved per question and placed into its context."""
     embed_batch_size: int = Field(64, ge=1)

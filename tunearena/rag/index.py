@@ -32,6 +32,7 @@ from tunearena.rag.embed import embed_texts, load_embedder
 INDEX_FILE = "index.faiss"
 CHUNKS_FILE = "chunks.jsonl"
 META_FILE = "meta.json"
+ANN_QUERIES = 200  # chunk vectors sampled as queries for the ANN recall recorded at build
 
 
 @dataclass(frozen=True)
@@ -66,13 +67,16 @@ def fill_index(index: faiss.Index, vectors: np.ndarray) -> faiss.Index:
     return index
 
 
-def search_index(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search_index(
+    index: faiss.Index, queries: np.ndarray, k: int, search_params: str = ""
+) -> tuple[np.ndarray, np.ndarray]:
     """``(scores, ids)``, each ``(n_queries, k)``, with search-time parameters set for ``k``.
 
     HNSW: ``efSearch = max(64, 2k)``: the candidate list must be longer than ``k``, and 64 is
     a common floor that keeps recall high at little cost. IVF: ``nprobe = min(nlist, max(8,
     nlist // 8))``, an eighth of the lists but at least 8, so small indexes are searched
-    exhaustively and large ones trade a little recall for speed. Missing results have id ``-1``.
+    exhaustively and large ones trade a little recall for speed. ``search_params`` (see
+    ``set_search_params``) overrides these defaults. Missing results have id ``-1``.
     """
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
@@ -81,7 +85,25 @@ def search_index(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.nd
     # raises when the index has none.
     with contextlib.suppress(RuntimeError):
         faiss.ParameterSpace().set_index_parameter(index, "efSearch", max(64, 2 * k))
+    set_search_params(index, search_params)
     return index.search(queries, k)
+
+
+def set_search_params(index: faiss.Index, search_params: str) -> None:
+    """Set search-time parameters from a FAISS ``ParameterSpace`` string, such as
+    ``"nprobe=16"`` (IVF lists visited) or ``"nprobe=16,efSearch=128"``.
+
+    Factory strings carry no search-time parameters; this string is how an index's config
+    sets them. ``""`` sets nothing. Raises ``ValueError`` for a parameter the index lacks.
+    """
+    if not search_params:
+        return
+    try:
+        faiss.ParameterSpace().set_index_parameters(index, search_params)
+    except RuntimeError as e:
+        raise ValueError(
+            f"invalid search parameters {search_params!r} for this index: {_faiss_message(e)}"
+        ) from None
 
 
 def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,12 +124,74 @@ def recall_against_exact(
         raise ValueError("recall_against_exact needs at least one query")
     _, exact_ids = exact_search(vectors, queries, k)
     _, index_ids = search_index(index, queries, k)
-    found = sum(
-        len(set(e[e >= 0].tolist()) & set(a[a >= 0].tolist()))
-        for e, a in zip(exact_ids, index_ids, strict=True)
-    )
-    # Count only real results: with fewer than k vectors, exact search pads with -1.
-    return found / int((exact_ids >= 0).sum())
+    return _id_recall(exact_ids, index_ids)
+
+
+def is_exact(index: faiss.Index) -> bool:
+    """Whether ``index`` is a brute-force ``Flat`` index (optionally inside ``IDMap``)."""
+    index = faiss.downcast_index(index)
+    while isinstance(index, faiss.IndexIDMap):  # IndexIDMap2 derives from it
+        index = faiss.downcast_index(index.index)
+    return isinstance(index, faiss.IndexFlat)
+
+
+def ann_against_exact(
+    index: faiss.Index,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    ks: Sequence[int],
+    query_ids: np.ndarray | None = None,
+    search_params: str = "",
+    timed_runs: int = 5,
+) -> dict:
+    """Recall@k of ``index`` against an exact ``Flat`` search for each k in ``ks``, and the
+    batch search latency of both.
+
+    ``index`` must hold ``vectors`` with ids ``0..n-1``. When the queries are rows of
+    ``vectors``, pass their row ids as ``query_ids``: each query's own row is then left out of
+    both result lists (both search ``k + 1``), since finding a vector itself is trivial and
+    would inflate recall (at k=2, half of the exact list).
+
+    Both indexes are searched through ``search_index`` (``index`` with ``search_params``), one
+    batch of all queries per call, as ``RagIndex.search`` does. Latency is timed at the first
+    k: a warm-up search of each, then the median of ``timed_runs`` searches, alternating.
+    Returns ``queries``, ``recall_at_k`` (``str(k)`` -> recall; str keys, as JSON keeps them),
+    ``ann_ms_per_query``, ``flat_ms_per_query``, ``ann_qps`` and ``flat_qps``.
+    """
+    if len(queries) == 0:
+        raise ValueError("ann_against_exact needs at least one query")
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be a non-empty list of k >= 1 (got {list(ks)})")
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(vectors)
+    extra = 0 if query_ids is None else 1
+    # ANN and Flat searches alternate, so machine noise hits both alike.
+    searches = ((index, search_params), (flat, ""))
+    for searched, params in searches:  # warm-up: first touch of memory, thread start-up
+        search_index(searched, queries, ks[0] + extra, params)
+    times_s: tuple[list[float], list[float]] = ([], [])
+    for _ in range(timed_runs):
+        for (searched, params), times in zip(searches, times_s, strict=True):
+            t0 = time.perf_counter()
+            search_index(searched, queries, ks[0] + extra, params)
+            times.append(time.perf_counter() - t0)
+    recall = {}
+    for k in ks:
+        _, ann_ids = search_index(index, queries, k + extra, search_params)
+        _, flat_ids = search_index(flat, queries, k + extra)
+        if query_ids is not None:
+            ann_ids, flat_ids = _without(ann_ids, query_ids, k), _without(flat_ids, query_ids, k)
+        recall[str(k)] = round(_id_recall(flat_ids, ann_ids), 4)
+    n = len(queries)
+    ann_s, flat_s = (float(np.median(t)) for t in times_s)
+    return {
+        "queries": n,
+        "recall_at_k": recall,
+        "ann_ms_per_query": round(1000 * ann_s / n, 5),
+        "flat_ms_per_query": round(1000 * flat_s / n, 5),
+        "ann_qps": round(n / ann_s, 1),
+        "flat_qps": round(n / flat_s, 1),
+    }
 
 
 def gold_recall_at_k(hits: Sequence[Sequence[Hit]], gold_doc_ids: Sequence[str]) -> float:
@@ -125,13 +209,33 @@ def gold_recall_at_k(hits: Sequence[Sequence[Hit]], gold_doc_ids: Sequence[str])
     return found / len(hits)
 
 
+def gold_recall_curve(
+    hits: Sequence[Sequence[Hit]], gold_doc_ids: Sequence[str], ks: Sequence[int]
+) -> dict[int, float]:
+    """``gold_recall_at_k`` within the top ``k`` hits, for each ``k`` in ``ks``.
+
+    Search once at ``max(ks)`` and pass those hits; a hit list shorter than ``k`` (a smaller
+    index) counts as it is.
+    """
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be a non-empty list of k >= 1 (got {list(ks)})")
+    return {k: gold_recall_at_k([q[:k] for q in hits], gold_doc_ids) for k in sorted(set(ks))}
+
+
 def build_index(cfg: RagConfig, out_dir: Path) -> dict:
     """Chunk, embed and index ``cfg.corpus``; write the index directory ``out_dir``.
 
-    Returns a summary: ``n_documents``, ``n_chunks``, ``dim``, ``index_factory``, ``build_s``.
+    Returns a summary: ``n_documents``, ``n_chunks``, ``dim``, ``index_factory``,
+    ``search_params``, ``build_s`` and ``ann``. ``ann`` is ``None`` for an exact index (``Flat``,
+    ``IDMap,Flat``) or a single chunk; otherwise it is ``ann_against_exact`` at ``k = top_k``
+    (timed) and ``k = 5``, over a seeded sample of up to 200 chunk vectors as queries. The
+    questions are not known when the index is built; the chunks are the nearest stand-in,
+    and their self-matches are left out of both result lists. The summary is also written to
+    ``meta.json``.
+
     Raises ``CorpusError`` for a bad corpus and ``ValueError`` for chunks longer than the
-    embedder reads or an index that cannot be trained on this many chunks; both are checked
-    before the (slow) embedding.
+    embedder reads, search parameters the index lacks or an index that cannot be trained on
+    this many chunks; all are checked before the (slow) embedding.
     """
     if cfg.corpus is None:
         raise ValueError("rag.corpus is not set: point it at a JSONL file of documents")
@@ -148,8 +252,10 @@ def build_index(cfg: RagConfig, out_dir: Path) -> dict:
         )
     chunks = chunk_documents(docs, tokenizer, cfg.chunk_tokens, cfg.chunk_overlap_tokens)
     dim = embedder.get_embedding_dimension()
+    search_params = cfg.index_search_params
     index = make_index(cfg.index_factory, dim)
     _check_trainable(index, len(chunks))
+    set_search_params(index, search_params)
     vectors = embed_texts(embedder, [c.text for c in chunks], cfg.embed_batch_size)
     fill_index(index, vectors)
     summary = {
@@ -157,8 +263,17 @@ def build_index(cfg: RagConfig, out_dir: Path) -> dict:
         "n_chunks": len(chunks),
         "dim": dim,
         "index_factory": cfg.index_factory,
+        "search_params": search_params,
         "build_s": round(time.perf_counter() - start_s, 3),
+        "ann": None,
     }
+    if not is_exact(index) and len(chunks) > 1:
+        rng = np.random.default_rng(0)
+        query_ids = np.sort(rng.choice(len(chunks), min(ANN_QUERIES, len(chunks)), replace=False))
+        ks = list(dict.fromkeys((cfg.top_k, 5)))
+        summary["ann"] = ann_against_exact(
+            index, vectors, vectors[query_ids], ks, query_ids, search_params
+        )
     meta = {
         **summary,
         "embedding_model": cfg.embedding_model,
@@ -214,7 +329,7 @@ class RagIndex:
         if not queries:
             return []
         vectors = embed_texts(self.embedder, queries, batch_size)
-        scores, ids = search_index(self.index, vectors, k)
+        scores, ids = search_index(self.index, vectors, k, self.meta.get("search_params", ""))
         return [
             [_hit(self.chunks[i], s) for s, i in zip(q_scores, q_ids, strict=True) if i >= 0]
             for q_scores, q_ids in zip(scores.tolist(), ids.tolist(), strict=True)
@@ -223,6 +338,24 @@ class RagIndex:
 
 def _hit(chunk: Chunk, score: float) -> Hit:
     return Hit(chunk_id=chunk.chunk_id, doc_id=chunk.doc_id, text=chunk.text, score=score)
+
+
+def _without(ids: np.ndarray, drop_ids: np.ndarray, k: int) -> np.ndarray:
+    """Row ``i`` of ``ids`` (searched at ``k + 1``) without ``drop_ids[i]``, cut to ``k``."""
+    return np.stack([row[row != d][:k] for row, d in zip(ids, drop_ids, strict=True)])
+
+
+def _id_recall(exact_ids: np.ndarray, index_ids: np.ndarray) -> float:
+    """Fraction of the real (non ``-1``) ids of each exact row that the index row also has."""
+    found = sum(
+        len(set(e[e >= 0].tolist()) & set(a[a >= 0].tolist()))
+        for e, a in zip(exact_ids, index_ids, strict=True)
+    )
+    # Count only real results: with fewer than k vectors, exact search pads with -1.
+    n_exact = int((exact_ids >= 0).sum())
+    if n_exact == 0:
+        raise ValueError("no exact neighbours to recall: the index holds too few vectors")
+    return found / n_exact
 
 
 def _check_trainable(index: faiss.Index, n_vectors: int) -> None:
