@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":  # reads one JSON file: no need to import torch and friends
         return _report(args.run_dir, console, err)
     import transformers
+    from rich.markup import escape
 
     transformers.utils.logging.disable_progress_bar()
 
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         Pipeline(cfg, console, resume=args.resume).run()
         return 0
     except user_errors as e:
-        err.print(f"[bold red]error:[/bold red] {e}", markup=True, soft_wrap=True)
+        err.print(f"[bold red]error:[/bold red] {escape(str(e))}", markup=True, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err.print("[yellow]interrupted; completed steps are kept (rerun with --resume)[/yellow]")
