@@ -5,8 +5,9 @@
 Builds a randomly initialised Llama of the chosen size (a locally trained byte-level BPE
 tokenizer, random-word text; nothing downloaded), trains it through ``run_stage`` and prints
 steady-state tokens/s (log windows after the first, so start-up and the first step are left
-out), time to first step, and on CUDA the model FLOPs utilisation:
-MFU = 6 x params x tokens/s / peak (989 TFLOP/s dense bf16 for an H100 SXM).
+out), time to first step, and on CUDA the model FLOPs utilisation, counted as training
+does (``tunearena.training.throughput``: 6 x params per token for full fine-tuning, the
+GPU's dense bf16 peak from its name, e.g. 989 TFLOP/s for an H100 SXM).
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--zero-stage", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--peak-tflops", type=float, default=989.0)
+    parser.add_argument("--method", choices=["full", "lora"], default="full")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--peak-tflops", type=float, help="override the GPU's bf16 peak")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
 
@@ -66,6 +69,7 @@ def main() -> int:
 
     from tunearena.cluster.config import ClusterConfig
     from tunearena.training.config import TrainingConfig
+    from tunearena.training.throughput import flops_per_token, peak_tflops
     from tunearena.training.trainer import run_stage
 
     arch = PRESETS[args.preset]
@@ -83,7 +87,9 @@ def main() -> int:
         cfg = TrainingConfig(datasets=[{"path": work / "text.jsonl"}], seq_len=args.seq_len,
                              micro_batch_size=args.micro_batch, max_steps=args.steps,
                              zero_stage=args.zero_stage, validation_fraction=0.0,
-                             log_every_steps=5, eval_every_steps=10**6, lr=1e-4)
+                             log_every_steps=5, eval_every_steps=10**6, lr=1e-4,
+                             method=args.method,
+                             gradient_checkpointing=args.gradient_checkpointing)
         gpus = torch.cuda.device_count()
         ray.init(address="local", num_cpus=max(2, args.workers), num_gpus=gpus, include_dashboard=False)
         try:
@@ -96,12 +102,16 @@ def main() -> int:
     result = {
         "preset": args.preset, "params": n_params, "seq_len": args.seq_len,
         "micro_batch_size": args.micro_batch, "workers": args.workers,
-        "zero_stage": args.zero_stage, "bf16": summary["bf16"], "steps": summary["steps"],
+        "zero_stage": args.zero_stage, "method": args.method,
+        "gradient_checkpointing": args.gradient_checkpointing, "bf16": summary["bf16"],
+        "steps": summary["steps"],
         "steady_tokens_per_s": steady, "time_to_first_step_s": summary["time_to_first_step_s"],
         "device": torch.cuda.get_device_name(0) if gpus else "cpu",
     }
-    if gpus:
-        result["mfu"] = 6 * n_params * steady / (args.peak_tflops * 1e12 * args.workers)
+    peak = args.peak_tflops or peak_tflops(result["device"])
+    if gpus and peak:
+        per_token = flops_per_token(summary["parameters"], summary["trainable_parameters"])
+        result["mfu"] = per_token * steady / (peak * 1e12 * args.workers)
     print(json.dumps(result, indent=1))
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=1))
