@@ -85,7 +85,9 @@ def ray_local():
     """
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True,
+             runtime_env={"worker_process_setup_hook":
+                          "tunearena.cluster.ray_cluster.quiet_ray_train_logs"})
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
