@@ -52,7 +52,16 @@ def test_demo_writes_every_arm_on_every_benchmark(demo_run):
     assert ids == [s["id"] for s in results["samples"]["ft+rag"]["lumora_products"]]
     assert results["training"]["steps"] == 4
     assert results["retrieval"]["lumora_products"]["k"] == 2
-    assert 0.0 <= results["retrieval"]["lumora_products"]["recall_at_k"] <= 1.0
+    retrieval = results["retrieval"]["lumora_products"]
+    assert 0.0 <= retrieval["recall_at_k"] <= 1.0
+    # The k sweep: one search, recall of the gold document never falling as k grows.
+    curve = [retrieval["recall_curve"][k] for k in ("1", "2", "3", "5", "10")]
+    assert curve == sorted(curve) and curve[1] == retrieval["recall_at_k"]  # top_k is 2
+    # Questions where retrieval hurt or helped, counted from the per-question scores.
+    base = {s["id"]: s["acc"] for s in results["samples"]["base"]["lumora_products"]}
+    rag = {s["id"]: s["acc"] for s in results["samples"]["base+rag"]["lumora_products"]}
+    assert retrieval["hurt_questions"] == sum(base[q] and not rag[q] for q in base)
+    assert retrieval["helped_questions"] == sum(rag[q] and not base[q] for q in base)
 
 
 def test_demo_report_and_run_directory(demo_run):

@@ -71,6 +71,21 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def _retrieval_effect(samples: dict) -> dict[str, dict]:
+    """Per benchmark, the questions base answered right and base+rag wrong (retrieval hurt),
+    and the reverse; empty unless both arms were scored."""
+    if "base" not in samples or "base+rag" not in samples:
+        return {}
+    effect: dict[str, dict] = {}
+    for name, base_rows in samples["base"].items():
+        rag = {r["id"]: r["acc"] for r in samples["base+rag"].get(name, [])}
+        hurt = [r["id"] for r in base_rows if r["acc"] and rag.get(r["id"]) == 0]
+        helped = [r["id"] for r in base_rows if not r["acc"] and rag.get(r["id"]) == 1]
+        effect[name] = {"hurt_questions": len(hurt), "helped_questions": len(helped),
+                        "hurt_ids": hurt[:20]}
+    return effect
+
+
 class Pipeline:
     """The steps of one run, sharing its config, run directory, manifest and console."""
 
@@ -252,16 +267,22 @@ class Pipeline:
         return {"index": self._rel(out)}, summary
 
     def retrieve(self) -> tuple[dict, dict]:
-        """Retrieve once per question; every RAG arm reads the same passages."""
-        from tunearena.rag.index import RagIndex, gold_recall_at_k
+        """Retrieve once per question; every RAG arm reads the same passages.
+
+        The search goes to the sweep's largest k once; the top ``rag.top_k`` become the
+        passages, and the gold document's recall is reported for every k of the sweep.
+        """
+        from tunearena.rag.index import RagIndex, gold_recall_curve
 
         k = self.cfg.rag.top_k
+        sweep = sorted({1, 2, 3, 5, 10, k})
         index = RagIndex.load(self.run_dir / "index")
         artifacts, outputs = {}, {}
         for name, items in self.benchmarks.items():
             t0 = time.perf_counter()
-            hits = index.search([it.question for it in items], k)
+            found = index.search([it.question for it in items], max(sweep))
             search_s = time.perf_counter() - t0
+            hits = [h[:k] for h in found]
             path = self.run_dir / "retrieval" / f"{name}.json"
             _json(path, {
                 it.id: {"passages": [h.text for h in hs], "doc_ids": [h.doc_id for h in hs],
@@ -272,9 +293,13 @@ class Pipeline:
             stats: dict[str, Any] = {"k": k, "search_ms_per_question": 1000 * search_s / len(items)}
             gold = [it.doc_id for it in items]
             if all(g is not None for g in gold):
-                stats["recall_at_k"] = gold_recall_at_k(hits, gold)
+                curve = gold_recall_curve(found, gold, sweep)
+                stats["recall_at_k"] = curve[k]
+                stats["recall_curve"] = {str(kk): r for kk, r in curve.items()}
                 self.console.print(f"{name}: gold passage in the top {k} for "
-                                   f"{stats['recall_at_k']:.1%} of questions")
+                                   f"{stats['recall_at_k']:.1%} of questions ("
+                                   + ", ".join(f"top {kk} {r:.0%}" for kk, r in curve.items())
+                                   + ")")
             outputs[name] = stats
         return artifacts, outputs
 
@@ -342,7 +367,9 @@ class Pipeline:
                 "usd_per_device_hour": cfg.report.gpu_hour_cost_usd,
             }
         if retrieval:
-            extra["retrieval"] = retrieval
+            effect = _retrieval_effect(samples)
+            extra["retrieval"] = {key: value | effect.get(key, {}) if isinstance(value, dict)
+                                  else value for key, value in retrieval.items()}
         results = summarise(samples, cfg.evaluation.benchmarks, cfg.evaluation, cfg.report, extra)
         _json(self.run_dir / "results.json", results)
         write_reports(self.run_dir, results)
