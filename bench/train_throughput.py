@@ -60,6 +60,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--method", choices=["full", "lora"], default="full")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each block")
     parser.add_argument("--peak-tflops", type=float, help="override the GPU's bf16 peak")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
@@ -89,9 +90,13 @@ def main() -> int:
                              zero_stage=args.zero_stage, validation_fraction=0.0,
                              log_every_steps=5, eval_every_steps=10**6, lr=1e-4,
                              method=args.method,
-                             gradient_checkpointing=args.gradient_checkpointing)
+                             gradient_checkpointing=args.gradient_checkpointing,
+                             compile=args.compile)
         gpus = torch.cuda.device_count()
-        ray.init(address="local", num_cpus=max(2, args.workers), num_gpus=gpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=max(2, args.workers), num_gpus=gpus,
+                 include_dashboard=False,
+                 runtime_env={"worker_process_setup_hook":
+                              "tunearena.cluster.ray_cluster.quiet_ray_train_logs"})
         try:
             summary = run_stage("throughput", str(work / "model"), cfg,
                                 ClusterConfig(num_workers=args.workers), work / "out", work / "ray")
@@ -103,7 +108,8 @@ def main() -> int:
         "preset": args.preset, "params": n_params, "seq_len": args.seq_len,
         "micro_batch_size": args.micro_batch, "workers": args.workers,
         "zero_stage": args.zero_stage, "method": args.method,
-        "gradient_checkpointing": args.gradient_checkpointing, "bf16": summary["bf16"],
+        "gradient_checkpointing": args.gradient_checkpointing, "compile": args.compile,
+        "bf16": summary["bf16"],
         "steps": summary["steps"],
         "steady_tokens_per_s": steady, "time_to_first_step_s": summary["time_to_first_step_s"],
         "device": torch.cuda.get_device_name(0) if gpus else "cpu",

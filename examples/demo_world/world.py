@@ -298,6 +298,14 @@ def domain_files(world: World, seed: int, doc_paraphrases: int = 4) -> dict[str,
             "qa_test": qa_test}
 
 
+def general_replay(world: World, seed: int, paraphrases: int = 3) -> list[dict]:
+    """A sample of the general knowledge the base model was pretrained on: prose about every
+    country, for replay during fine-tuning. No question is written out, so the benchmark's
+    questions never appear in it."""
+    rng = random.Random(seed)
+    return [{"text": describe(c, rng)} for _ in range(paraphrases) for c in world.countries]
+
+
 def general_benchmark(world: World, seed: int) -> list[dict]:
     """Multiple-choice questions on the world facts the base model was pretrained on."""
     rng = random.Random(seed)

@@ -17,6 +17,7 @@ import pytest
 
 from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
 from tunearena.evaluation.report import summarise, write_reports
+from tunearena.evaluation.selection import select_stage
 
 sync_api = pytest.importorskip(
     "playwright.sync_api",
@@ -225,9 +226,10 @@ def test_report_opens_cleanly_and_shows_verdict_tables_and_plots(browser, run_di
     page.close()
 
 
-def test_report_reads_on_a_phone_sized_screen(browser, run_dir):
+@pytest.mark.parametrize("which", ["run_dir", "stages_run_dir"])
+def test_report_reads_on_a_phone_sized_screen(browser, which, request):
     page = browser.new_page(viewport={"width": 390, "height": 844})
-    page.goto((run_dir / "report.html").as_uri(), wait_until="load")
+    page.goto((request.getfixturevalue(which) / "report.html").as_uri(), wait_until="load")
     assert page.locator("#verdict .verdict-label").is_visible()
     # Plots shrink to the screen instead of running off it.
     widths = page.locator("img").evaluate_all(
@@ -235,4 +237,130 @@ def test_report_reads_on_a_phone_sized_screen(browser, run_dir):
     )
     body = page.evaluate("document.querySelector('main').clientWidth")
     assert widths and all(0 < w <= body for w in widths)
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def stages_run_dir(tmp_path_factory) -> Path:
+    """A run with three sequential stages where every stage forgets past the tolerance, so
+    the page carries the selection warning; the stage chosen is the real select_stage's."""
+    order = ["docs", "qa", "qa_replay"]
+    start_from = {"docs": "base", "qa": "docs", "qa_replay": "docs"}
+    domain = {
+        "base": set(range(0, 60, 5)),
+        "base+rag": set(range(0, 60, 2)),
+        "ft@docs": set(range(0, 60, 3)),
+        "ft@qa": set(range(0, 60, 3)) | set(range(1, 60, 4)),
+        "ft@qa_replay": set(range(0, 60, 3)) | set(range(1, 60, 6)),
+    }
+    general = {
+        "base": set(range(70)),
+        "base+rag": set(range(69)),
+        "ft@docs": set(range(4, 70)),
+        "ft@qa": set(range(12, 70)),
+        "ft@qa_replay": set(range(3, 70)),
+    }
+    accuracy = {
+        arm: {"lumora_products": len(domain[arm]) / 60, "world_facts": len(general[arm]) / 100}
+        for arm in domain
+    }
+    selection = select_stage(
+        {stage: accuracy[f"ft@{stage}"] for stage in order},
+        accuracy["base"],
+        {b.name: b.kind for b in BENCHMARKS},
+        tolerance=0.02,
+    )
+    assert selection["warning"] and selection["selected"] == "qa_replay"
+    samples = {
+        arm: {
+            "lumora_products": _answers(60, domain[arm], "lp"),
+            "world_facts": _answers(100, general[arm], "wf"),
+        }
+        for arm in domain
+    }
+    samples["ft"] = samples[f"ft@{selection['selected']}"]
+    stages = {
+        "order": order,
+        "selection": selection,
+        "stages": {
+            stage: {
+                "start_from": start_from[stage],
+                "method": "lora",
+                "steps": 40 + 20 * i,
+                "stopped_early_at": None,
+                "final_val_loss": 1.4 - 0.1 * i,
+                "val_loss_by_task": {f"{stage}_train": 1.4 - 0.1 * i},
+                "mix": {
+                    "target": {f"{stage}_train": 1.0},
+                    "realised": {f"{stage}_train": 1.0},
+                    "sequences": {f"{stage}_train": 320},
+                },
+                "replay": {"fraction": 0.25, "sources": ["general_facts"]}
+                if stage == "qa_replay"
+                else None,
+                "data": {
+                    f"{stage}_train": {
+                        "read": 400,
+                        "empty_or_garbled": 2,
+                        "exact_duplicates": 9,
+                        "near_duplicates": 4,
+                        "leaked": 1,
+                        "kept": 384,
+                        "train": 365,
+                        "validation": 19,
+                        "test": 0,
+                    }
+                },
+            }
+            for i, stage in enumerate(order)
+        },
+    }
+    arms = ["base", "base+rag", *(f"ft@{s}" for s in order), "ft"]
+    cfg = EvaluationConfig(benchmarks=BENCHMARKS, arms=arms, bootstrap_samples=1000)
+    results = summarise(
+        samples, BENCHMARKS, cfg, ReportConfig(), {"run": {"name": "stages"}, "stages": stages}
+    )
+    out = tmp_path_factory.mktemp("runs") / "stages"
+    out.mkdir()
+    write_reports(out, results)
+    return out
+
+
+def test_report_with_stages_shows_the_warning_matrix_and_stage_plot(browser, stages_run_dir):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+    page.goto((stages_run_dir / "report.html").as_uri(), wait_until="load")
+
+    warning = page.get_by_role("alert")
+    assert warning.is_visible()
+    assert warning.inner_text().startswith("Warning: Every fine-tuning stage forgets more")
+    # Straight under the verdict, above the scores, in a colour that sets it apart.
+    verdict, scores = (
+        page.locator("#verdict").bounding_box(),
+        page.locator("#scores").bounding_box(),
+    )
+    box = warning.bounding_box()
+    assert verdict["y"] + verdict["height"] <= box["y"] < scores["y"]
+    background = warning.evaluate("el => getComputedStyle(el).backgroundColor")
+    assert background not in ("rgba(0, 0, 0, 0)", "rgb(255, 255, 255)")
+
+    ids = page.locator("main > section").evaluate_all("els => els.map(e => e.id)")
+    assert ids == ["verdict", "scores", "stages", "forgetting", "provenance"]
+    matrix = page.locator("#stages table.stage-matrix")
+    matrix.scroll_into_view_if_needed()
+    assert matrix.is_visible()
+    assert matrix.locator("tbody tr").count() == 4  # base, then the three stages
+    chosen = matrix.locator("tbody tr.selected")
+    assert chosen.count() == 1 and chosen.locator("th").inner_text().startswith("qa_replay")
+    assert "vs start" in chosen.locator("td").nth(1).inner_text()
+    assert page.locator("#stages table.stage-candidates").is_visible()
+    assert page.locator("#stages table.stage-data").first.is_visible()
+
+    plot = page.locator("#stages img")
+    plot.scroll_into_view_if_needed()
+    assert plot.is_visible()
+    assert plot.evaluate("el => el.complete && el.naturalWidth > 0 && el.naturalHeight > 0")
+    assert problems == []
     page.close()

@@ -20,7 +20,9 @@ pytestmark = [
 def ray_gpu():
     import ray
 
-    ray.init(address="local", num_cpus=4, num_gpus=torch.cuda.device_count(), include_dashboard=False)
+    ray.init(address="local", num_cpus=4, num_gpus=torch.cuda.device_count(), include_dashboard=False,
+             runtime_env={"worker_process_setup_hook":
+                          "tunearena.cluster.ray_cluster.quiet_ray_train_logs"})
     yield
     ray.shutdown()
 
@@ -62,6 +64,10 @@ def test_bf16_lora_exports_a_verified_adapter(ray_gpu, tiny_model_dir, tmp_path,
                            lr=3e-2, zero_stage=zero_stage, gradient_checkpointing=True)
     assert (tmp_path / "out" / ADAPTER_DIR / "adapter_model.safetensors").is_file()
     assert {c["what"] for c in summary["export_check"]} == {"adapter", "model"}
+
+
+def test_compiled_blocks_train_and_export(ray_gpu, tiny_model_dir, tmp_path):
+    train_on_gpu(tiny_model_dir, tmp_path, "gpu-compile", zero_stage=2, compile=True)
 
 
 def test_cpu_offload_with_pinned_memory(ray_gpu, tiny_model_dir, tmp_path):

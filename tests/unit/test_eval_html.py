@@ -282,3 +282,223 @@ def test_cli_report_without_usable_results_exits_2_naming_the_path(
     err = " ".join(capsys.readouterr().err.split())
     assert f"error: {path}: {message}" in err and "Traceback" not in err
     assert not (tmp_path / "report.md").exists() and not (tmp_path / "report.html").exists()
+
+
+# -- sequential stages -----------------------------------------------------------------------
+
+WARNING = (
+    "Every fine-tuning stage forgets more than the 2-point tolerance allows (largest drop on "
+    "a general benchmark, in points: docs 3.8, qa 12.5). ft is docs, the one that forgets least."
+)
+
+
+def _stage_results(warning: str | None = WARNING) -> dict:
+    """Two stages, docs (from base) then qa (from docs); ft is docs."""
+    right = {"base": (8, 70), "base+rag": (20, 70), "ft@docs": (18, 67), "ft@qa": (30, 60)}
+    samples = {
+        arm: {"products": _scores(40, d, "p"), "world_facts": _scores(80, g, "w")}
+        for arm, (d, g) in right.items()
+    }
+    samples["ft"] = samples["ft@docs"]
+    samples["ft+rag"] = {"products": _scores(40, 34, "p"), "world_facts": _scores(80, 67, "w")}
+    stages = {
+        "order": ["docs", "qa"],
+        "selection": {
+            "selected": "docs",
+            "tolerance": 0.02,
+            "rule": "ft is stage docs: no stage stays within the 2-point forgetting tolerance.",
+            "candidates": [
+                {
+                    "stage": "docs",
+                    "domain_gain": 0.25,
+                    "forgetting": 0.0375,
+                    "within_tolerance": False,
+                },
+                {
+                    "stage": "qa",
+                    "domain_gain": 0.55,
+                    "forgetting": 0.125,
+                    "within_tolerance": False,
+                },
+            ],
+            "warning": warning,
+        },
+        "stages": {
+            "docs": {
+                "start_from": "base",
+                "method": "full",
+                "steps": 120,
+                "stopped_early_at": None,
+                "final_val_loss": 1.2,
+                "val_loss_by_task": {"docs_train": 1.2},
+                "mix": {
+                    "target": {"docs_train": 1.0},
+                    "realised": {"docs_train": 1.0},
+                    "sequences": {"docs_train": 480},
+                },
+                "replay": None,
+                "data": {
+                    "docs_train": {
+                        "read": 510,
+                        "empty_or_garbled": 3,
+                        "exact_duplicates": 17,
+                        "near_duplicates": 6,
+                        "leaked": 4,
+                        "kept": 480,
+                        "train": 456,
+                        "validation": 24,
+                        "test": 0,
+                    }
+                },
+            },
+            "qa": {
+                "start_from": "docs",
+                "steps": 80,
+                "stopped_early_at": 60,
+                "replay": {"fraction": 0.25, "sources": ["general_facts"]},
+            },
+        },
+    }
+    extra = {
+        "stages": stages,
+        "cost": {
+            "device_hours": 1.0,
+            "usd": 2.5,
+            "per_stage": {
+                "docs": {"device_hours": 0.6, "usd": 1.5},
+                "qa": {"device_hours": 0.4, "usd": 1.0},
+            },
+        },
+    }
+    arms = ["base", "base+rag", "ft@docs", "ft@qa", "ft", "ft+rag"]
+    cfg = EvaluationConfig(benchmarks=BENCHMARKS, arms=arms, bootstrap_samples=500)
+    return json.loads(json.dumps(summarise(samples, BENCHMARKS, cfg, ReportConfig(), extra)))
+
+
+@pytest.fixture(scope="module")
+def stage_page() -> _Page:
+    return _Page(render_html(_stage_results()))
+
+
+def _warning_boxes(page: _Page) -> list[dict]:
+    return [a for tag, a in page.tags if tag == "div" and "alert" in a.get("class", "")]
+
+
+def test_stages_section_sits_between_scores_and_forgetting(stage_page):
+    assert stage_page.sections == [
+        "verdict",
+        "scores",
+        "stages",
+        "forgetting",
+        "cost",
+        "provenance",
+    ]
+    text = " ".join(stage_page.text["stages"].split())
+    assert "ft is stage docs: its scores are the ft rows above." in text
+    assert "ft is stage docs: no stage stays within the 2-point forgetting tolerance." in text
+    assert "backward transfer" in text
+
+
+def test_the_selection_warning_is_an_alert_right_after_the_verdict():
+    html = render_html(_stage_results())
+    (box,) = _warning_boxes(_Page(html))
+    assert box["role"] == "alert" and box["id"] == "stage-warning"
+    after_verdict = html[html.index("</section>") :]  # the verdict is the first section
+    assert after_verdict.index('id="stage-warning"') < after_verdict.index('id="scores"')
+    assert f"<strong>Warning:</strong> {WARNING}" in html
+    assert _warning_boxes(_Page(render_html(_stage_results(warning=None)))) == []
+
+
+def test_stage_candidates_and_matrix_tables(stage_page):
+    (candidates,) = stage_page.table("stage-candidates")
+    assert candidates["rows"] == [
+        [
+            "stage",
+            "domain gain (points)",
+            "largest general drop (points)",
+            "within the 2-point tolerance",
+        ],
+        ["docsft", "+25.0", "3.8", "no"],
+        ["qa", "+55.0", "12.5", "no"],
+    ]
+    (matrix,) = stage_page.table("stage-matrix")
+    assert matrix["rows"][0] == [
+        "stage",
+        "starts from",
+        "products (domain)",
+        "world_facts (general)",
+    ]
+    assert matrix["rows"][1] == ["base", "—", "20.0%", "87.5%"]
+    # docs from base: 18/40 and 67/80; qa from docs: 30/40 and 60/80.
+    assert matrix["rows"][2] == [
+        "docsft",
+        "base",
+        "45.0%+25.0 vs base+25.0 vs start",
+        "83.8%-3.8 vs base-3.8 vs start",
+    ]
+    assert matrix["rows"][3] == [
+        "qa",
+        "docs",
+        "75.0%+55.0 vs base+30.0 vs start",
+        "75.0%-12.5 vs base-8.8 vs start",
+    ]
+
+
+def test_stage_training_mixture_data_and_cost_tables(stage_page):
+    (training,) = stage_page.table("stage-training")
+    assert training["rows"][0] == [
+        "stage",
+        "starts from",
+        "method",
+        "steps",
+        "stopped early",
+        "final val loss",
+        "device-hours",
+        "USD",
+    ]
+    assert training["rows"][1:] == [
+        ["docs", "base", "full", "120", "no", "1.200", "0.6", "1.50"],
+        ["qa", "docs", "—", "80", "at step 60", "—", "0.4", "1.00"],
+    ]
+    (mix,) = stage_page.table("stage-mix")
+    assert mix["rows"][1] == ["docs_train", "100.0%", "100.0%", "480", "1.200"]
+    (data,) = stage_page.table("stage-data")
+    assert data["rows"][1] == ["docs_train", "510", "3", "17", "6", "4", "480", "456", "24", "0"]
+    text = " ".join(stage_page.text["stages"].split())
+    assert "Replay: none." in text
+    assert "Replay: 25% of sequences replayed from general_facts." in text
+    per_stage = [t["rows"] for t in stage_page.table("generic") if t["section"] == "cost"][1]
+    assert per_stage == [["", "device hours", "usd"], ["docs", "0.6", "1.5"], ["qa", "0.4", "1"]]
+
+
+def test_score_tables_say_which_stage_ft_is(stage_page):
+    products = stage_page.table("scores")[0]["rows"]
+    arms = [row[0] for row in products[1:]]
+    assert arms == [
+        "base base model",
+        "base+rag base model + RAG",
+        "ft@docs stage docs",
+        "ft@qa stage qa",
+        "ft (= ft@docs) fine-tuned",
+        "ft+rag (= ft@docs+rag) fine-tuned + RAG",
+    ]
+
+
+def test_stage_plot_is_an_embedded_png_that_decodes(stage_page):
+    images = {attrs["alt"]: attrs["src"] for tag, attrs in stage_page.tags if tag == "img"}
+    assert len(images) == 3  # accuracy, stages, forgetting (no training history here)
+    (src,) = [src for alt, src in images.items() if "after each stage" in alt]
+    data = base64.b64decode(src.removeprefix("data:image/png;base64,"), validate=True)
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    pixels = imread(io.BytesIO(data))
+    assert pixels.shape[0] > 100 and pixels.shape[1] > 100
+
+
+def test_stages_with_sparse_records_still_render():
+    results = _stage_results()
+    results["stages"] = {"order": ["docs", "qa"], "stages": {"docs": None}, "matrix": {}}
+    page = _Page(render_html(results))
+    assert "stages" in page.sections and _warning_boxes(page) == []
+    (matrix,) = page.table("stage-matrix")
+    assert matrix["rows"][2] == ["docs", "—", "not scored", "not scored"]
+    assert page.table("stage-candidates") == [] and page.table("stage-data") == []

@@ -45,12 +45,12 @@ EXTRA = {
 }
 
 
-def _summarise(samples=SAMPLES, extra=EXTRA, **report):
+def _summarise(samples=SAMPLES, extra=EXTRA, **evaluation):
     return summarise(
         samples,
         BENCHMARKS,
-        EvaluationConfig(benchmarks=BENCHMARKS, bootstrap_samples=1000),
-        ReportConfig(**report),
+        EvaluationConfig(benchmarks=BENCHMARKS, bootstrap_samples=1000, **evaluation),
+        ReportConfig(),
         extra,
     )
 
@@ -90,7 +90,7 @@ def test_forgetting_checks_and_sentences():
     assert "cannot rule out forgetting" in checks["ft+rag"]["sentence"]
 
 
-def test_forgetting_tolerance_comes_from_report_config():
+def test_forgetting_tolerance_comes_from_evaluation_config():
     checks = {c["arm"]: c for c in _summarise(forgetting_tolerance=0.5)["forgetting"]["checks"]}
     assert checks["ft"]["status"] == "none"
     assert checks["ft"]["sentence"].endswith("within the 50-point tolerance")
@@ -353,3 +353,231 @@ def test_load_results_errors_name_the_path(tmp_path):
         load_results(path)
     path.write_text(json.dumps(_summarise()))
     assert load_results(path)["decision"]["verdict"] == "RAG"
+
+
+# -- sequential stages -----------------------------------------------------------------------
+
+STAGE_ARMS = ["base", "base+rag", "ft@a", "ft@b", "ft", "ft+rag"]
+
+
+def _stage_world(selected: str = "a", warning: str | None = None) -> tuple[dict, dict]:
+    """base, ft@a (from base) and ft@b (from a); ft is ``selected``'s samples.
+
+    Right answers (of 40 domain, 100 general): base 10/80, ft@a 20/78, ft@b 30/70, nested,
+    so every paired difference is the difference of the counts."""
+    right = {"base": (10, 80), "base+rag": (20, 80), "ft@a": (20, 78), "ft@b": (30, 70)}
+    samples = {
+        arm: {"dom": _scores(40, d, "d"), "gen": _scores(100, g, "g")}
+        for arm, (d, g) in right.items()
+    }
+    samples["ft"] = samples[f"ft@{selected}"]
+    samples["ft+rag"] = {"dom": _scores(40, 32, "d"), "gen": _scores(100, 78, "g")}
+    stages = {
+        "order": ["a", "b"],
+        "selection": {
+            "selected": selected,
+            "tolerance": 0.02,
+            "rule": f"ft is stage {selected}: the largest mean gain (test rule).",
+            "candidates": [
+                {"stage": "a", "domain_gain": 0.25, "forgetting": 0.02, "within_tolerance": True},
+                {"stage": "b", "domain_gain": 0.5, "forgetting": 0.1, "within_tolerance": False},
+            ],
+            "warning": warning,
+        },
+        "stages": {
+            "a": {
+                "start_from": "base",
+                "method": "full",
+                "lora_init": None,
+                "steps": 120,
+                "stopped_early_at": None,
+                "train_s": 33.1,
+                "final_train_loss": 1.1,
+                "final_val_loss": 1.2,
+                "val_loss_by_task": {"docs_train": 1.2},
+                "mix": {
+                    "target": {"docs_train": 1.0},
+                    "realised": {"docs_train": 1.0},
+                    "sequences": {"docs_train": 480},
+                },
+                "replay": None,
+                "data": {
+                    "docs_train": {
+                        "task": "docs_train",
+                        "read": 510,
+                        "empty_or_garbled": 3,
+                        "exact_duplicates": 17,
+                        "near_duplicates": 6,
+                        "leaked": 4,
+                        "leaked_by_benchmark": {"dom": 4},
+                        "kept": 480,
+                        "train": 456,
+                        "validation": 24,
+                        "test": 0,
+                    }
+                },
+                "history": [{"step": 20, "train_loss": 1.5}, {"step": 50, "val_loss": 1.3}],
+            },
+            "b": {
+                "start_from": "a",
+                "method": "lora",
+                "steps": 80,
+                "stopped_early_at": 60,
+                "mix": {
+                    "target": {"qa_train": 0.75, "general_facts": 0.25},
+                    "realised": {"qa_train": 0.74, "general_facts": 0.26},
+                },
+                "replay": {"fraction": 0.25, "sources": ["general_facts"]},
+            },
+        },
+    }
+    return samples, stages
+
+
+def _summarise_stages(samples, stages, **extra):
+    cfg = EvaluationConfig(benchmarks=BENCHMARKS, arms=STAGE_ARMS, bootstrap_samples=1000)
+    return summarise(samples, BENCHMARKS, cfg, ReportConfig(), {"stages": stages, **extra})
+
+
+def test_stage_matrix_accuracy_diff_and_change_vs_start_exactly():
+    samples, stages = _stage_world()
+    before = json.loads(json.dumps(stages))
+    results = _summarise_stages(samples, stages)
+    assert stages == before and "matrix" not in stages  # the caller's dict is left alone
+    matrix = results["stages"]["matrix"]
+    assert list(matrix) == ["a", "b"] and list(matrix["a"]) == ["dom", "gen"]
+    a_dom, b_dom, b_gen = matrix["a"]["dom"], matrix["b"]["dom"], matrix["b"]["gen"]
+    # a starts from base: its change vs start is its change vs base.
+    assert (a_dom["acc"], a_dom["diff_vs_base"], a_dom["change_vs_start"]) == (0.5, 0.25, 0.25)
+    # b starts from a: 30 vs 20 of 40 right on dom, 70 vs 78 of 100 on gen.
+    assert (b_dom["acc"], b_dom["diff_vs_base"], b_dom["change_vs_start"]) == (0.75, 0.5, 0.25)
+    assert (b_gen["acc"], b_gen["diff_vs_base"], b_gen["change_vs_start"]) == (0.7, -0.1, -0.08)
+    assert matrix["a"]["gen"]["change_vs_start"] == -0.02
+    # The same numbers as the arm rows, and the change's interval is the paired bootstrap.
+    row = results["benchmarks"]["gen"]["arms"]["ft@b"]
+    assert (b_gen["acc_ci"], b_gen["diff_ci"]) == (row["acc_ci"], row["diff_ci"])
+    a = [r["acc"] for r in samples["ft@b"]["gen"]]
+    b = [r["acc"] for r in samples["ft@a"]["gen"]]
+    assert b_gen["change_ci"] == list(paired_diff_ci(a, b, 0.95, 1000)[1:])
+    assert json.loads(json.dumps(results)) == results
+
+
+def test_stage_matrix_with_an_unscored_stage_or_start():
+    samples, stages = _stage_world()
+    del samples["ft@a"]
+    samples["ft"] = samples["ft@b"]
+    stages["selection"]["selected"] = "b"
+    results = _summarise_stages(samples, stages)
+    matrix = results["stages"]["matrix"]
+    assert matrix["a"] == {"dom": None, "gen": None}
+    assert matrix["b"]["dom"]["acc"] == 0.75 and matrix["b"]["dom"]["change_vs_start"] is None
+    assert matrix["b"]["dom"]["change_ci"] is None
+    md = render_markdown(results)
+    assert "| a | base | not scored | not scored |" in md
+    assert "| **b** (ft) | a | 75.0% (+50.0 vs base) | 70.0% (-10.0 vs base) |" in md
+
+
+def test_ft_must_hold_the_selected_stage_samples():
+    samples, stages = _stage_world(selected="a")
+    samples["ft"] = samples["ft@b"]
+    with pytest.raises(ValueError, match="arm 'ft' must hold exactly the samples of 'ft@a'"):
+        _summarise_stages(samples, stages)
+
+
+def test_pairs_leave_out_the_selected_stage_as_ft_stands_for_it():
+    results = _summarise_stages(*_stage_world(selected="b"))
+    pairs = results["benchmarks"]["dom"]["pairs"]
+    assert not any("ft@b" in comparison for comparison in pairs)
+    assert pairs["ft - ft@a"]["diff"] == 0.25
+    assert {"ft - base+rag", "ft+rag - base+rag", "ft+rag - ft"} <= set(pairs)
+
+
+def test_decide_reads_only_the_chosen_stage_for_forgetting():
+    # ft@b forgets 10 points on gen, but ft is a, which stays within the tolerance.
+    samples, stages = _stage_world(selected="a")
+    results = _summarise_stages(samples, stages)
+    checks = {c["arm"]: c["status"] for c in results["forgetting"]["checks"]}
+    assert checks["ft@b"] == "forgetting" and checks["ft"] != "forgetting"
+    assert "fine-tuning forgets" not in results["decision"]["rule"]
+    # The same run with b chosen: now the chosen model forgets, and the rule says so.
+    samples, stages = _stage_world(selected="b")
+    results = _summarise_stages(samples, stages)
+    assert (
+        "fine-tuning forgets beyond the 2-point tolerance (ft on gen)"
+        in (results["decision"]["rule"])
+    )
+
+
+def test_headline_names_the_stages_and_leaves_stage_arms_to_the_stages_section():
+    headline = _summarise_stages(*_stage_world())["headline"]
+    assert headline[0] == "Fine-tuning ran in 2 stages (a, then b); ft is the model after stage a."
+    assert not any(s.startswith(("ft@", "stage")) for s in headline)
+    assert any(s.startswith("Fine-tuning helps on dom: ft 50.0% vs base 25.0%") for s in headline)
+
+
+def test_markdown_stages_section():
+    warning = "Every fine-tuning stage forgets more than the 2-point tolerance allows (test)."
+    results = json.loads(
+        json.dumps(
+            _summarise_stages(
+                *_stage_world(warning=warning),
+                cost={
+                    "device_hours": 1.0,
+                    "usd": 2.5,
+                    "per_stage": {"a": {"device_hours": 0.6, "usd": 1.5}},
+                },
+            )
+        )
+    )
+    md = render_markdown(results)
+    # The warning comes straight after the verdict, in bold.
+    assert md.index("## Verdict") < md.index(f"**Warning:** {warning}") < md.index("## Headline")
+    assert md.index("## Scores") < md.index("## Stages") < md.index("## Forgetting")
+    assert "| ft (= ft@a) | 50.0% |" in md and "| ft+rag (= ft@a+rag) | 80.0% |" in md
+    assert "- **How ft was chosen**: ft is stage a: the largest mean gain (test rule)." in md
+    assert (
+        "| stage | domain gain (points) | largest general drop (points) | within the 2-point "
+        "tolerance |" in md
+    )
+    assert "| **a** (ft) | +25.0 | 2.0 | yes |" in md and "| b | +50.0 | 10.0 | no |" in md
+    # The matrix: base as the reference row, then each stage from its start.
+    assert "| stage | starts from | dom (domain) | gen (general) |" in md
+    assert "| base | — | 25.0% | 80.0% |" in md
+    assert (
+        "| **a** (ft) | base | 50.0% (+25.0 vs base, +25.0 vs start) "
+        "| 78.0% (-2.0 vs base, -2.0 vs start) |" in md
+    )
+    assert (
+        "| b | a | 75.0% (+50.0 vs base, +25.0 vs start) "
+        "| 70.0% (-10.0 vs base, -8.0 vs start) |" in md
+    )
+    assert "backward transfer" in md
+    # Training per stage, with its cost; per-task mixture and data preparation.
+    assert "| a | base | full | 120 | no | 33.1 | 1.100 | 1.200 | 0.6 | 1.50 |" in md
+    assert "| b | a | lora | 80 | at step 60 | — | — | — | — | — |" in md
+    assert "| docs_train | 100.0% | 100.0% | 480 | 1.200 |" in md
+    assert (
+        "| task | read | empty or garbled | exact duplicates | near duplicates | leaked | kept "
+        "| train | validation | test |" in md
+    )
+    assert "| docs_train | 510 | 3 | 17 | 6 | 4 (dom: 4) | 480 | 456 | 24 | 0 |" in md
+    assert "Replay: none." in md
+    assert "Replay: 25% of sequences replayed from general_facts." in md
+    assert "| qa_train | 75.0% | 74.0% | — | — |" in md
+
+
+def test_markdown_stages_with_sparse_stage_records():
+    samples, stages = _stage_world()
+    stages = {"order": ["a", "b"], "stages": {"a": None, "b": {"start_from": "a"}}}
+    del samples["ft"], samples["ft+rag"]
+    md = render_markdown(_summarise_stages(samples, stages))
+    assert "## Stages" in md and "**Warning:**" not in md
+    # Without its start_from, a stage's change vs start is unknown, not guessed.
+    assert "| a | — | 50.0% (+25.0 vs base) | 78.0% (-2.0 vs base) |" in md
+    assert "| b | a | 75.0% (+50.0 vs base, +25.0 vs start) |" in md
+    assert "| ft (=" not in md
+
+
+def test_markdown_without_stages_has_no_stages_section():
+    md = render_markdown(_summarise())
+    assert "## Stages" not in md and "**Warning:**" not in md and "(= ft@" not in md

@@ -30,10 +30,92 @@ evaluation:
 def test_demo_config_loads_and_paths_resolve_relative_to_the_file():
     cfg = load_config(DEMO)
     assert cfg.name == "demo"
-    assert cfg.training.datasets[0].path == REPO / "examples/demo_world/domain/docs_train.jsonl"
+    docs, qa, qa_replay = cfg.resolved_stages()
+    assert docs.training.datasets[0].path == REPO / "examples/demo_world/domain/docs_train.jsonl"
+    assert qa_replay.replay is not None
+    assert qa_replay.replay.datasets[0].path == REPO / "examples/demo_world/general/replay.jsonl"
     assert cfg.rag.corpus == REPO / "examples/demo_world/domain/documents.jsonl"
     assert Path(cfg.model.base) == REPO / "examples/demo_world/base_model"
-    assert cfg.training.seed == cfg.seed
+    assert cfg.training.seed == cfg.seed == docs.training.seed
+    # Each stage is an arm, before the selected ft arms.
+    assert cfg.evaluation.arms == ["base", "base+rag", "ft@docs", "ft@qa", "ft@qa_replay", "ft",
+                                   "ft+rag"]
+
+
+STAGED = MINIMAL + """training:
+  datasets: [{path: t.jsonl}]
+  lr: 1.0e-3
+  epochs: 2
+stages:
+  - name: one
+  - name: two
+    lr: 5.0e-4
+    datasets: [{path: u.jsonl, format: instruction}]
+  - name: side
+    start_from: one
+    method: lora
+    replay: {fraction: 0.25}
+"""
+
+
+def test_stages_inherit_what_they_leave_unset(tmp_path):
+    one, two, side = load_config(write(tmp_path, STAGED)).resolved_stages()
+    assert (one.start_from, two.start_from, side.start_from) == ("base", "one", "one")
+    assert one.training.lr == 1.0e-3 and two.training.lr == 5.0e-4
+    assert two.training.epochs == side.training.epochs == 2
+    assert one.training.datasets[0].path == tmp_path / "t.jsonl"
+    assert two.training.datasets[0].path == tmp_path / "u.jsonl"  # relative to the YAML too
+    assert side.training.method == "lora" and two.training.method == "full"
+    assert side.replay is not None and side.replay.stages == "earlier"
+
+
+def test_a_stage_key_that_is_no_training_key_is_named(tmp_path):
+    path = write(tmp_path, STAGED.replace("    lr: 5.0e-4", "    learning_rate: 5.0e-4"))
+    with pytest.raises(ConfigError, match=r"stages\.1.*unknown key 'learning_rate'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (("start_from: one", "start_from: three"), "start_from 'three' is not an earlier stage"),
+    (("  - name: two", "  - name: one"), "the name 'one' is taken"),
+    (("replay: {fraction: 0.25}", "replay: {fraction: 0.25, stages: [side]}"),
+     "replay.stages names 'side', not an earlier stage"),
+    (("    lr: 5.0e-4", "    lr: -1"), r"stages.1 \(two\): lr: Input should be greater than 0 "
+                                      r"\(got -1\)"),
+])
+def test_stage_mistakes_name_the_stage(tmp_path, change, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, STAGED.replace(*change)))
+
+
+def test_an_arm_must_name_a_stage(tmp_path):
+    path = write(tmp_path, STAGED.replace("arms: [base]", "arms: [base, ft@three+rag]"))
+    with pytest.raises(ConfigError, match="'ft@three\\+rag' but there is no stage 'three'"):
+        load_config(path)
+    path = write(tmp_path, STAGED.replace("arms: [base]", "arms: [base, ft-rag]"))
+    with pytest.raises(ConfigError, match="unknown arm 'ft-rag'"):
+        load_config(path)
+
+
+def test_a_stage_after_an_unmerged_lora_stage_must_continue_its_adapter(tmp_path):
+    text = STAGED.replace("  - name: one\n", "  - name: one\n    method: lora\n"
+                          "    lora: {merge: false}\n")
+    with pytest.raises(ConfigError, match="starts from LoRA stage 'one', whose adapter is not "
+                                          "merged"):
+        load_config(write(tmp_path, text.replace("arms: [base]", "arms: [base]")))
+
+
+def test_mixture_weights_are_all_or_none(tmp_path):
+    text = STAGED.replace("datasets: [{path: u.jsonl, format: instruction}]",
+                          "datasets: [{path: u.jsonl, weight: 2}, {path: t.jsonl}]")
+    with pytest.raises(ConfigError, match="set weight on every dataset of a stage or on none"):
+        load_config(write(tmp_path, text))
+
+
+def test_forgetting_tolerance_moved_to_evaluation(tmp_path):
+    path = write(tmp_path, MINIMAL + "report: {forgetting_tolerance: 0.1}\n")
+    with pytest.raises(ConfigError, match="moved to evaluation.forgetting_tolerance"):
+        load_config(path)
 
 
 def test_unknown_key_suggests_the_closest_name(tmp_path):
@@ -95,8 +177,10 @@ def test_malformed_override_and_missing_file(tmp_path):
 
 
 def test_arms_put_base_first_and_reject_duplicates(tmp_path):
-    cfg = load_config(DEMO, ["evaluation.arms=[ft, base+rag]"])
-    assert cfg.evaluation.arms == ["base", "ft", "base+rag"]
+    cfg = load_config(DEMO, ["evaluation.arms=[ft+rag, ft, base+rag, ft@qa+rag]"])
+    # In a fixed order: base, each stage in order, the selected ft; each before its +rag.
+    assert cfg.evaluation.arms == ["base", "base+rag", "ft@docs", "ft@qa", "ft@qa+rag",
+                                   "ft@qa_replay", "ft", "ft+rag"]
     with pytest.raises(ConfigError, match="listed twice"):
         load_config(DEMO, ["evaluation.arms=[ft, ft]"])
 
@@ -127,5 +211,5 @@ def test_cluster_example_config_is_valid():
 def test_ft_arms_need_a_merged_lora_model(tmp_path):
     text = MINIMAL.replace("arms: [base]", "arms: [base, ft]") + (
         "training:\n  datasets: [{path: t.jsonl}]\n  method: lora\n  lora: {merge: false}\n")
-    with pytest.raises(ConfigError, match="training.lora.merge is false"):
+    with pytest.raises(ConfigError, match="its stage has lora.merge false"):
         load_config(write(tmp_path, text))

@@ -50,14 +50,21 @@ def test_empty_corpus(tmp_path, model_dir):
 
 def test_missing_training_file(tmp_path, model_dir):
     with pytest.raises(DataError, match=r"nope\.jsonl: training file not found"):
-        check_inputs(cfg_with(model_dir, f"training.datasets.0.path={tmp_path / 'nope.jsonl'}"))
+        check_inputs(cfg_with(model_dir, f"stages.0.datasets.0.path={tmp_path / 'nope.jsonl'}"))
+    # Replayed data is read up front too, and a stage's own validation file.
+    with pytest.raises(DataError, match=r"gone\.jsonl: training file not found"):
+        check_inputs(cfg_with(model_dir,
+                              f"stages.2.replay.datasets.0.path={tmp_path / 'gone.jsonl'}"))
+    with pytest.raises(DataError, match=r"val\.jsonl: training file not found"):
+        check_inputs(cfg_with(model_dir,
+                              f"stages.1.datasets.0.validation_path={tmp_path / 'val.jsonl'}"))
 
 
 def test_training_record_missing_its_field(tmp_path, model_dir):
     bad = tmp_path / "qa.jsonl"
     bad.write_text(json.dumps({"prompt": "Q", "response": "A"}) + "\n" + json.dumps({"prompt": "Q"}) + "\n")
     with pytest.raises(DataError, match=r"qa\.jsonl:2: format 'instruction' needs .*'response'"):
-        check_inputs(cfg_with(model_dir, f"training.datasets.1.path={bad}"))
+        check_inputs(cfg_with(model_dir, f"stages.1.datasets.0.path={bad}"))
 
 
 def test_benchmark_answer_out_of_range(tmp_path, model_dir):

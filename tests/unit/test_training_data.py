@@ -188,9 +188,21 @@ def test_prepare_splits_without_validation(datasets, tokenizer):
     assert val is None and len(train) == 60
 
 
-def test_prepare_splits_keeps_one_validation_record_for_a_small_fraction(datasets, tokenizer):
+def test_prepare_splits_keeps_one_validation_record_of_each_file_for_a_small_fraction(
+        datasets, tokenizer):
     train, val = prepare_splits(datasets, tokenizer, 64, False, 0.001, seed=0)
-    assert (len(train), len(val)) == (59, 1)
+    assert (len(train), len(val)) == (58, 2)
+    assert sorted(val.task.tolist()) == [0, 1]  # one from each file, tagged with its task
+
+
+def test_prepare_splits_tags_rows_with_their_task_and_packs_tasks_apart(datasets, tokenizer):
+    train, val = prepare_splits(datasets, tokenizer, 16, True, 0.1, seed=0)
+    for split in (train, val):
+        # Instruction rows (task 1) mask their prompts; text rows (task 0) never do.
+        masked = (split.labels == IGNORE_INDEX).any(axis=1)
+        assert not masked[split.task == 0].any()
+        assert masked[split.task == 1].all()
+    assert set(train.task.tolist()) == {0, 1}
 
 
 def test_prepare_splits_rejects_data_shorter_than_one_sequence(datasets, tokenizer):

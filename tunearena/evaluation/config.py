@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from tunearena.configbase import StrictModel
 
 ARMS = ("base", "base+rag", "ft", "ft+rag")
+ARM_PATTERN = r"^(base|ft|ft@[a-z0-9][a-z0-9_-]*)(\+rag)?$"
+"""``base`` and ``ft`` (the selected fine-tuned model), ``ft@<stage>`` (one stage's model),
+each with or without ``+rag``."""
 
 
 class BenchmarkConfig(StrictModel):
@@ -30,10 +33,11 @@ class EvaluationConfig(StrictModel):
     """Run the evaluation step."""
     benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
     """Every benchmark is scored on every arm, with the same prompt template and scorer."""
-    arms: list[Literal["base", "base+rag", "ft", "ft+rag"]] = Field(
-        default_factory=lambda: list(ARMS)
-    )
-    """Arms to compare; ``base`` is always included, as every difference is taken against it."""
+    arms: list[str] = Field(default_factory=lambda: list(ARMS))
+    """Arms to compare: ``base``, ``ft`` (the fine-tuned model; with ``stages``, the stage
+    chosen under ``forgetting_tolerance``), ``ft@<stage>`` (one stage's model; every stage is
+    added when ``stages`` are set), each also with ``+rag``. ``base`` is always included, as
+    every difference is taken against it."""
     limit: int | None = Field(None, ge=1)
     """Score only the first N questions of each benchmark (a smoke switch)."""
     batch_size: int = Field(32, ge=1)
@@ -43,9 +47,19 @@ class EvaluationConfig(StrictModel):
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     """Confidence level of every interval."""
 
+    forgetting_tolerance: float = Field(0.02, ge=0, le=1)
+    """A drop in general accuracy up to this (absolute) is called negligible; a stage that
+    forgets more is not chosen as ``ft`` while another stays within it."""
+
     @field_validator("arms")
     @classmethod
     def _base_first(cls, arms: list[str]) -> list[str]:
+        import re
+
+        bad = [a for a in arms if not re.match(ARM_PATTERN, a)]
+        if bad:
+            raise ValueError(f"unknown arm {bad[0]!r}: expected base, ft or ft@<stage>, each "
+                             "optionally with +rag (e.g. base+rag, ft@qa+rag)")
         if len(set(arms)) != len(arms):
             raise ValueError(f"arms are listed twice: {arms}")
         return ["base"] + [a for a in arms if a != "base"]
@@ -56,5 +70,11 @@ class ReportConfig(StrictModel):
 
     gpu_hour_cost_usd: float = Field(2.5, ge=0)
     """Price of one accelerator-hour (CPU-hours are priced the same on a CPU-only run)."""
-    forgetting_tolerance: float = Field(0.02, ge=0, le=1)
-    """A drop in general accuracy up to this (absolute) is called negligible."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, raw: object) -> object:
+        if isinstance(raw, dict) and "forgetting_tolerance" in raw:
+            raise ValueError("report.forgetting_tolerance moved to "
+                             "evaluation.forgetting_tolerance (it also chooses the ft stage)")
+        return raw

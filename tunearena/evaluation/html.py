@@ -17,7 +17,17 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from matplotlib.figure import Figure
 
-from tunearena.evaluation.report import BETTER, WORSE, _pct_label, _points, _signed
+from tunearena.evaluation.report import (
+    _TEXT_COLUMNS,
+    BETTER,
+    WORSE,
+    _arm_label,
+    _as_dict,
+    _pct_label,
+    _points,
+    _signed,
+    _stages_view,
+)
 
 _ENV = Environment(
     loader=PackageLoader("tunearena.evaluation", "templates"),
@@ -27,6 +37,9 @@ _ENV = Environment(
     lstrip_blocks=True,
 )
 _ARM_COLOURS = {"base": "#7f7f7f", "base+rag": "#1f77b4", "ft": "#ff7f0e", "ft+rag": "#2ca02c"}
+# Stage arms (ft@<stage>, with or without +rag) take these in order of appearance.
+_MORE_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#d62728", "#393b79")
+_BENCHMARK_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02")
 _ARM_NAMES = {
     "base": "base model",
     "base+rag": "base model + RAG",
@@ -36,21 +49,29 @@ _ARM_NAMES = {
 
 
 def render_html(results: dict[str, Any]) -> str:
-    """The report as one HTML page: verdict, scores, forgetting, retrieval, cost and
-    latency, training, provenance (in that order; sections missing from ``results`` are
-    skipped)."""
+    """The report as one HTML page: verdict (and the stage-selection warning, if any),
+    scores, stages, forgetting, retrieval, cost and latency, training, provenance (in that
+    order; sections missing from ``results`` are skipped)."""
     settings = results.get("settings", {})
     conf = settings.get("confidence", 0.95)
-    run = results.get("run") if isinstance(results.get("run"), dict) else {}
+    run = _as_dict(results.get("run"))
     training = results.get("training")
+    benchmarks = results.get("benchmarks", {})
+    colours = _colours(list(dict.fromkeys(a for b in benchmarks.values() for a in b["arms"])))
+    stages = _stages_view(results)
+    selected = stages["selected"] if stages else None
+    if stages:
+        stages["plot"] = _stages_plot(results, stages["order"], selected)
     context = {
         "title": "tunearena report" + (f": {run['name']}" if run.get("name") else ""),
         "ci": f"{_pct_label(conf)} CI",
         "decision": _decision(results.get("decision")),
         "headline": results.get("headline", []),
-        "benchmarks": [_benchmark(name, b) for name, b in results.get("benchmarks", {}).items()],
-        "accuracy_plot": _accuracy_plot(results.get("benchmarks", {}), conf),
-        "forgetting": _forgetting(results.get("forgetting")),
+        "benchmarks": [_benchmark(name, b, selected) for name, b in benchmarks.items()],
+        "accuracy_plot": _accuracy_plot(benchmarks, conf, colours),
+        "stages": stages,
+        "text_columns": _TEXT_COLUMNS,
+        "forgetting": _forgetting(results.get("forgetting"), colours),
         "retrieval": _tables(results["retrieval"]) if results.get("retrieval") else None,
         "cost": _tables(results["cost"]) if results.get("cost") else None,
         "cost_sentence": _cost_sentence(results.get("cost")),
@@ -83,15 +104,29 @@ def _decision(decision: dict | None) -> dict | None:
     return {"rule_in_full": [], **decision, "evidence": evidence}
 
 
-def _benchmark(name: str, bench: dict) -> dict:
+def _arm_name(arm: str) -> str:
+    """``ft@qa+rag`` -> ``stage qa + RAG``; the four fixed arms by their plain names."""
+    if arm.startswith("ft@"):
+        stage, rag, _ = arm[3:].partition("+rag")
+        return f"stage {stage}" + (" + RAG" if rag else "")
+    return _ARM_NAMES.get(arm, arm)
+
+
+def _colours(arms: list[str]) -> dict[str, str]:
+    extra = [a for a in arms if a not in _ARM_COLOURS]
+    more = {a: _MORE_COLOURS[i % len(_MORE_COLOURS)] for i, a in enumerate(extra)}
+    return {**_ARM_COLOURS, **more}
+
+
+def _benchmark(name: str, bench: dict, selected: str | None = None) -> dict:
     rows = []
     for arm, row in bench["arms"].items():
         lo, hi = row["acc_ci"]
         has_diff = row.get("diff_vs_base") is not None
         rows.append(
             {
-                "arm": arm,
-                "name": _ARM_NAMES.get(arm, arm),
+                "arm": _arm_label(arm, selected),
+                "name": _arm_name(arm),
                 "acc": f"{row['acc'] * 100:.1f}%",
                 "acc_ci": f"{lo * 100:.1f} to {hi * 100:.1f}",
                 "acc_norm": f"{row['acc_norm'] * 100:.1f}%" if "acc_norm" in row else "—",
@@ -125,7 +160,7 @@ def _tone(verdict: str) -> str:
     return "neutral"
 
 
-def _forgetting(forgetting: dict | None) -> dict | None:
+def _forgetting(forgetting: dict | None, colours: dict[str, str]) -> dict | None:
     if not forgetting:
         return None
     tolerance = forgetting.get("tolerance", 0.0)
@@ -142,7 +177,7 @@ def _forgetting(forgetting: dict | None) -> dict | None:
         "summary": forgetting.get("summary", ""),
         "tolerance": _points(tolerance),
         "checks": checks,
-        "plot": _forgetting_plot(forgetting.get("checks", []), tolerance),
+        "plot": _forgetting_plot(forgetting.get("checks", []), tolerance, colours),
     }
 
 
@@ -177,7 +212,7 @@ def _tables(value: Any) -> list[dict]:
         return [_row_table(None, {str(i + 1): v for i, v in enumerate(value)}, index="#")]
     if not isinstance(value, dict):
         return [{"title": None, "columns": [], "rows": [[_fmt(value)]]}]
-    tables = []
+    tables: list[dict[str, Any]] = []
     plain = {k: v for k, v in value.items() if not _is_record(v) and not _is_records(v)}
     if plain:
         rows = [[_label(k), _fmt(v, k)] for k, v in plain.items()]
@@ -192,6 +227,9 @@ def _tables(value: Any) -> list[dict]:
     for group in groups:
         if len(group) == 1:
             ((key, record),) = group.items()
+            if all(_is_record(v) for v in record.values()):  # e.g. cost per stage
+                tables.append(_row_table(_label(key), record, index=""))
+                continue
             rows = [[_label(k), _fmt(v, k)] for k, v in record.items()]
             tables.append({"title": _label(key), "columns": [], "rows": rows})
         else:
@@ -252,7 +290,7 @@ def _png(fig: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _accuracy_plot(benchmarks: dict[str, Any], conf: float) -> str | None:
+def _accuracy_plot(benchmarks: dict[str, Any], conf: float, colours: dict[str, str]) -> str | None:
     if not benchmarks:
         return None
     names = list(benchmarks)
@@ -276,8 +314,8 @@ def _accuracy_plot(benchmarks: dict[str, Any], conf: float) -> str | None:
             width * 0.92,
             yerr=[lows, highs],
             capsize=3,
-            color=_ARM_COLOURS.get(arm, "#9467bd"),
-            label=_ARM_NAMES.get(arm, arm),
+            color=colours.get(arm, "#9467bd"),
+            label=_arm_name(arm),
         )
     ax.set_xticks(range(len(names)), [f"{n}\n({benchmarks[n]['kind']})" for n in names])
     ax.set_ylim(0, 100)
@@ -288,7 +326,7 @@ def _accuracy_plot(benchmarks: dict[str, Any], conf: float) -> str | None:
     return _png(fig)
 
 
-def _forgetting_plot(checks: list[dict], tolerance: float) -> str | None:
+def _forgetting_plot(checks: list[dict], tolerance: float, colours: dict[str, str]) -> str | None:
     if not checks:
         return None
     fig = Figure(figsize=(6.4, 0.9 + 0.45 * len(checks)))
@@ -302,7 +340,7 @@ def _forgetting_plot(checks: list[dict], tolerance: float) -> str | None:
             xerr=[[change - lo * 100], [hi * 100 - change]],
             fmt="o",
             capsize=3,
-            color=_ARM_COLOURS.get(c["arm"], "#9467bd"),
+            color=colours.get(c["arm"], "#9467bd"),
         )
     ax.axvline(0, color="#444", linewidth=0.8)
     ax.axvline(
@@ -318,6 +356,41 @@ def _forgetting_plot(checks: list[dict], tolerance: float) -> str | None:
     ax.set_ylim(-0.6, len(checks) - 0.4)
     ax.set_yticks(ys, [f"{c['arm']} on {c['benchmark']}" for c in checks])
     ax.set_xlabel("change in general accuracy vs base (points)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize="small")
+    return _png(fig)
+
+
+def _stages_plot(results: dict[str, Any], order: list[str], selected: str | None) -> str | None:
+    """Accuracy on each benchmark after each stage, one line per benchmark; the base
+    model's accuracy a dashed line in the same colour."""
+    matrix = _as_dict(_as_dict(results.get("stages")).get("matrix"))
+    benchmarks = results.get("benchmarks", {})
+    if not order or not benchmarks:
+        return None
+    fig = Figure(figsize=(max(5.0, 2.4 + 1.1 * len(order)), 3.6))
+    ax = fig.add_subplot()
+    xs = range(len(order))
+    for i, (name, bench) in enumerate(benchmarks.items()):
+        colour = _BENCHMARK_COLOURS[i % len(_BENCHMARK_COLOURS)]
+        points = [(x, _as_dict(matrix.get(stage)).get(name)) for x, stage in enumerate(order)]
+        scored = [(x, cell["acc"] * 100) for x, cell in points if cell]
+        label = f"{name} ({bench['kind']})"
+        if scored:
+            ax.plot(*zip(*scored, strict=True), marker="o", color=colour, label=label)
+        base = bench["arms"].get("base")
+        if base is not None:
+            ax.axhline(base["acc"] * 100, color=colour, linestyle="--", linewidth=1, alpha=0.8)
+    if selected in order:
+        x = order.index(selected)
+        ax.axvspan(x - 0.3, x + 0.3, color="#ff7f0e", alpha=0.12, label=f"ft = {selected}")
+    ax.plot([], [], color="#555", linestyle="--", linewidth=1, label="base model (dashed)")
+    ax.set_xticks(list(xs), order)
+    ax.set_xlim(-0.5, len(order) - 0.5)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("after stage")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Accuracy after each stage")
+    ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize="small")
     return _png(fig)
 

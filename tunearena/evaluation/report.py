@@ -35,6 +35,12 @@ def summarise(
     arm in ``arms``), ``forgetting`` (each non-base arm on each general benchmark),
     ``headline`` (plain sentences), ``decision`` (see ``decide``), ``samples`` (kept as
     given), then the keys of ``extra`` (e.g. ``training``, ``retrieval``, ``run``).
+
+    With sequential stages, ``extra["stages"]`` holds ``order``, ``selection`` (from
+    ``select_stage``) and ``stages`` (per stage: ``start_from``, training and data summary);
+    the results' copy gains ``matrix`` (see ``_stage_matrix``). The ``ft`` arm must then
+    hold exactly the selected stage's samples (``ft+rag`` those of ``ft@<selected>+rag``,
+    when scored); ``pairs`` then leave out ``ft@<selected>``, which would repeat ``ft``'s.
     """
     extra = extra or {}
     clash = sorted(set(extra) & set(_OWN_KEYS))
@@ -43,15 +49,28 @@ def summarise(
     unknown = sorted(set(samples) - set(eval_cfg.arms))
     if unknown:
         raise ValueError(f"samples hold arms that are not configured: {unknown}")
-    if "base" not in samples:
+    if samples and "base" not in samples:
         raise ValueError("samples have no 'base' arm; every difference is taken against it")
     arms = [a for a in eval_cfg.arms if a in samples]
     conf, n_boot = eval_cfg.confidence, eval_cfg.bootstrap_samples
-    tolerance = report_cfg.forgetting_tolerance
+    tolerance = eval_cfg.forgetting_tolerance
+    stages = extra.get("stages") if isinstance(extra.get("stages"), dict) else None
+    selected = _selected_stage(stages)
+    repeats: set[str] = set()  # ft@<selected> arms whose every pair would repeat ft's
+    if selected is not None:
+        for ft, stage_arm in (("ft", f"ft@{selected}"), ("ft+rag", f"ft@{selected}+rag")):
+            if ft in samples and stage_arm in samples:
+                if samples[ft] != samples[stage_arm]:
+                    raise ValueError(
+                        f"arm {ft!r} must hold exactly the samples of {stage_arm!r}, "
+                        "the selected stage's model"
+                    )
+                repeats.add(stage_arm)
 
     per_benchmark: dict[str, Any] = {}
+    all_scores: dict[str, dict[str, dict[str, list[int]]]] = {}
     for bench in benchmarks:
-        scores = _aligned_scores(samples, arms, bench.name)
+        scores = all_scores[bench.name] = _aligned_scores(samples, arms, bench.name)
         base_acc = scores["base"]["acc"]
         rows: dict[str, Any] = {}
         for arm in arms:
@@ -69,7 +88,7 @@ def summarise(
                 row.update(diff_vs_base=diff, diff_ci=[dlo, dhi], verdict=_verdict(dlo, dhi))
             rows[arm] = row
         pairs: dict[str, Any] = {}
-        others = arms[1:]
+        others = [a for a in arms[1:] if a not in repeats]
         for i, b in enumerate(others):
             for a in others[i + 1 :]:
                 diff, dlo, dhi = paired_diff_ci(scores[a]["acc"], scores[b]["acc"], conf, n_boot)
@@ -96,12 +115,66 @@ def summarise(
         "arms": arms,
         "benchmarks": per_benchmark,
         "forgetting": forgetting,
-        "headline": _headline(per_benchmark, arms, forgetting, conf),
+        "headline": _headline(per_benchmark, arms, forgetting, conf, stages),
     }
     results["decision"] = decide(results)
     results["samples"] = samples
     results.update(extra)
+    if stages is not None:
+        matrix = _stage_matrix(per_benchmark, all_scores, stages, conf, n_boot)
+        results["stages"] = {**stages, "matrix": matrix}  # a copy: the caller's dict is kept
     return results
+
+
+def _selected_stage(stages: dict[str, Any] | None) -> str | None:
+    selection = (stages or {}).get("selection")
+    return selection.get("selected") if isinstance(selection, dict) else None
+
+
+def _stage_order(stages: dict[str, Any]) -> list[str]:
+    return list(stages.get("order") or stages.get("stages") or [])
+
+
+def _start_arm(start_from: str | None) -> str | None:
+    """The arm of the model a stage started from: ``base`` or ``ft@<stage>``; None when the
+    stage record does not say."""
+    if not start_from or start_from == "base" or start_from.startswith("ft@"):
+        return start_from
+    return f"ft@{start_from}"
+
+
+def _stage_matrix(
+    per_benchmark: dict[str, Any],
+    scores: dict[str, dict[str, dict[str, list[int]]]],
+    stages: dict[str, Any],
+    conf: float,
+    n_boot: int,
+) -> dict[str, dict[str, Any]]:
+    """``matrix[stage][benchmark]``: the ``ft@<stage>`` arm's ``acc``, ``acc_ci``,
+    ``diff_vs_base`` and ``diff_ci`` (as in its benchmark row), and ``change_vs_start`` with
+    ``change_ci``: the paired difference against the model the stage started from (base or
+    ``ft@<start>``), i.e. how much the stage moved that score; None where that arm was not
+    scored. A cell is None when the stage's own arm was not scored."""
+    info = _as_dict(stages.get("stages"))
+    matrix: dict[str, dict[str, Any]] = {}
+    for stage in _stage_order(stages):
+        arm = f"ft@{stage}"
+        start = _start_arm(_as_dict(info.get(stage)).get("start_from"))
+        cells: dict[str, Any] = {}
+        for name, bench in per_benchmark.items():
+            row = bench["arms"].get(arm)
+            if row is None:
+                cells[name] = None
+                continue
+            cell = {k: row[k] for k in ("acc", "acc_ci", "diff_vs_base", "diff_ci")}
+            cell.update(change_vs_start=None, change_ci=None)
+            if start is not None and start in bench["arms"]:
+                a, b = scores[name][arm]["acc"], scores[name][start]["acc"]
+                change, lo, hi = paired_diff_ci(a, b, conf, n_boot)
+                cell.update(change_vs_start=change, change_ci=[lo, hi])
+            cells[name] = cell
+        matrix[stage] = cells
+    return matrix
 
 
 def _aligned_scores(
@@ -210,14 +283,26 @@ def _forgetting_sentence(
 
 
 def _headline(
-    per_benchmark: dict[str, Any], arms: list[str], forgetting: dict[str, Any], conf: float
+    per_benchmark: dict[str, Any],
+    arms: list[str],
+    forgetting: dict[str, Any],
+    conf: float,
+    stages: dict[str, Any] | None = None,
 ) -> list[str]:
     sentences = []
+    # Each stage's own arm is in the Stages section; the headline keeps to the options.
+    main = [a for a in arms if not a.startswith("ft@")]
+    if stages is not None:
+        order, selected = _stage_order(stages), _selected_stage(stages)
+        sentence = f"Fine-tuning ran in {len(order)} stage{'s' if len(order) != 1 else ''}"
+        sentence += f" ({', then '.join(order)})" if order else ""
+        sentence += f"; ft is the model after stage {selected}." if selected else "."
+        sentences.append(sentence)
     domain = [name for name, b in per_benchmark.items() if b["kind"] == "domain"]
     for name in domain:
         rows = per_benchmark[name]["arms"]
         base = rows["base"]["acc"]
-        for arm in arms[1:]:
+        for arm in main[1:]:
             row = rows[arm]
             lo, hi = row["diff_ci"]
             does = {BETTER: "helps", WORSE: "hurts", NO_EVIDENCE: "makes no clear difference"}
@@ -227,7 +312,7 @@ def _headline(
                 f"({_signed(row['diff_vs_base'])} points, {_pct_label(conf)} CI "
                 f"{_signed(lo)} to {_signed(hi)})."
             )
-        best = max(arms, key=lambda a: rows[a]["acc"])
+        best = max(main + [a for a in arms if a not in main], key=lambda a: rows[a]["acc"])
         if len(arms) > 1:
             sentences.append(f"Highest score on {name}: {best} ({rows[best]['acc'] * 100:.1f}%).")
     if not domain:
@@ -272,7 +357,7 @@ def decide(results: dict[str, Any]) -> dict[str, Any]:
     - an arm *helps* when, on every domain benchmark, the confidence interval of its paired
       difference against base lies above zero;
     - fine-tuning is *acceptable* when no forgetting check of a fine-tuned arm (ft, ft+rag)
-      has status ``forgetting`` (its whole interval past ``report.forgetting_tolerance``);
+      has status ``forgetting`` (its whole interval past ``evaluation.forgetting_tolerance``);
     - **both**: ft+rag helps, the intervals of ft+rag - base+rag and ft+rag - ft lie above
       zero on every domain benchmark, and fine-tuning is acceptable;
     - **fine-tune**: ft helps, fine-tuning is acceptable, and the interval of ft - base+rag
@@ -328,9 +413,10 @@ def decide(results: dict[str, Any]) -> dict[str, Any]:
         ok = not any(v is not None and v[2] < 0 for v in values)
         return ok, f"{a} is worse than {b}", [(a, b)]
 
-    ft_checks = [c for c in forgetting.get("checks", []) if c["arm"].startswith("ft")]
+    # Only the chosen fine-tuned model counts; a stage not chosen cannot block fine-tuning.
+    ft_checks = [c for c in forgetting.get("checks", []) if c["arm"] in ("ft", "ft+rag")]
     forgot = [f"{c['arm']} on {c['benchmark']}" for c in ft_checks if c["status"] == "forgetting"]
-    acceptable = (
+    acceptable: tuple[bool, str, list[_Comparison]] = (
         not forgot,
         f"fine-tuning forgets beyond the {_points(tol)} tolerance ({', '.join(forgot)})",
         [],
@@ -364,7 +450,7 @@ def decide(results: dict[str, Any]) -> dict[str, Any]:
         kept = "forgetting was not measured, so it cannot block fine-tuning"
 
     def why_not(*names: str) -> str:
-        reasons = dict.fromkeys(failures[n][0] for n in names if failures[n] is not None)
+        reasons = dict.fromkeys(f[0] for f in (failures[n] for n in names) if f is not None)
         return "; ".join(reasons)
 
     if not domain:
@@ -396,10 +482,10 @@ def decide(results: dict[str, Any]) -> dict[str, Any]:
     else:
         verdict = "neither"
         rule = f"neither: {why_not('RAG', 'fine-tune', 'both')}."
-        decisive = [c for n in ("RAG", "fine-tune", "both") for c in failures[n][1]]
+        decisive = [c for n in ("RAG", "fine-tune", "both") for c in (failures[n] or ("", []))[1]]
 
     decisive = list(dict.fromkeys(decisive))
-    evidence = [
+    evidence: list[dict[str, Any]] = [
         {
             "comparison": f"{a} - {b}",
             "benchmark": name,
@@ -509,7 +595,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     """
     conf = results.get("settings", {}).get("confidence", 0.95)
     ci = f"{_pct_label(conf)} CI"
-    run = results.get("run") if isinstance(results.get("run"), dict) else {}
+    run = _as_dict(results.get("run"))
     title = "# tunearena report" + (f": {run['name']}" if run.get("name") else "")
     lines = [title, ""]
 
@@ -518,6 +604,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += [f"## Verdict: {decision['verdict']}", "", f"**{decision['sentence']}**", ""]
         lines += [f"- **Rule**: {decision['rule']}", f"- **Confidence**: {decision['confidence']}"]
         lines.append("")
+
+    stages = _stages_view(results)
+    if stages and stages["warning"]:
+        lines += [f"**Warning:** {stages['warning']}", ""]
 
     lines += ["## Headline", ""]
     lines += [f"- {s}" for s in results.get("headline", [])] + [""]
@@ -531,13 +621,14 @@ def render_markdown(results: dict[str, Any]) -> str:
         ]
         for arm, row in bench["arms"].items():
             lo, hi = row["acc_ci"]
+            label = _arm_label(arm, stages["selected"] if stages else None)
             if row.get("diff_vs_base") is None:
                 diff = diff_ci = "—"
             else:
                 dlo, dhi = row["diff_ci"]
                 diff, diff_ci = _signed(row["diff_vs_base"]), f"{_signed(dlo)} to {_signed(dhi)}"
             lines.append(
-                f"| {arm} | {row['acc'] * 100:.1f}% | {lo * 100:.1f} to {hi * 100:.1f} "
+                f"| {label} | {row['acc'] * 100:.1f}% | {lo * 100:.1f} to {hi * 100:.1f} "
                 f"| {row['acc_norm'] * 100:.1f}% | {diff} | {diff_ci} | {row['verdict']} |"
             )
         lines.append("")
@@ -551,6 +642,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                 )
             lines.append("")
     lines.append("Differences are in percentage points, paired question by question.\n")
+    if stages:
+        lines += _stages_markdown(stages)
 
     forgetting = results.get("forgetting")
     if forgetting:
@@ -558,12 +651,325 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += [f"- {c['sentence']}." for c in forgetting.get("checks", [])]
         lines.append("")
 
-    sections = (("training", "Training"), ("cost", "Cost"), ("retrieval", "Retrieval"),
-                ("latency", "Evaluation time per arm"), ("run", "Run"))
+    sections = (
+        ("training", "Training"),
+        ("cost", "Cost"),
+        ("retrieval", "Retrieval"),
+        ("latency", "Evaluation time per arm"),
+        ("run", "Run"),
+    )
     for key, title in sections:
         if results.get(key):
             lines += [f"## {title}", "", *_render_value(results[key]), ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _stages_markdown(view: dict[str, Any]) -> list[str]:
+    lines = ["## Stages", "", view["intro"], ""]
+    if view["rule"]:
+        lines += [f"- **How ft was chosen**: {view['rule']}", ""]
+    if view["candidates"]:
+        lines += [
+            f"| stage | domain gain (points) | largest general drop (points) "
+            f"| within the {view['tolerance']} tolerance |",
+            "|---|---:|---:|---|",
+        ]
+        for c in view["candidates"]:
+            stage = f"**{c['stage']}** (ft)" if c["selected"] else c["stage"]
+            lines.append(f"| {stage} | {c['gain']} | {c['forgetting']} | {c['within']} |")
+        lines += ["", view["candidates_note"], ""]
+    lines += ["### Accuracy after each stage", "", view["matrix_note"], "", view["bt_note"], ""]
+    names = [f"{b['name']} ({b['kind']})" for b in view["benchmarks"]]
+    lines += [
+        "| stage | starts from | " + " | ".join(names) + " |",
+        "|---|---|" + "---:|" * len(names),
+    ]
+    for row in view["matrix"]:
+        cells = []
+        for c in row["cells"]:
+            changes = [f"{c[k]} {k.replace('_', ' ')}" for k in ("vs_base", "vs_start") if c[k]]
+            cells.append(c["acc"] + (f" ({', '.join(changes)})" if changes else ""))
+        stage = f"**{row['stage']}** (ft)" if row["selected"] else row["stage"]
+        lines.append(f"| {stage} | {row['start']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if view["training"]["rows"]:
+        lines += ["### Training per stage", "", *_markdown_table(view["training"]), ""]
+    for detail in view["details"]:
+        lines += [f"### Stage {detail['stage']}: data", "", f"Replay: {detail['replay']}.", ""]
+        for table in (detail["tasks"], detail["data"]):
+            if table["rows"]:
+                lines += [*_markdown_table(table), ""]
+    return lines
+
+
+_TEXT_COLUMNS = ("stage", "starts from", "method", "stopped early", "task")
+
+
+def _markdown_table(table: dict[str, Any]) -> list[str]:
+    columns = table["columns"]
+    rule = "".join("---|" if c in _TEXT_COLUMNS else "---:|" for c in columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + rule]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table["rows"]]
+    return lines
+
+
+def _arm_label(arm: str, selected: str | None) -> str:
+    """``ft`` and ``ft+rag`` name the stage they are when stages ran."""
+    if selected and arm in ("ft", "ft+rag"):
+        return f"{arm} (= ft@{selected}{arm[2:]})"
+    return arm
+
+
+# -- the stages section, formatted once for Markdown and HTML ------------------------------
+
+
+_NO = "—"
+
+
+def _stages_view(results: dict[str, Any]) -> dict[str, Any] | None:
+    """``results["stages"]`` as pre-formatted strings for both renderers; None without
+    stages. Every per-stage key may be missing or null."""
+    stages = results.get("stages")
+    if not isinstance(stages, dict):
+        return None
+    order = _stage_order(stages)
+    info = {s: _as_dict(v) for s, v in _as_dict(stages.get("stages")).items()}
+    selection = _as_dict(stages.get("selection"))
+    selected = selection.get("selected")
+    matrix = _as_dict(stages.get("matrix"))
+    benchmarks = results.get("benchmarks", {})
+    has_general = any(b["kind"] == "general" for b in benchmarks.values())
+    tolerance = selection.get("tolerance")
+    if not isinstance(tolerance, int | float):
+        tolerance = results.get("settings", {}).get("forgetting_tolerance", 0.0)
+    per_stage_cost = _as_dict(_as_dict(results.get("cost")).get("per_stage"))
+
+    def starts(stage: str) -> str:
+        return info.get(stage, {}).get("start_from") or _NO
+
+    candidates = [
+        {
+            "stage": c["stage"],
+            "gain": _signed(c["domain_gain"]),
+            "forgetting": f"{c['forgetting'] * 100:.1f}" if has_general else "not measured",
+            "within": "yes" if c["within_tolerance"] else "no",
+            "selected": c["stage"] == selected,
+        }
+        for c in selection.get("candidates") or []
+    ]
+    matrix_rows = [
+        {
+            "stage": "base",
+            "start": _NO,
+            "selected": False,
+            "cells": [_matrix_cell(b["arms"]["base"], reference=True) for b in benchmarks.values()],
+        }
+    ]
+    for stage in order:
+        cells = _as_dict(matrix.get(stage))
+        matrix_rows.append(
+            {
+                "stage": stage,
+                "start": starts(stage),
+                "selected": stage == selected,
+                "cells": [_matrix_cell(cells.get(name)) for name in benchmarks],
+            }
+        )
+
+    training_rows = []
+    for stage in order:
+        s, cost = info.get(stage, {}), _as_dict(per_stage_cost.get(stage))
+        method = s.get("method") or _NO
+        if s.get("lora_init"):
+            method += f" (LoRA from {s['lora_init']})"
+        if "stopped_early_at" not in s:
+            stopped = _NO
+        else:
+            at = s["stopped_early_at"]
+            stopped = "no" if at is None else f"at step {at}"
+        training_rows.append(
+            [
+                stage,
+                starts(stage),
+                method,
+                _steps(s.get("steps"), s.get("planned_steps")),
+                stopped,
+                _num(s.get("train_s"), ".1f"),
+                _num(s.get("final_train_loss"), ".3f"),
+                _num(s.get("final_val_loss"), ".3f"),
+                _num(cost.get("device_hours"), ".3g"),
+                _num(cost.get("usd"), ".2f"),
+            ]
+        )
+    training = _drop_empty_columns(
+        {
+            "columns": [
+                "stage",
+                "starts from",
+                "method",
+                "steps",
+                "stopped early",
+                "train time (s)",
+                "final train loss",
+                "final val loss",
+                "device-hours",
+                "USD",
+            ],
+            "rows": training_rows,
+        }
+    )
+    n = len(order)
+    intro = (
+        f"Fine-tuning ran in {n} stage{'s' if n != 1 else ''}, each starting from the model "
+        'named under "starts from". Every stage\'s model was scored on every benchmark.'
+    )
+    if selected:
+        intro += f" ft is stage {selected}: its scores are the ft rows above."
+    return {
+        "order": order,
+        "selected": selected,
+        "rule": selection.get("rule"),
+        "warning": selection.get("warning"),
+        "tolerance": _points(tolerance),
+        "intro": intro,
+        "candidates": candidates,
+        "candidates_note": "Domain gain: the average change against the base model on the "
+        "domain benchmarks. Largest general drop: the most points lost on any general "
+        f"benchmark; more than {tolerance * 100:g} counts as forgetting.",
+        "benchmarks": [{"name": name, "kind": b["kind"]} for name, b in benchmarks.items()],
+        "matrix": matrix_rows,
+        "matrix_note": "Each cell: accuracy, then the change in points against the base model "
+        "and against the model the stage started from (its start).",
+        "bt_note": "The change against the start is backward transfer: how a stage moved a "
+        "score its starting model already had; below zero, the stage made the model forget.",
+        "training": training,
+        "details": [_stage_detail(stage, info.get(stage, {})) for stage in order],
+    }
+
+
+def _matrix_cell(cell: dict[str, Any] | None, reference: bool = False) -> dict[str, Any]:
+    if not cell:
+        return {
+            "acc": "not scored",
+            "vs_base": None,
+            "vs_start": None,
+            "base_tone": "neutral",
+            "start_tone": "neutral",
+            "title": "",
+        }
+    lo, hi = cell["acc_ci"]
+    title = f"accuracy CI {lo * 100:.1f} to {hi * 100:.1f}"
+    out = {
+        "acc": f"{cell['acc'] * 100:.1f}%",
+        "vs_base": None,
+        "vs_start": None,
+        "base_tone": "neutral",
+        "start_tone": "neutral",
+    }
+    for key, ci_key, short, tone in (
+        ("diff_vs_base", "diff_ci", "vs_base", "base_tone"),
+        ("change_vs_start", "change_ci", "vs_start", "start_tone"),
+    ):
+        if reference or cell.get(key) is None:
+            continue
+        out[short] = _signed(cell[key])
+        if cell.get(ci_key):
+            clo, chi = cell[ci_key]
+            out[tone] = "good" if clo > 0 else "bad" if chi < 0 else "neutral"
+            title += f"; {short.replace('_', ' ')}: CI {_signed(clo)} to {_signed(chi)}"
+    out["title"] = title
+    return out
+
+
+def _stage_detail(stage: str, info: dict[str, Any]) -> dict[str, Any]:
+    mix = _as_dict(info.get("mix"))
+    target, realised = _as_dict(mix.get("target")), _as_dict(mix.get("realised"))
+    sequences, val = _as_dict(mix.get("sequences")), _as_dict(info.get("val_loss_by_task"))
+    data = _as_dict(info.get("data"))
+    tasks = list(dict.fromkeys([*target, *realised, *sequences, *val, *data]))
+    replay = info.get("replay")
+    if isinstance(replay, dict) and replay.get("fraction") is not None:
+        sources = replay.get("sources") or []
+        text = f"{replay['fraction'] * 100:g}% of sequences replayed"
+        replay_text = text + (f" from {', '.join(map(str, sources))}" if sources else "")
+    else:
+        replay_text = "none"
+    mixture = {
+        "columns": ["task", "target share", "realised share", "sequences", "final val loss"],
+        "rows": [
+            [
+                t,
+                _pct(target.get(t)),
+                _pct(realised.get(t)),
+                _num(sequences.get(t)),
+                _num(val.get(t), ".3f"),
+            ]
+            for t in tasks
+            if t in target or t in realised or t in sequences or t in val
+        ],
+    }
+    counts = [
+        ("read", "read"),
+        ("empty_or_garbled", "empty or garbled"),
+        ("exact_duplicates", "exact duplicates"),
+        ("near_duplicates", "near duplicates"),
+        ("leaked", "leaked"),
+        ("kept", "kept"),
+        ("train", "train"),
+        ("validation", "validation"),
+        ("test", "test"),
+    ]
+    prep = {
+        "columns": ["task", *(label for _, label in counts)],
+        "rows": [
+            [t, *(_leaked(d) if key == "leaked" else _num(d.get(key)) for key, _ in counts)]
+            for t, d in ((t, _as_dict(v)) for t, v in data.items())
+        ],
+    }
+    return {"stage": stage, "replay": replay_text, "tasks": mixture, "data": prep}
+
+
+def _leaked(d: dict[str, Any]) -> str:
+    """The leaked count, with the benchmarks it came from when known."""
+    text = _num(d.get("leaked"))
+    by = d.get("leaked_by_benchmark")
+    if isinstance(by, dict) and any(by.values()):
+        text += " (" + ", ".join(f"{k}: {v}" for k, v in by.items() if v) + ")"
+    return text
+
+
+def _drop_empty_columns(table: dict[str, Any]) -> dict[str, Any]:
+    keep = [
+        i
+        for i in range(len(table["columns"]))
+        if i == 0 or any(row[i] != _NO for row in table["rows"])
+    ]
+    return {
+        "columns": [table["columns"][i] for i in keep],
+        "rows": [[row[i] for i in keep] for row in table["rows"]],
+    }
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    """``value`` if it is a dict, else an empty one: results.json sections may be null."""
+    return value if isinstance(value, dict) else {}
+
+
+def _num(v: Any, spec: str = ",") -> str:
+    if v is None or isinstance(v, bool) or not isinstance(v, int | float):
+        return _NO if v is None else str(v)
+    return format(v, spec)
+
+
+def _steps(steps: Any, planned: Any) -> str:
+    """``60 of 80`` when a stage ran fewer steps than planned (it stopped early)."""
+    if isinstance(planned, int) and isinstance(steps, int) and planned != steps:
+        return f"{steps:,} of {planned:,}"
+    return _num(steps)
+
+
+def _pct(v: Any) -> str:
+    return f"{v * 100:.1f}%" if isinstance(v, int | float) else _NO
 
 
 def _render_value(value: Any, indent: str = "") -> list[str]:

@@ -18,7 +18,13 @@ from tunearena.cluster.config import ClusterConfig
 from tunearena.configbase import ConfigError, StrictModel, format_validation_error, reference_rows
 from tunearena.evaluation.config import EvaluationConfig, ReportConfig
 from tunearena.rag.config import RagConfig
-from tunearena.training.config import ModelConfig, TrainingConfig
+from tunearena.training.config import (
+    ModelConfig,
+    Stage,
+    StageConfig,
+    TrainingConfig,
+    resolve_stages,
+)
 
 
 class ExperimentConfig(StrictModel):
@@ -33,23 +39,60 @@ class ExperimentConfig(StrictModel):
     model: ModelConfig
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(enabled=False))
+    stages: list[StageConfig] = Field(default_factory=list)
+    """Sequential fine-tuning: each stage starts from ``start_from``'s weights (default: the
+    stage before); its keys override ``training``. Empty: ``training`` is the one stage."""
     rag: RagConfig = Field(default_factory=RagConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @model_validator(mode="after")
+    def _stages_resolve(self) -> ExperimentConfig:
+        if self.stages:
+            self.training.enabled = True  # the stages are the fine-tuning
+        elif self.training.enabled and not self.training.datasets:
+            raise ValueError("training.enabled is true but training.datasets is empty")
+        stages = self.resolved_stages()  # raises naming the stage and key
+        names = [s.name for s in stages]
+        arms = list(self.evaluation.arms)
+        if self.stages:
+            # Every stage is scored, giving the stage x benchmark matrix.
+            arms += [f"ft@{n}" for n in names if f"ft@{n}" not in arms]
+
+        def position(arm: str) -> tuple[int, int, bool]:
+            # base first, then each stage in order, then the selected ft; each before its +rag.
+            model = arm.removesuffix("+rag")
+            stage = model.partition("@")[2]
+            rank = 0 if model == "base" else 2 if model == "ft" else 1
+            return rank, names.index(stage) if stage in names else 0, arm.endswith("+rag")
+
+        self.evaluation.arms = sorted(arms, key=position)
+        for arm in self.evaluation.arms:
+            stage = arm.removesuffix("+rag").partition("@")[2]
+            if stage and stage not in {s.name for s in stages}:
+                raise ValueError(f"evaluation.arms lists {arm!r} but there is no stage {stage!r}")
+            target = [s for s in stages if s.name == stage] if stage else stages
+            if arm.startswith("ft") and any(s.training.method != "full"
+                                            and not s.training.lora.merge for s in target):
+                raise ValueError(f"evaluation.arms lists {arm!r}, which evaluates a merged "
+                                 "model, but its stage has lora.merge false (set it true, or "
+                                 "drop the arm)")
+        return self
+
+    def resolved_stages(self) -> list[Stage]:
+        """The fine-tuning stages with inherited keys filled in (see ``resolve_stages``)."""
+        return resolve_stages(self.training, self.stages)
 
     @model_validator(mode="after")
     def _arms_have_what_they_need(self) -> ExperimentConfig:
         arms = self.evaluation.arms
         if any(a.startswith("ft") for a in arms) and not self.training.enabled:
             raise ValueError("evaluation.arms lists ft arms but training is not enabled "
-                             "(set training.enabled and training.datasets, or drop the ft arms)")
+                             "(set training.enabled and training.datasets, or add stages, or "
+                             "drop the ft arms)")
         if any(a.endswith("+rag") for a in arms) and not (self.rag.enabled and self.rag.corpus):
             raise ValueError("evaluation.arms lists +rag arms but rag has no corpus "
                              "(set rag.corpus, or drop the +rag arms)")
-        if (any(a.startswith("ft") for a in arms) and self.training.method != "full"
-                and not self.training.lora.merge):
-            raise ValueError("evaluation.arms lists ft arms, which evaluate a merged model, but "
-                             "training.lora.merge is false (set it true, or drop the ft arms)")
         if self.evaluation.enabled and not self.evaluation.benchmarks:
             raise ValueError("evaluation.benchmarks is empty: nothing to compare the arms on")
         return self
@@ -61,33 +104,43 @@ class ExperimentConfig(StrictModel):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-# Config fields holding file paths: (section, list field or None, key).
+# Config fields holding file paths, as key paths ("*": every item of a list).
+_DATASET_PATHS = (("path",), ("validation_path",))
 _PATH_FIELDS = (
-    ("training", "datasets", "path"),
-    ("evaluation", "benchmarks", "path"),
-    ("rag", None, "corpus"),
-    ("model", None, "base"),
+    *(("training", "datasets", "*", *k) for k in _DATASET_PATHS),
+    *(("stages", "*", "datasets", "*", *k) for k in _DATASET_PATHS),
+    *(("stages", "*", "replay", "datasets", "*", *k) for k in _DATASET_PATHS),
+    ("evaluation", "benchmarks", "*", "path"),
+    ("rag", "corpus"),
+    ("model", "base"),
 )
 
 
 def _resolve_paths(raw: dict, base_dir: Path) -> None:
     """Make the YAML's relative paths absolute against the YAML file's directory."""
 
-    def fix(value):
+    def fix(value, may_be_hub_id: bool):
         if not isinstance(value, str) or Path(value).is_absolute():
             return value
         candidate = (base_dir / value).resolve()
         # model.base may be a hub id ("org/name"); only rewrite what names a local path.
-        return str(candidate) if value.startswith(".") or candidate.exists() else value
+        if may_be_hub_id and not (value.startswith(".") or candidate.exists()):
+            return value
+        return str(candidate)
 
-    for section, list_key, key in _PATH_FIELDS:
-        part = raw.get(section)
-        if not isinstance(part, dict):
-            continue
-        targets = part.get(list_key) if list_key else [part]
-        for target in targets if isinstance(targets, list) else []:
-            if isinstance(target, dict) and key in target:
-                target[key] = fix(target[key])
+    def walk(node, keys: tuple[str, ...], hub: bool) -> None:
+        head, rest = keys[0], keys[1:]
+        if head == "*":
+            for item in node if isinstance(node, list) else []:
+                walk(item, rest, hub)
+        elif isinstance(node, dict) and head in node:
+            if rest:
+                walk(node[head], rest, hub)
+            else:
+                node[head] = fix(node[head], may_be_hub_id=hub)
+
+    for keys in _PATH_FIELDS:
+        walk(raw, keys, hub=keys == ("model", "base"))
 
 
 def apply_override(raw: dict, assignment: str) -> None:
@@ -154,6 +207,12 @@ def config_reference() -> str:
         return " ".join(text.split()).replace("``", "`").replace("|", "\\|")
 
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    for key, type_name, default, doc in reference_rows(ExperimentConfig):
+    rows = reference_rows(ExperimentConfig)
+    # A stage also takes every training key; one row says so rather than repeating them all.
+    at = max(i for i, row in enumerate(rows) if row[0].startswith("stages[]")) + 1
+    rows.insert(at, ("stages[].<training key>", "as in training", "inherited",
+                     "Any `training` key (`datasets`, `epochs`, `lr`, `method`, `lora`, ...) "
+                     "set on a stage overrides the `training` section for that stage."))
+    for key, type_name, default, doc in rows:
         lines.append(f"| `{key}` | {cell(type_name)} | {cell(default)} | {cell(doc)} |")
     return "\n".join(lines) + "\n"

@@ -6,21 +6,25 @@ complete (same config hash, artifacts present) is reused instead of run again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import subprocess
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 import tunearena
 from tunearena.evaluation.benchmarks import QAItem, load_qa
 from tunearena.files import write_atomic
 from tunearena.launch.config import ExperimentConfig, dump_config
 from tunearena.launch.manifest import Manifest
+from tunearena.training.config import Stage, TrainingConfig
 
 
 class RunDirExists(RuntimeError):
@@ -49,12 +53,15 @@ def check_inputs(cfg: ExperimentConfig) -> dict[str, list[QAItem]]:
     from tunearena.training.trainer import check_model_dir
 
     check_model_dir(cfg.model.base)
-    if cfg.training.enabled:
+    for stage in cfg.resolved_stages():
         from tunearena.training.tracking import check_trackers_available
 
-        for ds in cfg.training.datasets:
-            read_jsonl(ds.path, ds.format)
-        check_trackers_available(cfg.training.tracking)
+        replayed = stage.replay.datasets if stage.replay else []
+        for ds in [*stage.training.datasets, *replayed]:
+            read_jsonl(ds.path, ds.format, allow_empty=True)
+            if ds.validation_path is not None:
+                read_jsonl(ds.validation_path, ds.format, allow_empty=True)
+        check_trackers_available(stage.training.tracking)
     if cfg.rag.enabled and cfg.rag.corpus is not None:
         from tunearena.rag.corpus import load_documents
 
@@ -96,6 +103,7 @@ class Pipeline:
         self.run_dir = (cfg.runs_dir / cfg.name).resolve()
         self.benchmarks: dict[str, list[QAItem]] = {}
         self.manifest: Manifest | None = None
+        self._ray_started = self._preflown = False
 
     # -- bookkeeping --------------------------------------------------------------------
 
@@ -141,63 +149,266 @@ class Pipeline:
         )
         arms = cfg.evaluation.arms
         rag_arms = [a for a in arms if a.endswith("+rag")]
+        stages = cfg.resolved_stages()
 
-        training = {}
-        if cfg.training.enabled:
-            training = self._step("train", cfg.section_hash("model", "training", "cluster"),
-                                  self.train)
+        trained: dict[str, dict] = {}
+        if stages:
+            # A run without stages has one, named ft; its steps keep their plain names.
+            def step(kind: str, stage: Stage) -> str:
+                return f"{kind}:{stage.name}" if cfg.stages else kind
+
+            prepared = {stage.name: self._step(step("prepare", stage), self._prepare_hash(stage),
+                                               lambda stage=stage: self.prepare(stage))
+                        for stage in stages}
+            with ExitStack() as cluster:
+                for stage in stages:
+                    trained[stage.name] = self._step(
+                        step("train", stage), self._stage_hash(stage, stages),
+                        lambda stage=stage: self.train(stage, stages, prepared, cluster))
         retrieval: dict[str, Any] = {}
         if rag_arms:
             rag_hash = cfg.section_hash("rag")
             index = self._step("index", rag_hash, self.build_index)
-            retrieval = self._step("retrieve", cfg.section_hash("rag", "evaluation"),
+            # Retrieval reads the questions, not how they are scored or summarised.
+            questions = json.dumps([cfg.rag.model_dump(mode="json"), [
+                b.model_dump(mode="json") for b in cfg.evaluation.benchmarks]], sort_keys=True)
+            retrieval = self._step("retrieve", hashlib.sha256(questions.encode()).hexdigest()[:16],
                                    self.retrieve)
             retrieval = {"index": index, **retrieval}
         samples, latency = {}, {}
+        selection = None
         if cfg.evaluation.enabled:
-            eval_hash = cfg.section_hash("model", "training", "cluster", "rag", "evaluation")
             tasks = self.write_tasks(with_rag=bool(rag_arms))
-            for arm in arms:
-                out = self._step(f"evaluate:{arm}", eval_hash,
-                                 lambda arm=arm: self.evaluate(arm, tasks))
+
+            def evaluate(arm: str, model_dir: Path) -> None:
+                out = self._step(f"evaluate:{arm}", self._scoring_hash(model_dir),
+                                 lambda: self.evaluate(arm, model_dir, tasks))
                 samples[arm] = _read_json(self.run_dir / "eval" / f"{arm}.json")
                 latency[arm] = out
+
+            # The selected stage is known only once every stage is scored, so the arms that
+            # use it ("ft", "ft+rag") go last.
+            for arm in [a for a in arms if not a.startswith("ft@") and not a.startswith("ft")]:
+                evaluate(arm, Path(cfg.model.base))
+            for arm in [a for a in arms if a.startswith("ft@")]:
+                evaluate(arm, self.model_dir(arm.removesuffix("+rag")[3:]))
+            selected = stages[-1].name if stages else None
+            if cfg.stages:
+                selection = self.select(samples, stages)
+                selected = selection["selected"]
+            for arm in [a for a in arms if a in ("ft", "ft+rag")]:
+                assert selected is not None
+                if arm == "ft" and f"ft@{selected}" in samples:
+                    # The same model as its stage's arm: its scores, not a second scoring.
+                    samples[arm], latency[arm] = samples[f"ft@{selected}"], latency[f"ft@{selected}"]
+                else:
+                    evaluate(arm, self.model_dir(selected))
         report_path = self.run_dir / "report.html"
         self._step("report", cfg.section_hash(*ExperimentConfig.model_fields),
-                   lambda: self.report(samples, training, retrieval, latency))
+                   lambda: self.report(samples, trained, stages, selection, retrieval, latency))
         self.console.print(f"\nreport: [bold]{report_path}[/bold]")
         self.console.print(f"results: {self.run_dir / 'results.json'}")
         return report_path
 
+    def _scoring_hash(self, model_dir: Path) -> str:
+        """What an arm's scores depend on: everything that made its model and its prompts,
+        and the model it scores (which stage ``ft`` is); not the statistics settings."""
+        dumped = self.cfg.model_dump(mode="json")
+        evaluation = {k: v for k, v in dumped["evaluation"].items() if k not in (
+            "arms", "bootstrap_samples", "confidence", "forgetting_tolerance")}
+        blob = json.dumps({**{s: dumped[s] for s in ("model", "training", "stages", "cluster",
+                                                     "rag")},
+                           "evaluation": evaluation, "model_dir": str(model_dir)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def model_dir(self, stage: str) -> Path:
+        """Where a stage's exported (merged) model lives."""
+        return self.run_dir / "models" / stage
+
+    def _prepare_hash(self, stage: Stage) -> str:
+        """What a stage's prepared data depends on: its files, their cleaning and split, and
+        the benchmark questions they are checked against."""
+        t = stage.training
+        blob = json.dumps({
+            "datasets": [d.model_dump(mode="json") for d in t.datasets],
+            "replay": [d.model_dump(mode="json") for d in (stage.replay.datasets
+                                                           if stage.replay else [])],
+            "data_prep": t.data_prep.model_dump(mode="json"),
+            "split": [t.validation_fraction, t.seed],
+            "benchmarks": [b.model_dump(mode="json") for b in self.cfg.evaluation.benchmarks],
+        }, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def _stage_hash(self, stage: Stage, stages: list[Stage]) -> str:
+        """What a stage's model depends on: its own settings, its prepared data and that of
+        the stages it replays, the cluster, and (through its predecessor's hash) every stage
+        before it; not the stages after it or beside it."""
+        from tunearena.training.config import ancestors
+
+        parent = next((s for s in stages if s.name == stage.start_from), None)
+        sources = []
+        if stage.replay is not None:
+            sources = (ancestors(stages, stage.name) if stage.replay.stages == "earlier"
+                       else stage.replay.stages)
+        by_name = {s.name: s for s in stages}
+        blob = json.dumps({
+            "model": self.cfg.model.model_dump(mode="json"),
+            "cluster": self.cfg.cluster.model_dump(mode="json"),
+            "training": stage.training.model_dump(mode="json"),
+            "lora_init": stage.lora_init,
+            "replay": stage.replay.model_dump(mode="json") if stage.replay else None,
+            "data": [self._prepare_hash(by_name[n]) for n in [stage.name, *sources]],
+            "parent": self._stage_hash(parent, stages) if parent else None,
+        }, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def select(self, samples: dict, stages: list[Stage]) -> dict:
+        """Choose the stage the ``ft`` arms use: the largest domain gain within the
+        forgetting tolerance; a loud warning when every stage forgets beyond it."""
+        from tunearena.evaluation.selection import select_stage
+
+        def acc(arm: str) -> dict[str, float]:
+            return {b: sum(r["acc"] for r in rows) / len(rows) for b, rows in samples[arm].items()}
+
+        kinds = {b.name: b.kind for b in self.cfg.evaluation.benchmarks}
+        if "domain" not in kinds.values():
+            last = stages[-1].name
+            return {"selected": last, "tolerance": self.cfg.evaluation.forgetting_tolerance,
+                    "rule": f"the last stage, {last}: no domain benchmark to choose by",
+                    "candidates": [], "warning": None}
+        selection = select_stage({s.name: acc(f"ft@{s.name}") for s in stages}, acc("base"),
+                                 kinds, self.cfg.evaluation.forgetting_tolerance)
+        self.console.print(f"ft is stage [bold]{selection['selected']}[/bold]: {selection['rule']}")
+        if selection.get("warning"):
+            self.console.print(f"[bold red]WARNING: {escape(selection['warning'])}[/bold red]")
+        return selection
+
     # -- steps ----------------------------------------------------------------------------
 
-    def train(self) -> tuple[dict, dict]:
+    def prepare(self, stage: Stage) -> tuple[dict, dict]:
+        """Clean, de-duplicate, leak-check and split a stage's files (and replayed ones) into
+        ``data/<stage>/``; returns the counts per task."""
+        from tunearena.training.prepare import prepare_dataset, write_prepared
+
+        questions = {name: [q.question for q in items] for name, items in self.benchmarks.items()}
+        t = stage.training
+        replayed = stage.replay.datasets if stage.replay else []
+        artifacts, reports = {}, {}
+        for ds, sub in [(d, "") for d in t.datasets] + [(d, "replay") for d in replayed]:
+            prepared = prepare_dataset(ds, t.data_prep, t.validation_fraction, t.seed, questions)
+            files = write_prepared(prepared, self.run_dir / "data" / stage.name / sub)
+            task = f"replay:{ds.task}" if sub else ds.task
+            reports[task] = prepared.report
+            artifacts.update({f"{task} {split}": self._rel(Path(f)) for split, f in files.items()})
+            self._print_prep(stage.name, task, prepared.report)
+        return artifacts, reports
+
+    def _print_prep(self, stage: str, task: str, r: dict) -> None:
+        dropped = {k: r[k] for k in ("empty_or_garbled", "exact_duplicates", "near_duplicates",
+                                     "leaked") if r.get(k)}
+        self.console.print(
+            f"{stage}/{task}: {r['read']} records, kept {r['kept']} (train {r['train']}, "
+            f"validation {r['validation']}, test {r['test']})"
+            + ("; dropped " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in dropped.items())
+               if dropped else ""), highlight=False)
+        if r.get("leaked"):
+            verb = "dropped" if r.get("leak_action") == "drop" else "KEPT"
+            self.console.print(f"[bold yellow]{stage}/{task}: {r['leaked']} records contain "
+                               f"benchmark questions ({verb})[/bold yellow]")
+
+    def _stage_tasks(self, stage: Stage, stages: list[Stage]) -> tuple[list, float]:
+        """The stage's tasks as prepared records: its own, then replayed ones; and the
+        replay fraction."""
+        from tunearena.files import iter_jsonl
+        from tunearena.training.config import ancestors
+        from tunearena.training.data import TaskRecords
+
+        def read(stage_name: str, sub: str, task: str, split: str) -> list[dict]:
+            path = self.run_dir / "data" / stage_name / sub / f"{task}.{split}.jsonl"
+            return [r for _, r in iter_jsonl(path, ValueError, "prepared data")]
+
+        def records(stage_name: str, sub: str, ds) -> TaskRecords:
+            return TaskRecords(ds.task, ds.format, read(stage_name, sub, ds.task, "train"),
+                               read(stage_name, sub, ds.task, "validation"))
+
+        tasks = [records(stage.name, "", ds) for ds in stage.training.datasets]
+        if stage.replay is None:
+            return tasks, 0.0
+        by_name = {s.name: s for s in stages}
+        sources = (ancestors(stages, stage.name) if stage.replay.stages == "earlier"
+                   else stage.replay.stages)
+        for source in sources:
+            own = [records(source, "", ds) for ds in by_name[source].training.datasets]
+            # An earlier stage's tasks keep their own format; each is replayed as one task.
+            tasks += [TaskRecords(f"replay:{source}/{t.name}", t.format, t.train, t.validation)
+                      for t in own]
+        tasks += [TaskRecords(f"replay:{ds.task}", ds.format,
+                              read(stage.name, "replay", ds.task, "train"),
+                              read(stage.name, "replay", ds.task, "validation"))
+                  for ds in stage.replay.datasets]
+        return tasks, stage.replay.fraction
+
+    def stage_origin(self, stage: Stage, stages: list[Stage]) -> tuple[str, Path | None]:
+        """(model dir the stage loads, adapter it continues or None)."""
+        if stage.start_from == "base":
+            return self.cfg.model.base, None
+        parent = next(s for s in stages if s.name == stage.start_from)
+        if stage.lora_init == "continue" and stage.training.method != "full":
+            from tunearena.training.export import ADAPTER_DIR
+
+            base, _ = self.stage_origin(parent, stages)
+            return base, self.model_dir(parent.name) / ADAPTER_DIR
+        return str(self.model_dir(parent.name)), None
+
+    def train(self, stage: Stage, stages: list[Stage], prepared: dict,
+              cluster: ExitStack) -> tuple[dict, dict]:
+        from transformers import AutoTokenizer
+
         from tunearena.cluster.ray_cluster import ray_session
         from tunearena.training import checkpoint
-        from tunearena.training.trainer import prepare_data, run_stage
+        from tunearena.training.data import tokenize_tasks
+        from tunearena.training.trainer import run_stage, stage_mixture
 
         cfg = self.cfg
-        data = prepare_data(cfg.model.base, cfg.training)  # tokenise before claiming workers
+        model_dir, init_adapter = self.stage_origin(stage, stages)
+        training = self.training_config(stage.training)
+        # Tokenised here, before any worker is claimed, so a bad record fails in seconds.
+        tasks, replay_fraction = self._stage_tasks(stage, stages)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        data = tokenize_tasks(tasks, tokenizer, training.seq_len, training.packing)
+        mixture = stage_mixture(training, data[0], [t.name for t in tasks], replay_fraction)
         storage = cfg.cluster.storage_path or str(self.run_dir / "ray")
-        # Named by the training config: --resume continues this stage's checkpoints only
-        # while the stage is the same one.
-        ray_name = f"{cfg.name}-ft-{cfg.section_hash('model', 'training', 'cluster')[:8]}"
+        # Named by the stage's inputs: --resume continues this stage's checkpoints only while
+        # the stage is the same one.
+        ray_name = f"{cfg.name}-{stage.name}-{self._stage_hash(stage, stages)[:8]}"
         if not self.resume:
             checkpoint.clear(storage, ray_name)  # a fresh attempt never restores an old one
-        out = self.run_dir / "models" / "ft"
-        with ray_session(cfg.cluster):
-            self.preflight(storage, len(data[0]))
-            summary = run_stage(ray_name, cfg.model.base, self.training_config(), cfg.cluster,
-                                out, storage, data=data)
+        out = self.model_dir(stage.name)
+        if not self._ray_started:
+            cluster.enter_context(ray_session(cfg.cluster))
+            self._ray_started = True
+        self.preflight(training, storage, mixture.epoch_size, first=not self._preflown)
+        self._preflown = True
+        summary = run_stage(ray_name, model_dir, training, cfg.cluster, out, storage, data=data,
+                            mixture=mixture, init_adapter=init_adapter)
         if summary.get("resumed_from_step"):
             self.console.print(f"resumed training from step {summary['resumed_from_step']}")
+        summary |= {"start_from": stage.start_from, "lora_init": stage.lora_init
+                    if stage.training.method != "full" else None,
+                    "replay": {"fraction": stage.replay.fraction,
+                               "sources": [t.name.removeprefix("replay:") for t in tasks
+                                           if t.name.startswith("replay:")]}
+                    if stage.replay else None,
+                    "data": prepared.get(stage.name, {})}
         return {"model": self._rel(out)}, summary
 
-    def preflight(self, storage: str, n_train_sequences: int) -> None:
-        """Check the run fits the cluster before training claims its workers.
+    def preflight(self, training: TrainingConfig, storage: str, n_train_sequences: int,
+                  first: bool = True) -> None:
+        """Check a stage fits the cluster before training claims its workers.
 
         The cheap checks (batch arithmetic, resources, memory) go first; storage seen from
-        every node and an all-reduce across the placed workers follow only when those pass.
+        every node and an all-reduce across the placed workers follow only when those pass,
+        and only before the first stage (the cluster does not change between stages).
         """
         from transformers import AutoConfig
 
@@ -220,40 +431,38 @@ class Pipeline:
 
         cfg, cluster = self.cfg, self.cfg.cluster
         use_gpu = resolve_use_gpu(cluster)
-        check_method(cfg.training, use_gpu)
+        check_method(training, use_gpu)
         shape = AutoConfig.from_pretrained(cfg.model.base)
         total, trainable = parameter_counts(
-            cfg.model.base, cfg.training.lora if cfg.training.method != "full" else None)
+            cfg.model.base, training.lora if training.method != "full" else None)
         estimate = estimate_memory_per_gpu(
-            cfg.training, cluster.num_workers, uses_bf16(cfg.training, use_gpu), total, trainable,
+            training, cluster.num_workers, uses_bf16(training, use_gpu), total, trainable,
             shape.hidden_size, shape.num_hidden_layers, shape.vocab_size)
         device_memory = gpu_memory_bytes() if use_gpu else None
         checks = [
-            check_batch(cfg.training, cluster.num_workers, n_train_sequences),
+            check_batch(training, cluster.num_workers, n_train_sequences),
             check_resources(cluster, use_gpu),
             check_memory(estimate,
                          int(device_memory * min(1.0, cluster.gpus_per_worker)) if device_memory else None,
                          "GPU" if use_gpu else "CPU"),
         ]
-        if all(c.ok for c in checks):
+        if all(c.ok for c in checks) and first:
             checks += [check_storage(storage), check_collective(cluster, use_gpu, storage)]
         self.console.print(format_checks(checks), highlight=False, markup=False, soft_wrap=True)
         if not all(c.ok for c in checks):
             raise PreflightError(checks)
 
-    def training_config(self):
-        """The training section with tracker locations made absolute (the workers' working
-        directory is not ours): relative ones live in the run directory."""
-        tracking = self.cfg.training.tracking
+    def training_config(self, training: TrainingConfig) -> TrainingConfig:
+        """A stage's training config with tracker locations made absolute (the workers'
+        working directory is not ours): relative ones live in the run directory."""
+        tracking = training.tracking
         updates: dict[str, Any] = {}
         if tracking.tensorboard_dir is not None and not tracking.tensorboard_dir.is_absolute():
             updates["tensorboard_dir"] = self.run_dir / tracking.tensorboard_dir
         uri = tracking.mlflow_tracking_uri
         if uri is not None and uri.startswith("file:") and not uri.startswith("file:/"):
             updates["mlflow_tracking_uri"] = f"file:{self.run_dir / uri[len('file:'):]}"
-        return self.cfg.training.model_copy(
-            update={"tracking": tracking.model_copy(update=updates)}
-        )
+        return training.model_copy(update={"tracking": tracking.model_copy(update=updates)})
 
     def build_index(self) -> tuple[dict, dict]:
         from tunearena.rag.index import build_index
@@ -318,11 +527,11 @@ class Pipeline:
                 tasks[name][True] = write_mc_task(task_dir, name, items, passages)
         return tasks
 
-    def evaluate(self, arm: str, all_tasks: dict[str, dict[bool, str]]) -> tuple[dict, dict]:
+    def evaluate(self, arm: str, model_dir: Path,
+                 all_tasks: dict[str, dict[bool, str]]) -> tuple[dict, dict]:
         from tunearena.evaluation.harness import score_model
 
         cfg = self.cfg
-        model_dir = self.run_dir / "models" / "ft" if arm.startswith("ft") else Path(cfg.model.base)
         tasks = {name: variants[arm.endswith("+rag")] for name, variants in all_tasks.items()}
         t0 = time.perf_counter()
         scores = score_model(model_dir, self.run_dir / "tasks", list(tasks.values()), cfg.evaluation.batch_size,
@@ -339,7 +548,8 @@ class Pipeline:
         return {"scores": self._rel(path)}, {"score_s": score_s, "ms_per_question": 1000 * score_s / n,
                                              "model": str(model_dir)}
 
-    def report(self, samples: dict, training: dict, retrieval: dict, latency: dict) -> tuple[dict, dict]:
+    def report(self, samples: dict, trained: dict[str, dict], stages: list[Stage],
+               selection: dict | None, retrieval: dict, latency: dict) -> tuple[dict, dict]:
         from tunearena.evaluation.report import summarise, write_reports
 
         cfg = self.cfg
@@ -352,25 +562,44 @@ class Pipeline:
             },
             "latency": latency,
         }
-        if training:
-            workers = training.get("world_size", cfg.cluster.num_workers)
-            device_hours = training["train_s"] * workers / 3600
+        if trained:
+            # "training" is the model the ft arms use: the selected stage, or the only one.
+            chosen = selection["selected"] if selection else stages[-1].name
+            training = trained[chosen]
             step_s = sorted(training.get("step_time_s") or [0.0])
-            extra["training"] = {k: v for k, v in training.items() if k != "step_time_s"} | {
+            extra["training"] = {k: v for k, v in training.items()
+                                 if k not in ("step_time_s", "data")} | {
+                "stage": chosen,
                 "median_step_s": step_s[len(step_s) // 2],
                 "p90_step_s": step_s[min(len(step_s) - 1, int(0.9 * len(step_s)))],
             }
+            rate = cfg.report.gpu_hour_cost_usd
+            hours = {name: t["train_s"] * t.get("world_size", cfg.cluster.num_workers) / 3600
+                     for name, t in trained.items()}
             extra["cost"] = {
                 "device": "GPU" if training.get("use_gpu") else "CPU worker",
-                "device_hours": device_hours,
-                "usd": device_hours * cfg.report.gpu_hour_cost_usd,
-                "usd_per_device_hour": cfg.report.gpu_hour_cost_usd,
+                "device_hours": sum(hours.values()),
+                "usd": sum(hours.values()) * rate,
+                "usd_per_device_hour": rate,
             }
+            if cfg.stages:
+                extra["cost"]["per_stage"] = {name: {"device_hours": h, "usd": h * rate}
+                                              for name, h in hours.items()}
+                keep = ("start_from", "method", "lora_init", "steps", "planned_steps",
+                        "stopped_early_at", "train_s", "final_train_loss", "final_val_loss",
+                        "val_loss_by_task", "mix", "replay", "data", "history", "export_check")
+                extra["stages"] = {
+                    "order": [s.name for s in stages],
+                    "selection": selection,
+                    "stages": {name: {k: t.get(k) for k in keep} for name, t in trained.items()},
+                }
         if retrieval:
             effect = _retrieval_effect(samples)
             extra["retrieval"] = {key: value | effect.get(key, {}) if isinstance(value, dict)
                                   else value for key, value in retrieval.items()}
-        results = summarise(samples, cfg.evaluation.benchmarks, cfg.evaluation, cfg.report, extra)
+        # Without evaluation there are no scores: the results hold training and retrieval only.
+        benchmarks = cfg.evaluation.benchmarks if cfg.evaluation.enabled else []
+        results = summarise(samples, benchmarks, cfg.evaluation, cfg.report, extra)
         _json(self.run_dir / "results.json", results)
         write_reports(self.run_dir, results)
         self.console.print(f"[bold]verdict: {results['decision']['verdict']}[/bold] — "

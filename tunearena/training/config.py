@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from tunearena.configbase import StrictModel
 
@@ -18,7 +20,7 @@ class ModelConfig(StrictModel):
 
 
 class DatasetConfig(StrictModel):
-    """One JSONL training file."""
+    """One JSONL training file: one task of a stage's mixture."""
 
     path: Path
     """JSONL file, one record a line."""
@@ -26,6 +28,41 @@ class DatasetConfig(StrictModel):
     """``text``: ``{"text"}``, loss on every token; ``instruction``: ``{"prompt", "response"}``,
     loss on the response only; ``chat``: ``{"messages": [{"role", "content"}, ...]}`` through
     the tokenizer's chat template, loss on the assistant turns only."""
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Task name in logs and the report; default: the file name without its extension."""
+    weight: float | None = Field(None, gt=0)
+    """Mixture weight: the task's share of sampled sequences is ``weight ** (1 / T)``
+    normalised, T being ``mixture_temperature``; default: the task's size (plain shuffling).
+    Set it on every dataset of a stage or on none."""
+    validation_path: Path | None = None
+    """A separate validation JSONL for this task; default: ``validation_fraction`` of ``path``
+    is held out (seeded)."""
+    test_fraction: float = Field(0.0, ge=0.0, lt=0.5)
+    """Share of records set aside as a test split that training never sees (written to the
+    run directory's ``data/``)."""
+
+    @property
+    def task(self) -> str:
+        """The task name: ``name``, else the file's stem."""
+        return self.name or self.path.stem
+
+
+class DataPrepConfig(StrictModel):
+    """Cleaning applied to every training file before tokenisation; counts are reported."""
+
+    deduplicate: bool = True
+    """Drop exact duplicates (after case and whitespace normalisation), within each file."""
+    near_duplicate_threshold: float | None = Field(0.9, gt=0, le=1)
+    """Drop records whose word 5-gram Jaccard similarity to a kept record reaches this
+    (MinHash estimate); null turns near-duplicate removal off."""
+    drop_garbled: bool = True
+    """Drop empty records and ones that are mostly not text (replacement or control
+    characters, almost no letters)."""
+    leak_check: Literal["drop", "warn", "off"] = "drop"
+    """Training records that contain a benchmark question (any ``leak_ngram`` consecutive
+    words of it, or all of a shorter one): ``drop`` them, ``warn`` and keep them, or ``off``."""
+    leak_ngram: int = Field(8, ge=3)
+    """Words in the n-grams the leak check compares."""
 
 
 class LoraConfig(StrictModel):
@@ -65,9 +102,14 @@ class TrainingConfig(StrictModel):
     enabled: bool = True
     """Run the fine-tuning step (and the ``ft`` arms)."""
     datasets: list[DatasetConfig] = Field(default_factory=list)
-    """Training files, concatenated."""
+    """Training files, one task each; sequences are drawn from them by ``weight``."""
+    data_prep: DataPrepConfig = Field(default_factory=DataPrepConfig)
+    """Cleaning, de-duplication and the benchmark leak check, before tokenisation."""
+    mixture_temperature: float = Field(1.0, gt=0)
+    """Flattens the task mixture: each task's share is ``weight ** (1 / T)`` normalised, so
+    T > 1 moves the mix towards uniform and T = 1 keeps the weights as given."""
     validation_fraction: float = Field(0.05, ge=0.0, lt=0.5)
-    """Share of records held out for the validation loss (seeded)."""
+    """Share of each file's records held out for the validation loss (seeded)."""
     seq_len: int = Field(256, ge=8)
     """Tokens per training sequence."""
     method: Literal["full", "lora", "qlora"] = "full"
@@ -107,6 +149,9 @@ class TrainingConfig(StrictModel):
     """Local NVMe directory on every node, for ``nvme`` offload."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
+    compile: bool = False
+    """``torch.compile`` each transformer block (CUDA): fuses the norms, rotary embedding and
+    activation kernels; the first steps pay a short compile."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """``auto``: bf16 on CUDA, fp32 on CPU."""
     eval_every_steps: int = Field(50, ge=1)
@@ -117,15 +162,34 @@ class TrainingConfig(StrictModel):
     """A resumable checkpoint every N optimizer steps (default: none mid-run)."""
     checkpoint_keep: int = Field(2, ge=1)
     """How many of the latest checkpoints to keep (older ones are deleted)."""
+    early_stopping_patience: int | None = Field(None, ge=1)
+    """Stop the stage once the validation loss has not improved by ``early_stopping_min_delta``
+    for this many validations in a row; the model at that step is exported. Default: off."""
+    early_stopping_min_delta: float = Field(0.0, ge=0)
+    """The least drop in validation loss that counts as an improvement."""
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     """Where metrics go besides the console and ``results.json``."""
     seed: int = 0
     """Seeds data order and any random initialisation."""
 
     @model_validator(mode="after")
-    def _needs_data(self) -> TrainingConfig:
-        if self.enabled and not self.datasets:
-            raise ValueError("training.enabled is true but training.datasets is empty")
+    def _weights_all_or_none(self) -> TrainingConfig:
+        weighted = [ds.weight is not None for ds in self.datasets]
+        if any(weighted) and not all(weighted):
+            raise ValueError("datasets: set weight on every dataset of a stage or on none "
+                             "(without weights, each task counts by its size)")
+        tasks = [ds.task for ds in self.datasets]
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"datasets: two datasets share the task name in {tasks}; "
+                             "give them distinct name fields")
+        return self
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_validation(self) -> TrainingConfig:
+        if (self.early_stopping_patience is not None and self.validation_fraction == 0
+                and not any(ds.validation_path for ds in self.datasets)):
+            raise ValueError("early_stopping_patience needs a validation loss: set "
+                             "validation_fraction above 0 or a dataset's validation_path")
         return self
 
     @model_validator(mode="after")
@@ -139,3 +203,127 @@ class TrainingConfig(StrictModel):
         if "nvme" in (self.offload_optimizer, self.offload_params) and self.nvme_path is None:
             raise ValueError("nvme offload needs nvme_path (a local NVMe directory on each node)")
         return self
+
+
+class ReplayConfig(StrictModel):
+    """Earlier data mixed into a stage, the usual remedy against forgetting."""
+
+    fraction: float = Field(gt=0, lt=1)
+    """Share of the stage's sampled sequences drawn from the replayed data."""
+    stages: list[str] | Literal["earlier"] = "earlier"
+    """Stages whose training data is replayed: ``earlier`` is every stage this one descends
+    from (through ``start_from``), ``[]`` none."""
+    datasets: list[DatasetConfig] = Field(default_factory=list)
+    """Other data to replay, such as a general corpus like the base model's pretraining text."""
+
+
+# Stage keys that are not training keys; every other key of a stage overrides ``training:``.
+STAGE_OWN_KEYS = ("name", "start_from", "lora_init", "replay")
+
+
+class StageConfig(StrictModel):
+    """One fine-tuning stage. Besides the keys below, a stage may set any ``training`` key
+    (``datasets``, ``epochs``, ``lr``, ``method``, ...); what it leaves unset is inherited."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    """Stage name: its model is the arm ``ft@<name>``, its files ``models/<name>/``."""
+    start_from: str | None = None
+    """``base`` or an earlier stage's name; default: the stage listed before (the first stage
+    starts from ``base``). Two stages starting from the same one compare variants."""
+    lora_init: Literal["merge", "continue"] = "merge"
+    """For a LoRA stage after a LoRA stage: ``merge`` trains a fresh adapter on the predecessor
+    merged into its base; ``continue`` keeps training the predecessor's adapter on the same
+    base (one adapter for the whole chain)."""
+    replay: ReplayConfig | None = None
+    """Replay of earlier stages' data or of other data (default: none)."""
+
+    @model_validator(mode="after")
+    def _overrides_are_training_keys(self) -> StageConfig:
+        allowed = sorted(set(TrainingConfig.model_fields) - {"enabled"})
+        for key in self.model_extra or {}:
+            if key not in allowed:
+                hint = difflib.get_close_matches(key, allowed + list(STAGE_OWN_KEYS), n=1)
+                raise ValueError(f"unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint
+                                 else " (a stage takes name, start_from, lora_init, replay and "
+                                 "any training key)"))
+        return self
+
+    def overrides(self) -> dict[str, Any]:
+        """The training keys this stage sets."""
+        return dict(self.model_extra or {})
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage with everything inherited filled in: what one training run needs."""
+
+    name: str
+    start_from: str
+    """``base`` or an earlier stage's name."""
+    training: TrainingConfig
+    lora_init: str = "merge"
+    replay: ReplayConfig | None = None
+
+
+def resolve_stages(training: TrainingConfig, stages: list[StageConfig]) -> list[Stage]:
+    """Each stage's ``training`` keys laid over the ``training`` section.
+
+    With no stages, ``training`` itself is the one stage, named ``ft``. Raises ``ValueError``
+    naming the stage and key when a stage is not a valid training config, refers to an
+    unknown or later stage, or starts from a LoRA stage whose model is not merged.
+    """
+    if not stages:
+        return [Stage("ft", "base", training)] if training.enabled else []
+    base = training.model_dump(exclude={"enabled"})
+    resolved: list[Stage] = []
+    seen: dict[str, Stage] = {}
+    for i, stage in enumerate(stages):
+        where = f"stages.{i} ({stage.name})"
+        if stage.name in seen or stage.name in ("base", "ft"):
+            raise ValueError(f"{where}: the name {stage.name!r} is taken"
+                             + (" (base and ft name arms)" if stage.name in ("base", "ft") else ""))
+        start = stage.start_from or (resolved[-1].name if resolved else "base")
+        if start != "base" and start not in seen:
+            raise ValueError(f"{where}: start_from {start!r} is not an earlier stage "
+                             f"(earlier: {', '.join(seen) or 'none'}; or base)")
+        try:
+            cfg = TrainingConfig.model_validate(base | stage.overrides())
+        except ValidationError as e:
+            problems = "; ".join(
+                ".".join(str(p) for p in err["loc"]) + f": {err['msg']}"
+                + (f" (got {err['input']!r})" if not isinstance(err.get("input"), dict) else "")
+                for err in e.errors())
+            raise ValueError(f"{where}: {problems}") from None
+        if not cfg.datasets:
+            raise ValueError(f"{where}: no datasets (set them on the stage or in training)")
+        parent = seen.get(start)
+        if parent is not None and parent.training.method != "full":
+            continuing = stage.lora_init == "continue" and cfg.method != "full"
+            if not continuing and not parent.training.lora.merge:
+                raise ValueError(f"{where}: starts from LoRA stage {start!r}, whose adapter is not "
+                                 "merged; set its lora.merge true, or lora_init continue")
+        if stage.lora_init == "continue" and cfg.method != "full" and parent is not None \
+                and parent.training.method == "full":
+            raise ValueError(f"{where}: lora_init continue needs a LoRA predecessor; "
+                             f"{start!r} is a full fine-tune")
+        replay = stage.replay
+        if replay is not None and replay.stages != "earlier":
+            for name in replay.stages:
+                if name not in seen:
+                    raise ValueError(f"{where}: replay.stages names {name!r}, not an earlier stage")
+        seen[stage.name] = Stage(stage.name, start, cfg, stage.lora_init, replay)
+        resolved.append(seen[stage.name])
+    return resolved
+
+
+def ancestors(stages: list[Stage], name: str) -> list[str]:
+    """The stages ``name`` descends from through ``start_from``, oldest first."""
+    by_name = {s.name: s for s in stages}
+    chain: list[str] = []
+    current = by_name[name].start_from
+    while current != "base":
+        chain.insert(0, current)
+        current = by_name[current].start_from
+    return chain

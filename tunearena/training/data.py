@@ -6,7 +6,6 @@ the run in seconds with its file and line, and the workers only index numpy arra
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,16 +27,20 @@ class DataError(ValueError):
     """A training file that cannot be used; the message names the file and line."""
 
 
-def read_jsonl(path: Path, fmt: str) -> list[dict]:
-    """The records of a JSONL file in format ``fmt``, each checked for its fields."""
+def read_jsonl(path: Path, fmt: str, allow_empty: bool = False) -> list[dict]:
+    """The records of a JSONL file in format ``fmt``, each checked for its fields.
+
+    With ``allow_empty``, a field that is present but an empty string passes (the caller
+    drops and counts such records); a missing field or a wrong type is still an error.
+    """
     records = []
     for where, record in iter_jsonl(path, DataError, "training file"):
         if fmt == "chat":
-            problem = _chat_problem(record)
+            problem = _chat_problem(record, allow_empty)
             if problem:
                 raise DataError(f"{where}: {problem}")
         for key in REQUIRED_FIELDS.get(fmt, ()):
-            if not isinstance(record.get(key), str) or not record[key]:
+            if not isinstance(record.get(key), str) or not (record[key] or allow_empty):
                 raise DataError(f"{where}: format {fmt!r} needs a non-empty string {key!r}")
         records.append(record)
     if not records:
@@ -45,7 +48,7 @@ def read_jsonl(path: Path, fmt: str) -> list[dict]:
     return records
 
 
-def _chat_problem(record: dict) -> str | None:
+def _chat_problem(record: dict, allow_empty: bool = False) -> str | None:
     """What is wrong with a ``chat`` record's messages (numbered from 1), or None."""
     messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -58,7 +61,7 @@ def _chat_problem(record: dict) -> str | None:
                 f"message {n} has role {message.get('role')!r}; "
                 f"expected one of {', '.join(CHAT_ROLES)}"
             )
-        if not isinstance(message.get("content"), str) or not message["content"]:
+        if not isinstance(message.get("content"), str) or not (message["content"] or allow_empty):
             return f"message {n} needs a non-empty string 'content'"
     # An opening reply has no prompt to render before it, so its tokens cannot be located.
     if messages[0]["role"] == "assistant":
@@ -142,6 +145,7 @@ class TokenizedSplit:
     input_ids: np.ndarray  # int32 [n, seq_len]
     labels: np.ndarray  # int32 [n, seq_len], IGNORE_INDEX where no loss
     attention_mask: np.ndarray  # int8 [n, seq_len]
+    task: np.ndarray | None = None  # int16 [n]: index into the task names; None: one task
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -172,6 +176,50 @@ def pad(examples: Sequence[tuple[list[int], list[int]]], seq_len: int, pad_id: i
     return TokenizedSplit(ids, labels, mask)
 
 
+@dataclass
+class TaskRecords:
+    """One task's records, split, before tokenisation."""
+
+    name: str
+    format: str
+    train: list[dict]
+    validation: list[dict]
+
+
+def concatenate(parts: Sequence[TokenizedSplit]) -> TokenizedSplit:
+    """Stack tasks' splits into one, each row tagged with its task's position in ``parts``."""
+    return TokenizedSplit(
+        np.concatenate([p.input_ids for p in parts]),
+        np.concatenate([p.labels for p in parts]),
+        np.concatenate([p.attention_mask for p in parts]),
+        np.concatenate([np.full(len(p), i, dtype=np.int16) for i, p in enumerate(parts)]),
+    )
+
+
+def tokenize_tasks(tasks: Sequence[TaskRecords], tokenizer, seq_len: int, packing: bool,
+                   ) -> tuple[TokenizedSplit, TokenizedSplit | None]:
+    """Tokenise each task and pack (or pad) it on its own, so every row belongs to one task;
+    returns (train, validation or None), rows tagged with the task's index in ``tasks``."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def build(records: list[dict], fmt: str) -> TokenizedSplit:
+        examples = [tokenize_record(r, fmt, tokenizer) for r in records]
+        return pack(examples, seq_len) if packing else pad(examples, seq_len, pad_id)
+
+    trains, vals = [], []
+    for task in tasks:
+        if task.format == "chat":
+            require_chat_template(tokenizer, f"task {task.name}: format 'chat'")
+        train = build(task.train, task.format)
+        if len(train) == 0:
+            raise DataError(f"task {task.name}: its training records hold fewer tokens than one "
+                            f"sequence of seq_len {seq_len}")
+        trains.append(train)
+        vals.append(build(task.validation, task.format))
+    val = concatenate(vals)
+    return concatenate(trains), (val if len(val) else None)
+
+
 def prepare_splits(
     datasets: Sequence[DatasetConfig],
     tokenizer,
@@ -180,26 +228,19 @@ def prepare_splits(
     validation_fraction: float,
     seed: int,
 ) -> tuple[TokenizedSplit, TokenizedSplit | None]:
-    """Read, tokenise and split every dataset; returns (train, validation or None)."""
-    examples = []
+    """Read, split and tokenise every dataset as it stands (no cleaning): each file is one
+    task, shuffled (seeded) and split on its own. Returns (train, validation or None)."""
+    from tunearena.training.prepare import split_records
+
+    tasks = []
     for ds in datasets:
         if ds.format == "chat":
             require_chat_template(tokenizer, f"{ds.path}: format 'chat'")
-        examples += [tokenize_record(r, ds.format, tokenizer) for r in read_jsonl(ds.path, ds.format)]
-    # Shuffle records before the split so validation is a sample of every file.
-    random.Random(seed).shuffle(examples)
-    n_val = int(len(examples) * validation_fraction)
-    if validation_fraction > 0 and n_val == 0 and len(examples) > 1:
-        n_val = 1
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    def build(part):
-        return pack(part, seq_len) if packing else pad(part, seq_len, pad_id)
-
-    train = build(examples[n_val:])
-    if len(train) == 0:
-        raise DataError(
-            f"the training data holds fewer tokens than one sequence of seq_len {seq_len}"
-        )
-    val = build(examples[:n_val]) if n_val else None
-    return train, (val if val is not None and len(val) else None)
+        records = read_jsonl(ds.path, ds.format)
+        if ds.validation_path is not None:
+            train, _, _ = split_records(records, 0.0, 0.0, seed)
+            val = read_jsonl(ds.validation_path, ds.format)
+        else:
+            train, val, _ = split_records(records, validation_fraction, 0.0, seed)
+        tasks.append(TaskRecords(ds.task, ds.format, train, val))
+    return tokenize_tasks(tasks, tokenizer, seq_len, packing)

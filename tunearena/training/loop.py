@@ -34,6 +34,7 @@ from tunearena.training.export import (
     merge_adapter,
     reload_loss,
 )
+from tunearena.training.mixture import Mixture, count_tasks, epoch_order
 from tunearena.training.model import count_parameters, load_model
 from tunearena.training.throughput import mfu
 from tunearena.training.tracking import Tracker
@@ -88,31 +89,48 @@ def _to_device(split: dict, rows: np.ndarray, device: torch.device) -> dict:
     }
 
 
-def validation_loss(engine, split: dict, micro_batch_size: int, rank: int, world_size: int,
-                    device: torch.device) -> float:
-    """Token-weighted mean loss over the whole validation split, identical on every rank.
+def _validation_sums(engine, split: dict, rows: np.ndarray, micro_batch_size: int, rank: int,
+                     world_size: int, device: torch.device) -> tuple[float, float]:
+    """(summed token loss, tokens) over ``rows`` of the validation split, on every rank.
 
     Every rank runs the same number of forward passes (padding its shard with zero-weight
     rows): under ZeRO-3 each forward gathers parameters collectively, so an uneven count hangs.
     """
-    n = len(split["input_ids"])
-    shard = np.arange(rank, n, world_size)
-    n_batches = math.ceil(math.ceil(n / world_size) / micro_batch_size)
+    shard = rows[rank::world_size]
+    n_batches = math.ceil(math.ceil(len(rows) / world_size) / micro_batch_size)
+    loss_sum = tokens = 0.0
+    for b in range(n_batches):
+        part = shard[b * micro_batch_size : (b + 1) * micro_batch_size]
+        weight = 1.0 if len(part) else 0.0
+        batch = _to_device(split, part if len(part) else rows[:1], device)
+        out = engine(**batch)
+        # HF's loss is a mean over this batch's predicted tokens; undo it to weight by tokens.
+        n_tok = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        loss_sum += weight * float(out.loss) * n_tok
+        tokens += weight * n_tok
+    loss_sum, tokens = _all_reduce_sum([loss_sum, tokens], device)
+    return loss_sum, tokens
+
+
+def validation_loss(engine, split: dict, task_names: list[str], micro_batch_size: int, rank: int,
+                    world_size: int, device: torch.device) -> tuple[float, dict[str, float]]:
+    """Token-weighted mean loss over the whole validation split, and per task; the same on
+    every rank."""
+    task = split.get("task")
+    task = np.zeros(len(split["input_ids"]), dtype=np.int16) if task is None else task
+    per_task: dict[str, float] = {}
     loss_sum = tokens = 0.0
     engine.eval()
     with torch.no_grad():
-        for b in range(n_batches):
-            rows = shard[b * micro_batch_size : (b + 1) * micro_batch_size]
-            weight = 1.0 if len(rows) else 0.0
-            batch = _to_device(split, rows if len(rows) else np.array([0]), device)
-            out = engine(**batch)
-            # HF's loss is a mean over this batch's predicted tokens; undo it to weight by tokens.
-            n_tok = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-            loss_sum += weight * float(out.loss) * n_tok
-            tokens += weight * n_tok
+        for t, name in enumerate(task_names):
+            rows = np.flatnonzero(task == t)
+            if not len(rows):
+                continue
+            s, n = _validation_sums(engine, split, rows, micro_batch_size, rank, world_size, device)
+            per_task[name] = s / max(n, 1.0)
+            loss_sum, tokens = loss_sum + s, tokens + n
     engine.train()
-    loss_sum, tokens = _all_reduce_sum([loss_sum, tokens], device)
-    return loss_sum / max(tokens, 1.0)
+    return loss_sum / max(tokens, 1.0), per_task
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -140,8 +158,11 @@ def train_loop_per_worker(config: dict) -> None:
     train, val = data["train"], data.get("val")
     is_lora = cfg.method != "full"
 
+    mixture = Mixture(**config["mixture"])
+    task_of_row = train["task"] if train.get("task") is not None else np.zeros(
+        len(train["input_ids"]), dtype=np.int16)
     plan = BatchPlan(cfg.micro_batch_size, cfg.grad_accum_steps, world_size)
-    n_train = len(train["input_ids"])
+    n_train = mixture.epoch_size  # sequences one epoch visits
     steps_per_epoch = plan.steps_per_epoch(n_train)
     total_steps = plan.total_steps(n_train, cfg.epochs, cfg.max_steps)
     bf16 = config["bf16"]
@@ -156,7 +177,7 @@ def train_loop_per_worker(config: dict) -> None:
     # Under ZeRO-3 this object must exist before from_pretrained, so weights are partitioned
     # as they load instead of materialising the full model on every rank.
     hf_ds_config = HfDeepSpeedConfig(ds_config) if cfg.zero_stage == 3 else None  # noqa: F841
-    model = load_model(config["model_dir"], cfg, bf16)
+    model = load_model(config["model_dir"], cfg, bf16, config.get("init_adapter"))
     n_params, n_trainable = count_parameters(model)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
@@ -171,8 +192,12 @@ def train_loop_per_worker(config: dict) -> None:
 
     rank_zero_print(
         rank,
-        f"training: {total_steps} steps, {n_train} sequences of {train['input_ids'].shape[1]} "
-        f"tokens, global batch {plan.global_batch_size} ({cfg.micro_batch_size} x "
+        f"training: {total_steps} steps, {n_train} sequences an epoch of "
+        f"{train['input_ids'].shape[1]} tokens"
+        + (" (" + ", ".join(f"{n} {p:.0%}" for n, p in zip(mixture.names, mixture.probabilities,
+                                                         strict=True)) + ")"
+           if mixture.weighted else "")
+        + f", global batch {plan.global_batch_size} ({cfg.micro_batch_size} x "
         f"{cfg.grad_accum_steps} accum x {world_size} workers), ZeRO-{cfg.zero_stage}, "
         f"{cfg.method} ({n_trainable:,} of {n_params:,} parameters train), "
         f"{'bf16' if bf16 else 'fp32'} on {device.type}",
@@ -184,6 +209,8 @@ def train_loop_per_worker(config: dict) -> None:
     # -- resume ----------------------------------------------------------------------------
     start_step, history, mlflow_run_id = 0, [], None
     train_s_before = tokens_before = 0.0
+    task_counts = np.zeros(len(mixture.names), dtype=np.int64)  # sequences drawn per task
+    best_val, bad_evals = math.inf, 0  # early stopping
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
@@ -191,6 +218,8 @@ def train_loop_per_worker(config: dict) -> None:
         start_step, history = state["step"], state["history"]
         train_s_before, tokens_before = state["train_s"], state["train_tokens"]
         mlflow_run_id = state.get("mlflow_run_id")
+        task_counts = np.array(state.get("task_counts", task_counts), dtype=np.int64)
+        best_val, bad_evals = state.get("best_val", math.inf), state.get("bad_evals", 0)
         rank_zero_print(rank, f"resumed from the checkpoint at step {start_step}")
     tracker = (Tracker.open(cfg.tracking, config["run_name"], cfg.model_dump(mode="json"),
                             resume_run_id=mlflow_run_id) if rank == 0 else None)
@@ -203,13 +232,19 @@ def train_loop_per_worker(config: dict) -> None:
     step_time_s: list[float] = []  # wall time of each optimizer step, as rank 0 saw it
     window_loss, window_micro, window_tokens, t_window = 0.0, 0, 0, time.perf_counter()
     total_tokens = 0
+    stopped_early_at = None
+    val_by_task: dict[str, float] = {}
     engine.train()
     for step in range(start_step, total_steps):
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
         if order is None or step_in_epoch == 0:
-            # Same permutation on every rank (same seed), so rank slices never overlap; a
-            # function of the epoch alone, so a resumed run sees the same order.
-            order = np.random.default_rng(cfg.seed + epoch).permutation(n_train)
+            # Same order on every rank (same seed), so rank slices never overlap; a function
+            # of the epoch alone, so a resumed run sees the same order.
+            order = epoch_order(task_of_row, mixture, cfg.seed, epoch)
+        # Every rank counts the whole global batch, so the counts agree without a collective.
+        task_counts += count_tasks(task_of_row, order[step_in_epoch * plan.global_batch_size:
+                                                      (step_in_epoch + 1) * plan.global_batch_size],
+                                   len(mixture.names))
         t_step = time.perf_counter()
         for micro in range(cfg.grad_accum_steps):
             rows = order[plan.rank_slice(step_in_epoch, micro, rank)]
@@ -249,9 +284,19 @@ def train_loop_per_worker(config: dict) -> None:
                 metrics["mfu"] = achieved
             window_loss, window_micro, window_tokens, t_window = 0.0, 0, 0, time.perf_counter()
         if val is not None and ((step + 1) % cfg.eval_every_steps == 0 or last):
-            metrics["val_loss"] = validation_loss(
-                engine, val, cfg.micro_batch_size, rank, world_size, device
+            metrics["val_loss"], val_by_task = validation_loss(
+                engine, val, list(mixture.names), cfg.micro_batch_size, rank, world_size, device
             )
+            if len(val_by_task) > 1:
+                metrics |= {f"val_loss/{name}": loss for name, loss in val_by_task.items()}
+            # The same numbers on every rank, so every rank takes the same decision.
+            if metrics["val_loss"] < best_val - cfg.early_stopping_min_delta:
+                best_val, bad_evals = metrics["val_loss"], 0
+            else:
+                bad_evals += 1
+            if (cfg.early_stopping_patience is not None and not last
+                    and bad_evals >= cfg.early_stopping_patience):
+                stopped_early_at = step + 1
         if len(metrics) > 1:
             history.append(metrics)
             if tracker is not None:
@@ -261,6 +306,10 @@ def train_loop_per_worker(config: dict) -> None:
                 f"step {step + 1}/{total_steps} "
                 + " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "step"),
             )
+        if stopped_early_at is not None:
+            rank_zero_print(rank, f"early stop at step {stopped_early_at}: validation loss has "
+                                  f"not improved on {best_val:.4g} for {bad_evals} validations")
+            break
         if cfg.checkpoint_every_steps and (step + 1) % cfg.checkpoint_every_steps == 0 and not last:
             state = {
                 "step": step + 1, "world_size": world_size,
@@ -269,6 +318,7 @@ def train_loop_per_worker(config: dict) -> None:
                 "train_tokens": tokens_before + total_tokens,
                 "mlflow_run_id": tracker.mlflow_run_id if tracker is not None else None,
                 "placement": placement,
+                "task_counts": task_counts.tolist(), "best_val": best_val, "bad_evals": bad_evals,
             }
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt.save(engine, Path(tmp), rank, state, exclude_frozen=is_lora)
@@ -282,8 +332,11 @@ def train_loop_per_worker(config: dict) -> None:
 
     train_s = train_s_before + time.perf_counter() - t_start
     total_tokens += int(tokens_before)
+    steps_run = stopped_early_at or total_steps
     summary = {
-        "steps": total_steps,
+        "steps": steps_run,
+        "planned_steps": total_steps,
+        "stopped_early_at": stopped_early_at,
         "resumed_from_step": start_step,
         "method": cfg.method,
         "parameters": n_params,
@@ -307,6 +360,13 @@ def train_loop_per_worker(config: dict) -> None:
         "train_loss_tokens": int((train["labels"] != IGNORE_INDEX).sum()),
         "final_train_loss": next((h["train_loss"] for h in reversed(history) if "train_loss" in h), None),
         "final_val_loss": next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None),
+        "val_loss_by_task": val_by_task,
+        "mix": {
+            "target": dict(zip(mixture.names, mixture.probabilities, strict=True)),
+            "realised": dict(zip(mixture.names, (task_counts / max(task_counts.sum(), 1)).tolist(),
+                                 strict=True)),
+            "sequences": dict(zip(mixture.names, task_counts.tolist(), strict=True)),
+        },
         "history": history,
     }
 
@@ -348,7 +408,7 @@ def train_loop_per_worker(config: dict) -> None:
         if tracker is not None:
             tracker.close()
         ray.train.report(
-            {"step": total_steps, "world_size": world_size,
+            {"step": steps_run, "world_size": world_size,
              "global_batch_size": plan.global_batch_size, "exported": True},
             checkpoint=checkpoint, checkpoint_dir_name="export",
         )

@@ -22,12 +22,15 @@ def peft_lora_config(cfg: TrainingConfig):
     )
 
 
-def load_model(model_dir: str, cfg: TrainingConfig, bf16: bool) -> torch.nn.Module:
+def load_model(model_dir: str, cfg: TrainingConfig, bf16: bool,
+               init_adapter: str | None = None) -> torch.nn.Module:
     """``from_pretrained`` in the training dtype, wrapped for LoRA / QLoRA when asked.
 
     Under ZeRO-3 the caller must have created ``HfDeepSpeedConfig`` first, so the base
     weights are partitioned as they load. The adapters peft adds afterwards are ordinary
-    parameters; ``deepspeed.initialize`` partitions them with the rest.
+    parameters; ``deepspeed.initialize`` partitions them with the rest. ``init_adapter``, a
+    peft adapter dir trained on ``model_dir``, is loaded trainable instead of a fresh adapter
+    (a stage that continues its predecessor's adapter).
     """
     from transformers import AutoModelForCausalLM
 
@@ -46,16 +49,33 @@ def load_model(model_dir: str, cfg: TrainingConfig, bf16: bool) -> torch.nn.Modu
         # Non-reentrant checkpointing needs no input that requires grad, so it also works
         # when every base weight is frozen (LoRA).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.compile:
+        compile_blocks(model)
     if cfg.method == "full":
         return model
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if cfg.method == "qlora":
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
+    if init_adapter is not None:
+        return PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
     return get_peft_model(model, peft_lora_config(cfg))
+
+
+def compile_blocks(model: torch.nn.Module) -> int:
+    """Compile each repeated block (the classes ``_no_split_modules`` names) in place; returns
+    how many. One compiled graph serves every layer, so compiling takes seconds, not minutes;
+    LoRA adapters that peft adds later are traced inside the block on its first call."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    n = 0
+    for module in model.modules():
+        if type(module).__name__ in names:
+            module.compile()
+            n += 1
+    return n
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import ray
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
 from ray.train.torch import TorchTrainer
@@ -18,6 +19,7 @@ from tunearena.training import checkpoint as ckpt
 from tunearena.training.config import TrainingConfig
 from tunearena.training.data import TokenizedSplit, prepare_splits
 from tunearena.training.loop import EXPORT_MARKER, train_loop_per_worker
+from tunearena.training.mixture import Mixture, build_mixture
 
 
 class ModelDirError(ValueError):
@@ -58,6 +60,19 @@ def prepare_data(model_dir: str, cfg: TrainingConfig) -> tuple[TokenizedSplit, T
     )
 
 
+def stage_mixture(cfg: TrainingConfig, train: TokenizedSplit, task_names: list[str],
+                  replay_fraction: float = 0.0) -> Mixture:
+    """The mixture of a stage whose training rows are tagged with ``task_names``' indices:
+    the first ``len(cfg.datasets)`` are the stage's own tasks, the rest replayed data."""
+    task = train.task if train.task is not None else np.zeros(len(train), dtype=np.int16)
+    sizes = np.bincount(task, minlength=len(task_names)).tolist()
+    n_own = len(cfg.datasets)
+    weights = {ds.task: ds.weight for ds in cfg.datasets}
+    return build_mixture(dict(zip(task_names[:n_own], sizes[:n_own], strict=True)), weights,
+                         cfg.mixture_temperature,
+                         dict(zip(task_names[n_own:], sizes[n_own:], strict=True)), replay_fraction)
+
+
 def uses_bf16(cfg: TrainingConfig, use_gpu: bool) -> bool:
     """``precision: auto`` means bf16 on GPUs and fp32 on CPUs."""
     return cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu)
@@ -87,6 +102,8 @@ def run_stage(
     out_dir: Path,
     storage_path: Path | str,
     data: tuple[TokenizedSplit, TokenizedSplit | None] | None = None,
+    mixture: Mixture | None = None,
+    init_adapter: Path | None = None,
 ) -> dict:
     """Train ``model_dir`` on ``cfg``'s data with ``cluster.num_workers`` DeepSpeed ranks.
 
@@ -95,6 +112,10 @@ def run_stage(
     ``checkpoint.clear`` first for a fresh start). Workers that fail are restarted from the
     latest checkpoint up to ``cluster.max_failures`` times. The exported model, verified by
     reloading it, lands in ``out_dir`` (replaced atomically). Returns the training summary.
+
+    ``data`` and ``mixture`` come from the caller when it prepared the stage's tasks (replay
+    included); by default ``cfg.datasets`` are read, one task each. ``init_adapter`` starts a
+    LoRA stage from an adapter trained on ``model_dir``.
     """
     use_gpu = resolve_use_gpu(cluster)
     check_method(cfg, use_gpu)
@@ -107,6 +128,8 @@ def run_stage(
     if latest is not None:
         ckpt.check_world_size(latest[1], cluster.num_workers)  # before claiming any worker
     train, val = data if data is not None else prepare_data(model_dir, cfg)
+    if mixture is None:
+        mixture = stage_mixture(cfg, train, [ds.task for ds in cfg.datasets])
     bf16 = uses_bf16(cfg, use_gpu)
     data_ref = ray.put({"train": asdict(train), "val": asdict(val) if val is not None else None})
     trainer = TorchTrainer(
@@ -118,6 +141,8 @@ def run_stage(
             "bf16": bf16,
             "run_name": name,
             "launch_time": time.time(),
+            "mixture": asdict(mixture),
+            "init_adapter": str(init_adapter) if init_adapter is not None else None,
         },
         scaling_config=scaling_config(cluster, use_gpu),
         # Ray Train V2's RunConfig; type checkers see the V1 class that `ray.train` swaps out.

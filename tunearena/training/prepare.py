@@ -1,0 +1,368 @@
+"""Training files, cleaned before tokenisation: drop what would teach the wrong thing, count it.
+
+Each training file goes through four steps, each counted in the report:
+
+1. **Empty or garbled records** are dropped: a blank field, or text that is mostly replacement
+   and control characters or has almost no letters (a decoding accident, a binary blob), which
+   spends compute and teaches the model noise.
+2. **Exact duplicates** (equal after case folding and whitespace collapsing) are dropped, the
+   first occurrence kept.
+3. **Near-duplicates**: a record whose word 5-gram Jaccard similarity to an earlier kept record
+   reaches the threshold is dropped. Repeated text is memorised rather than learned, and a
+   near-copy on each side of the train/validation split makes the validation loss optimistic.
+   MinHash LSH finds the candidates in near-linear time; each is confirmed with the exact
+   Jaccard, so nothing below the threshold is ever dropped.
+4. **Benchmark leaks**: a record that contains a benchmark question (``leak_ngram``
+   consecutive words of it, or all of a shorter one) would let a fine-tuned arm score by
+   recall, and the comparison with the base model and RAG would be dishonest. Such records are
+   dropped, reported, or left alone, as ``leak_check`` says.
+
+What is left is split, seeded, into train, validation and test, and written as JSONL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasketch import MinHash, MinHashLSH
+
+from tunearena.files import write_atomic
+from tunearena.training.config import DataPrepConfig, DatasetConfig
+from tunearena.training.data import DataError, read_jsonl
+
+logger = logging.getLogger(__name__)
+
+MAX_BAD_CHAR_FRACTION = 0.05
+"""A record with more than this share of U+FFFD or control characters (other than tab, newline
+and carriage return) is garbled: real text has next to none; mis-decoded or binary data has
+many."""
+MIN_LETTER_FRACTION = 0.2
+"""A record with fewer letters than this share of its non-space characters is garbled. Prose,
+code and tables of figures with labels sit well above it; hex dumps and runs of digits or
+symbols below."""
+MIN_CHARS_FOR_LETTER_CHECK = 20
+"""Non-space characters a record needs before its letter share is judged: a short answer such
+as ``" 1,250"`` is legitimate."""
+SHINGLE_WORDS = 5
+"""Words per shingle in the near-duplicate comparison."""
+NUM_PERM = 128
+"""MinHash permutations, cut into the LSH index's bands."""
+MIN_RECALL_AT_THRESHOLD = 0.99
+"""Chance that LSH offers a pair whose Jaccard is exactly the threshold as a candidate; pairs
+above it are offered more surely still."""
+
+_BAD_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
+_WORDS = re.compile(r"\w+")
+
+COUNT_KEYS = ("empty_or_garbled", "exact_duplicates", "near_duplicates")
+LEAK_EXAMPLES = 5
+
+
+def _fields(record: dict, fmt: str) -> list[str]:
+    """The strings a record trains on, in order."""
+    if fmt == "chat":
+        return [m["content"] for m in record["messages"]]
+    if fmt == "instruction":
+        return [record["prompt"], record["response"]]
+    return [record["text"]]
+
+
+def record_text(record: dict, fmt: str) -> str:
+    """The text a record trains on: its text, prompt and response, or its messages' contents.
+
+    Parts are joined by newlines so that words never fuse across a boundary.
+    """
+    return "\n".join(_fields(record, fmt))
+
+
+def _words(text: str) -> list[str]:
+    """Case-folded words; punctuation separates words, so ``"lamp?"`` and ``"lamp"`` match."""
+    return _WORDS.findall(text.casefold())
+
+
+def _is_empty_or_garbled(record: dict, fmt: str) -> bool:
+    """A blank field, or text that fails the bad-character or letter-share limits above."""
+    fields = _fields(record, fmt)
+    if any(not f.strip() for f in fields):
+        return True
+    text = "\n".join(fields)
+    if len(_BAD_CHARS.findall(text)) > MAX_BAD_CHAR_FRACTION * len(text):
+        return True
+    non_space = sum(map(len, text.split()))
+    letters = sum(map(str.isalpha, text))
+    return non_space >= MIN_CHARS_FOR_LETTER_CHECK and letters < MIN_LETTER_FRACTION * non_space
+
+
+def _shingles(text: str) -> set[str]:
+    """Word 5-grams, or the whole text as one shingle when it is shorter."""
+    words = _words(text)
+    if len(words) < SHINGLE_WORDS:
+        return {" ".join(words)} if words else set()
+    return {" ".join(words[i : i + SHINGLE_WORDS]) for i in range(len(words) - SHINGLE_WORDS + 1)}
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b)
+
+
+def _lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows per band) with the most rows whose recall at ``threshold`` is still
+    ``MIN_RECALL_AT_THRESHOLD``: more rows mean fewer dissimilar candidates to confirm.
+
+    datasketch's own optimiser weighs misses against false candidates, but ours are confirmed
+    exactly, so only misses matter; it also fails for thresholds near 1. datasketch needs two
+    bands at least.
+    """
+    for rows in range(num_perm // 2, 1, -1):
+        bands = num_perm // rows
+        if 1 - (1 - threshold**rows) ** bands >= MIN_RECALL_AT_THRESHOLD:
+            return bands, rows
+    return num_perm, 1  # one row a band: the most candidates MinHash can offer
+
+
+def _near_duplicates(texts: list[str], threshold: float, seed: int) -> set[int]:
+    """Indices of texts whose shingle Jaccard with an earlier kept text reaches ``threshold``."""
+    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM, params=_lsh_bands(threshold, NUM_PERM))
+    # CRC-32 rather than datasketch's default SHA-1: half the time, and as good here, since
+    # datasketch mixes every input hash (MurmurHash3's finaliser) before permuting it.
+    empty = MinHash(num_perm=NUM_PERM, seed=seed, hashfunc=zlib.crc32)
+    dropped = set()
+    for i, text in enumerate(texts):
+        shingles = _shingles(text)
+        if not shingles:
+            continue  # no words, nothing to compare
+        minhash = empty.copy()  # reuses the seeded permutations instead of drawing them again
+        minhash.update_batch([s.encode() for s in shingles])
+        # Only kept texts are in the index, so the first of a group stays. A candidate's
+        # shingles are recomputed rather than every kept text's held: candidates are few.
+        if any(_jaccard(shingles, _shingles(texts[j])) >= threshold for j in lsh.query(minhash)):
+            dropped.add(i)
+        else:
+            lsh.insert(i, minhash)
+    return dropped
+
+
+def _kept_indices(
+    records: list[dict], fmt: str, cfg: DataPrepConfig, seed: int
+) -> tuple[list[int], dict[str, int]]:
+    """``clean_records`` as indices into ``records``, so callers can map back to lines."""
+    kept = list(range(len(records)))
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    if cfg.drop_garbled:
+        kept = [i for i in kept if not _is_empty_or_garbled(records[i], fmt)]
+        counts["empty_or_garbled"] = len(records) - len(kept)
+    if cfg.deduplicate:
+        seen: set[str] = set()
+        unique = []
+        for i in kept:
+            key = " ".join(record_text(records[i], fmt).casefold().split())
+            if key not in seen:
+                seen.add(key)
+                unique.append(i)
+        counts["exact_duplicates"] = len(kept) - len(unique)
+        kept = unique
+    if cfg.near_duplicate_threshold is not None:
+        texts = [record_text(records[i], fmt) for i in kept]
+        near = _near_duplicates(texts, cfg.near_duplicate_threshold, seed)
+        counts["near_duplicates"] = len(near)
+        kept = [i for n, i in enumerate(kept) if n not in near]
+    return kept, counts
+
+
+def clean_records(
+    records: list[dict], fmt: str, cfg: DataPrepConfig, seed: int
+) -> tuple[list[dict], dict[str, int]]:
+    """The records that survive cleaning, in their order, and how many each step dropped.
+
+    Steps, in order: empty or garbled (``cfg.drop_garbled``), exact duplicates after case and
+    whitespace normalisation (``cfg.deduplicate``), near-duplicates by word 5-gram Jaccard
+    (``cfg.near_duplicate_threshold``); the first of any duplicates is kept. ``seed`` seeds
+    the MinHash permutations. Counts: ``empty_or_garbled``, ``exact_duplicates``,
+    ``near_duplicates``.
+    """
+    kept, counts = _kept_indices(records, fmt, cfg, seed)
+    return [records[i] for i in kept], counts
+
+
+def _ngrams(words: list[str], n: int) -> Iterator[tuple[str, ...]]:
+    # Shifted copies of the list, zipped: the shortest ends the windows, on purpose.
+    return zip(*(words[i:] for i in range(n)), strict=False)
+
+
+def find_leaks(
+    records: list[dict], fmt: str, questions: dict[str, list[str]], n: int
+) -> list[dict]:
+    """The records that contain a benchmark question: ``{"index", "benchmark", "question"}``
+    for each, naming the match that starts earliest in the record (the longest, on a tie).
+
+    Texts are compared as case-folded words, punctuation ignored. A question of ``n`` or more
+    words leaks through any ``n`` consecutive words of it; a shorter one only whole. Question
+    n-grams go into one dict per window length (``n`` and each shorter question's length), so
+    each record is scanned once per length, whatever the number of questions.
+    """
+    by_length: dict[int, dict[tuple[str, ...], tuple[str, str]]] = {}
+    for benchmark, texts in questions.items():
+        for question in texts:
+            words = _words(question)
+            if words:
+                grams = by_length.setdefault(min(len(words), n), {})
+                for gram in _ngrams(words, min(len(words), n)):
+                    grams.setdefault(gram, (benchmark, question))
+    leaks = []
+    for index, record in enumerate(records):
+        words = _words(record_text(record, fmt))
+        # isdisjoint stops at the first hit and builds no set, so a clean record (the common
+        # case) costs one pass of tuple hashing per window length, all of it in C.
+        lengths = sorted(
+            (k for k, grams in by_length.items() if not grams.keys().isdisjoint(_ngrams(words, k))),
+            reverse=True,
+        )
+        if lengths:
+            hits = (
+                by_length[k].get(tuple(words[start : start + k]))
+                for start in range(len(words))
+                for k in lengths
+            )
+            benchmark, question = next(hit for hit in hits if hit)
+            leaks.append({"index": index, "benchmark": benchmark, "question": question})
+    return leaks
+
+
+def _split_size(n_records: int, fraction: float) -> int:
+    """``fraction`` of the records, at least one when asked for and there are two or more."""
+    size = int(n_records * fraction)
+    return 1 if fraction > 0 and size == 0 and n_records > 1 else size
+
+
+def split_records(
+    records: list[dict], validation_fraction: float, test_fraction: float, seed: int
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train, validation, test) after a seeded shuffle; raises ``DataError`` if no record
+    would be left to train on."""
+    shuffled = list(records)
+    random.Random(seed).shuffle(shuffled)
+    n_test = _split_size(len(shuffled), test_fraction)
+    n_val = _split_size(len(shuffled), validation_fraction)
+    if n_test + n_val >= len(shuffled):
+        raise DataError(
+            f"{len(shuffled)} records leave none to train on after {n_test} test and {n_val} "
+            "validation records; add records or lower test_fraction / validation_fraction"
+        )
+    return shuffled[n_test + n_val :], shuffled[n_test : n_test + n_val], shuffled[:n_test]
+
+
+@dataclass
+class PreparedData:
+    """One task's cleaned splits and the report of what cleaning did."""
+
+    task: str
+    format: str
+    train: list[dict]
+    validation: list[dict]
+    test: list[dict]
+    report: dict
+
+
+def _line_numbers(path: Path) -> list[int]:
+    """The 1-based line of each record in a JSONL file: ``read_jsonl`` skips blank lines."""
+    lines = path.read_bytes().split(b"\n")
+    return [n for n, line in enumerate(lines, start=1) if line.decode("utf-8").strip()]
+
+
+def _clean_file(
+    path: Path, fmt: str, cfg: DataPrepConfig, seed: int, questions: dict[str, list[str]]
+) -> tuple[list[dict], dict]:
+    """A file's records after cleaning and the leak check, and its counts for the report."""
+    records = read_jsonl(path, fmt, allow_empty=True)
+    cleaned, counts = _kept_indices(records, fmt, cfg, seed)
+    leaks = []
+    if cfg.leak_check != "off":
+        leaks = find_leaks([records[i] for i in cleaned], fmt, questions, cfg.leak_ngram)
+    leaking = {leak["index"] for leak in leaks} if cfg.leak_check == "drop" else set()
+    kept = [i for n, i in enumerate(cleaned) if n not in leaking]
+    if not kept:
+        dropped = ", ".join(f"{n} {step}" for step, n in {**counts, "leaked": len(leaking)}.items())
+        raise DataError(f"{path}: no record is left after cleaning: {len(records)} read, "
+                        f"dropped {dropped}")
+    lines = _line_numbers(path)
+    report = {
+        "path": str(path),
+        "read": len(records),
+        **counts,
+        "leaked": len(leaks),
+        "leaked_by_benchmark": dict(Counter(leak["benchmark"] for leak in leaks)),
+        "leak_examples": [
+            {"line": lines[cleaned[leak["index"]]], "benchmark": leak["benchmark"],
+             "question": leak["question"]}
+            for leak in leaks[:LEAK_EXAMPLES]
+        ],
+        "kept": len(kept),
+    }
+    if leaks and cfg.leak_check == "warn":
+        logger.warning("%s: %d records contain a benchmark question and are kept "
+                       "(leak_check: warn): %s", path, len(leaks), report["leaked_by_benchmark"])
+    return [records[i] for i in kept], report
+
+
+def prepare_dataset(
+    ds: DatasetConfig,
+    cfg: DataPrepConfig,
+    validation_fraction: float,
+    seed: int,
+    questions: dict[str, list[str]],
+) -> PreparedData:
+    """Read, clean, leak-check and split one training file.
+
+    ``questions`` maps each benchmark's name to its question texts. With
+    ``ds.validation_path``, validation is that file, cleaned and leak-checked the same way
+    (its counts under the report's ``validation_file``), and only the test split comes from
+    ``ds.path``; else ``validation_fraction`` and ``ds.test_fraction`` of ``ds.path`` are held
+    out. Raises ``DataError`` naming the file when no record survives or none is left to train on.
+    """
+    records, report = _clean_file(ds.path, ds.format, cfg, seed, questions)
+    held_out = validation_fraction if ds.validation_path is None else 0.0
+    try:
+        train, validation, test = split_records(records, held_out, ds.test_fraction, seed)
+    except DataError as e:
+        raise DataError(f"{ds.path}: {e}") from None
+    validation_report = None
+    if ds.validation_path is not None:
+        validation, validation_report = _clean_file(
+            ds.validation_path, ds.format, cfg, seed, questions
+        )
+    report = {
+        "task": ds.task,
+        "format": ds.format,
+        **report,
+        "train": len(train),
+        "validation": len(validation),
+        "test": len(test),
+        "validation_source": "split" if ds.validation_path is None else str(ds.validation_path),
+        "validation_file": validation_report,
+        "leak_action": cfg.leak_check,
+    }
+    return PreparedData(ds.task, ds.format, train, validation, test, report)
+
+
+def write_prepared(prepared: PreparedData, out_dir: Path) -> dict[str, str]:
+    """Write ``<out_dir>/<task>.{train,validation,test}.jsonl`` atomically (an empty split as
+    an empty file); returns each split's path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, records in (
+        ("train", prepared.train),
+        ("validation", prepared.validation),
+        ("test", prepared.test),
+    ):
+        path = out_dir / f"{prepared.task}.{split}.jsonl"
+        write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        paths[split] = str(path)
+    return paths
