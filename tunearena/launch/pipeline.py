@@ -278,7 +278,7 @@ class Pipeline:
                     "candidates": [], "warning": None}
         selection = select_stage({s.name: acc(f"ft@{s.name}") for s in stages}, acc("base"),
                                  kinds, self.cfg.evaluation.forgetting_tolerance)
-        self.console.print(f"ft is stage [bold]{selection['selected']}[/bold]: {selection['rule']}")
+        self.console.print(escape(selection["rule"]))  # "ft is stage <name>: <why>"
         if selection.get("warning"):
             self.console.print(f"[bold red]WARNING: {escape(selection['warning'])}[/bold red]")
         return selection
