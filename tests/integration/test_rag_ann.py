@@ -55,3 +55,11 @@ def test_flat_build_has_no_ann_summary(tmp_path):
     summary, out_dir = build(tmp_path, "Flat")
     assert summary["ann"] is None
     assert json.loads((out_dir / "meta.json").read_text())["ann"] is None
+
+
+def test_idmap_wrapped_ann_build_records_recall(tmp_path):
+    # IDMap gets the row numbers as ids, so recall against Flat compares like with like.
+    summary, out_dir = build(tmp_path, "IDMap,HNSW32", **SMALL_CHUNKS)
+    check_ann(summary, {"2", "5"}, min_recall=0.9)
+    (hits,) = RagIndex.load(out_dir).search(["How much does the Peho lamp cost?"], k=2)
+    assert hits[0].doc_id == "product-00"

@@ -130,6 +130,26 @@ def test_approximate_indexes_retrieve_like_flat(corpus, rag, tmp_path, factory):
     assert [hits[0].doc_id for hits in results] == list(QUERIES.values())
 
 
+@pytest.mark.parametrize("factory", ["IDMap,Flat", "IDMap2,Flat"])
+def test_idmap_indexes_search_like_flat(corpus, built, rag, tmp_path, factory):
+    # IDMap indexes refuse plain add; build_index gives them the row numbers as ids.
+    out_dir = tmp_path / "index"
+    summary = build_index(
+        RagConfig(corpus=corpus, chunk_tokens=32, chunk_overlap_tokens=8, index_factory=factory),
+        out_dir,
+    )
+    assert summary["ann"] is None  # an exact index: nothing to measure against Flat
+    idmap = RagIndex.load(out_dir)
+    assert idmap.chunks == rag.chunks
+    queries = [*QUERIES, "Where does the chess club meet?"]
+    assert idmap.search(queries, k=5) == rag.search(queries, k=5)
+
+
+def test_invalid_factory_names_the_setting(corpus, tmp_path):
+    with pytest.raises(ValueError, match="invalid index_factory 'Bogus7'.*rag.index_factory"):
+        build_index(RagConfig(corpus=corpus, index_factory="Bogus7"), tmp_path / "index")
+
+
 def test_long_document_is_chunked_and_found(tmp_path):
     filler = " ".join(f"Section {n} describes nothing in particular." for n in range(40))
     docs = {"long": filler + " The secret vault code is 4711, kept by the night porter.", **DOCS}

@@ -50,11 +50,18 @@ def make_index(factory: str, dim: int) -> faiss.Index:
     try:
         return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
-        raise ValueError(f"invalid index_factory {factory!r}: {_faiss_message(e)}") from None
+        raise ValueError(
+            f"invalid index_factory {factory!r}: {_faiss_message(e)}; set rag.index_factory to "
+            "a FAISS factory string such as 'Flat', 'HNSW32' or 'IVF256,Flat'"
+        ) from None
 
 
 def fill_index(index: faiss.Index, vectors: np.ndarray) -> faiss.Index:
-    """Train ``index`` on ``vectors`` if its type needs it, then add them (row ``i`` gets id ``i``)."""
+    """Train ``index`` on ``vectors`` if its type needs it, then add them (row ``i`` gets id ``i``).
+
+    ``IDMap`` and ``IDMap2`` indexes take explicit ids (their ``add`` raises); they get the row
+    numbers, so their ids mean what every other index's do.
+    """
     _check_trainable(index, len(vectors))
     if not index.is_trained:
         try:
@@ -63,7 +70,10 @@ def fill_index(index: faiss.Index, vectors: np.ndarray) -> faiss.Index:
             raise ValueError(
                 f"could not train the index on {len(vectors)} vectors: {_faiss_message(e)}"
             ) from None
-    index.add(vectors)
+    if isinstance(faiss.downcast_index(index), faiss.IndexIDMap):  # IndexIDMap2 derives from it
+        index.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64))
+    else:
+        index.add(vectors)
     return index
 
 
