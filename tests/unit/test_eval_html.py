@@ -246,6 +246,32 @@ def test_training_without_history_has_no_loss_plot(results):
     assert len([t for t, _ in page.tags if t == "img"]) == 2
 
 
+def _decoded_png(src: str) -> bytes:
+    data = base64.b64decode(src.removeprefix("data:image/png;base64,"), validate=True)
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    return data
+
+
+def test_recall_curve_is_plotted_in_the_retrieval_section_beside_its_table(results):
+    curve = {"1": 0.55, "2": 0.9, "3": 0.95, "5": 1.0, "10": 1.0}
+    retrieval = json.loads(json.dumps(results["retrieval"]))
+    retrieval["products"]["recall_curve"] = curve
+    page = _Page(render_html({**results, "retrieval": retrieval}))
+    images = [attrs for tag, attrs in page.tags if tag == "img"]
+    assert len(images) == 4  # accuracy, forgetting, recall curve, loss curve
+    (plot,) = [a for a in images if "recall" in a["alt"]]
+    assert "top_k" in plot["alt"]
+    pixels = imread(io.BytesIO(_decoded_png(plot["src"])))
+    assert pixels.shape[0] > 100 and pixels.shape[1] > 100
+    # The table stays: the curve is one more column of the per-benchmark table.
+    _, per_benchmark = [t["rows"] for t in page.table("generic") if t["section"] == "retrieval"]
+    assert per_benchmark[0][-1] == "recall curve"
+    assert per_benchmark[1][-1].startswith('{"1": 0.55')
+    # Without any recall_curve there is no plot, and no error.
+    plain = _Page(render_html(results))
+    assert not any("recall" in a.get("alt", "") for t, a in plain.tags if t == "img")
+
+
 # -- tunearena report RUN_DIR ---------------------------------------------------------------
 
 

@@ -73,6 +73,7 @@ def render_html(results: dict[str, Any]) -> str:
         "text_columns": _TEXT_COLUMNS,
         "forgetting": _forgetting(results.get("forgetting"), colours),
         "retrieval": _tables(results["retrieval"]) if results.get("retrieval") else None,
+        "recall_plot": _recall_plot(_as_dict(results.get("retrieval")), list(benchmarks)),
         "cost": _tables(results["cost"]) if results.get("cost") else None,
         "cost_sentence": _cost_sentence(results.get("cost")),
         "latency": _tables(results["latency"]) if results.get("latency") else None,
@@ -391,6 +392,42 @@ def _stages_plot(results: dict[str, Any], order: list[str], selected: str | None
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Accuracy after each stage")
     ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize="small")
+    return _png(fig)
+
+
+def _recall_plot(retrieval: dict[str, Any], benchmark_names: list[str]) -> str | None:
+    """The gold document's recall against k, one line per benchmark with a ``recall_curve``;
+    a dotted line and a ring mark the configured ``k`` (the passages the model is given)."""
+    curves = {
+        name: sorted((int(k), r * 100) for k, r in stats["recall_curve"].items())
+        for name, stats in retrieval.items()
+        if isinstance(stats, dict) and _is_record(stats.get("recall_curve"))
+    }
+    if not curves:
+        return None
+    # Colours follow the benchmark order, as in the stages plot.
+    order = list(dict.fromkeys([*benchmark_names, *curves]))
+    fig = Figure(figsize=(6.0, 3.4))
+    ax = fig.add_subplot()
+    top_ks: set[int] = set()
+    for name, points in curves.items():
+        colour = _BENCHMARK_COLOURS[order.index(name) % len(_BENCHMARK_COLOURS)]
+        ax.plot(*zip(*points, strict=True), marker="o", color=colour, label=name)
+        top_k = retrieval[name].get("k")
+        if isinstance(top_k, int):
+            top_ks.add(top_k)
+            at_k = [r for k, r in points if k == top_k]
+            if at_k:
+                ax.plot(top_k, at_k[0], marker="o", markersize=11, fillstyle="none", color=colour)
+    for top_k in sorted(top_ks):
+        ax.axvline(top_k, color="#444", linestyle=":", linewidth=1, label=f"top_k = {top_k}")
+    ax.set_xticks(sorted({k for points in curves.values() for k, _ in points} | top_ks))
+    ax.set_ylim(0, 104)  # room for the markers of a perfect recall
+    ax.set_xlabel("k (passages retrieved)")
+    ax.set_ylabel("gold document recall (%)")
+    ax.set_title("Recall at k of the gold document")
+    ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize="small")
     return _png(fig)
 
