@@ -80,7 +80,7 @@ def _items_with_known_outcomes(model, tok) -> list[QAItem]:
         lls = _choice_logliks(model, tok, format_prompt(question), choices)
         best = _argmax(lls)
         answer = best if i % 2 == 0 else (best + 1) % len(choices)
-        items.append(QAItem(f"q{i}", question, choices, answer))
+        items.append(QAItem(f"q{i}", question, choices, answer, doc_id=f"doc-{i // 2}"))
     return items
 
 
@@ -99,7 +99,8 @@ def test_score_model_matches_direct_loglikelihood(
         rows = scores[task]
         assert [r["id"] for r in rows] == [item.id for item in items]
         for row, item in zip(rows, items, strict=True):
-            assert set(row) == {"id", "acc", "acc_norm"}
+            assert set(row) == {"id", "acc", "acc_norm", "doc_id"}
+            assert row["doc_id"] == item.doc_id  # carried through lm-eval for clustered CIs
             prompt = format_prompt(item.question, passages[item.id] if passages else ())
             lls = _choice_logliks(model, tok, prompt, item.choices)
             norm = [ll / len(c) for ll, c in zip(lls, item.choices, strict=True)]

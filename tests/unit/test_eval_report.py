@@ -16,7 +16,7 @@ from tunearena.evaluation.report import (
     render_markdown,
     summarise,
 )
-from tunearena.evaluation.stats import paired_diff_ci
+from tunearena.evaluation.stats import mean_ci, paired_diff_ci
 
 BENCHMARKS = [
     BenchmarkConfig(name="dom", path="dom.jsonl", kind="domain"),
@@ -139,6 +139,57 @@ def test_render_markdown_without_optional_sections():
     for title in ("## Training", "## Retrieval", "## Run"):
         assert title not in md
     assert "## Forgetting" in md
+
+
+def _with_docs(rows: list[dict], per_doc: int) -> list[dict]:
+    """``rows`` with ``doc_id``: ``per_doc`` consecutive questions share a source document."""
+    return [{**r, "doc_id": f"doc{i // per_doc}"} for i, r in enumerate(rows)]
+
+
+def test_summarise_clusters_cis_by_doc_id_and_says_so():
+    # dom: 40 questions on 8 documents; gen: no doc_id, so nothing to cluster.
+    samples = {
+        arm: {"dom": _with_docs(by["dom"], 5), "gen": by["gen"]} for arm, by in SAMPLES.items()
+    }
+    results = _summarise(samples=samples)
+    dom, gen = results["benchmarks"]["dom"], results["benchmarks"]["gen"]
+    assert (dom["clustered_by"], dom["n_clusters"]) == ("doc_id", 8)
+    assert (gen["clustered_by"], gen["n_clusters"]) == (None, None)
+    clusters = [r["doc_id"] for r in samples["base"]["dom"]]
+    base = [r["acc"] for r in samples["base"]["dom"]]
+    rag = [r["acc"] for r in samples["base+rag"]["dom"]]
+    ft_rag = [r["acc"] for r in samples["ft+rag"]["dom"]]
+    assert dom["arms"]["base"]["acc_ci"] == list(mean_ci(base, 0.95, 1000, clusters=clusters)[1:])
+    assert dom["arms"]["base+rag"]["diff_ci"] == list(
+        paired_diff_ci(rag, base, 0.95, 1000, clusters=clusters)[1:]
+    )
+    assert dom["pairs"]["ft+rag - base+rag"]["ci"] == list(
+        paired_diff_ci(ft_rag, rag, 0.95, 1000, clusters=clusters)[1:]
+    )
+    # Resampling 8 documents instead of 40 questions widens the interval.
+    plain = _summarise()["benchmarks"]
+    assert gen == plain["gen"]
+    lo, hi = dom["arms"]["base"]["acc_ci"]
+    plo, phi = plain["dom"]["arms"]["base"]["acc_ci"]
+    assert hi - lo > phi - plo
+    md = render_markdown(results)
+    sentence = (
+        "CIs resample the 8 source documents, not single questions, because questions on one "
+        "document are correlated."
+    )
+    assert f"### dom (domain, n = 40)\n\n{sentence}\n" in md
+    assert md.count("source documents") == 1
+
+
+def test_one_question_per_document_is_not_clustered():
+    samples = {arm: {k: _with_docs(v, 1) for k, v in by.items()} for arm, by in SAMPLES.items()}
+    results = _summarise(samples=samples)
+    plain = _summarise()
+    for name in ("dom", "gen"):
+        bench = results["benchmarks"][name]
+        assert (bench["clustered_by"], bench["n_clusters"]) == (None, None)
+        assert bench["arms"] == plain["benchmarks"][name]["arms"]
+    assert "source documents" not in render_markdown(results)
 
 
 def test_only_some_arms_and_no_general_benchmark():

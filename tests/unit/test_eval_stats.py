@@ -92,3 +92,62 @@ def test_large_input_is_resampled_in_chunks():
     assert mean == 0.5
     assert lo < 0.5 < hi
     assert hi - lo == pytest.approx(2 * 1.96 * np.sqrt(0.25 / values.size), abs=0.004)
+
+
+# -- clusters: resample source documents, not questions --------------------------------
+
+
+def test_singleton_clusters_give_exactly_the_unclustered_result():
+    rng = np.random.default_rng(7)
+    a, b = rng.integers(0, 2, 60), rng.integers(0, 2, 60)
+    named = [f"doc{i}" for i in range(60)]
+    unnamed = [None] * 60  # each question without a doc_id is its own cluster
+    for clusters in (named, unnamed, named[:30] + unnamed[30:]):
+        assert mean_ci(a, seed=3, clusters=clusters) == mean_ci(a, seed=3)
+        assert paired_diff_ci(a, b, seed=3, clusters=clusters) == paired_diff_ci(a, b, seed=3)
+
+
+def test_clusters_match_a_loop_over_resampled_documents():
+    # Unequal documents and two None questions: a resample's mean is over its questions.
+    values = np.array([1, 1, 0, 1, 0, 0, 0, 1, 1, 0, 1, 0], dtype=float)
+    clusters = ["a", "a", "a", "b", None, "c", "c", "b", None, "d", "d", "d"]
+    groups = [values[[0, 1, 2]], values[[3, 7]], values[[4]], values[[5, 6]], values[[8]]]
+    groups.append(values[[9, 10, 11]])  # in order of first appearance: a b None c None d
+    draws = np.random.default_rng(0).integers(0, 6, size=(500, 6))
+    means = [np.concatenate([groups[g] for g in row]).mean() for row in draws]
+    expected = (values.mean(), *np.quantile(means, [0.025, 0.975]))
+    assert mean_ci(values, n_boot=500, clusters=clusters) == pytest.approx(expected, abs=1e-12)
+
+
+def test_perfectly_correlated_documents_widen_the_interval_by_sqrt_questions_per_doc():
+    # 10 documents x 10 identical questions hold the information of 10 questions, not 100.
+    values = [float(doc < 5) for doc in range(10) for _ in range(10)]
+    clusters = [f"doc{doc}" for doc in range(10) for _ in range(10)]
+    mean, lo, hi = mean_ci(values)
+    cmean, clo, chi = mean_ci(values, clusters=clusters)
+    assert cmean == mean == 0.5
+    assert clo < 0.5 < chi
+    assert (chi - clo) / (hi - lo) == pytest.approx(np.sqrt(10), rel=0.15)
+    # Normal approximation over 10 documents: 2 * 1.96 * sqrt(0.25 / 10) = 0.62.
+    assert chi - clo == pytest.approx(0.62, abs=0.07)
+
+
+def test_paired_clustered_diff_has_the_known_sign_and_is_wider():
+    # 12 documents x 5 questions; a gains on whole documents and never loses a question.
+    rng = np.random.default_rng(4)
+    clusters = [f"doc{doc}" for doc in range(12) for _ in range(5)]
+    b = (rng.random(60) < 0.4).astype(int)
+    a = b.copy()
+    for doc in (0, 3, 5, 8, 10):
+        a[doc * 5 : doc * 5 + 5] = 1
+    diff, lo, hi = paired_diff_ci(a, b, clusters=clusters)
+    _, ulo, uhi = paired_diff_ci(a, b)
+    assert diff == pytest.approx(a.mean() - b.mean())
+    assert 0 < lo < diff < hi
+    assert hi - lo > uhi - ulo
+    assert paired_diff_ci(b, a, clusters=clusters) == pytest.approx((-diff, -hi, -lo))
+
+
+def test_clusters_must_name_one_cluster_per_value():
+    with pytest.raises(ValueError, match="one cluster per value: 2 for 3"):
+        mean_ci([1, 1, 1], clusters=["a", "b"])

@@ -40,6 +40,7 @@ def test_plain_and_rag_tasks_differ_only_in_context(tmp_path):
         "prompt": format_prompt(ITEMS[1].question),
         "choices": ["red", "blue", "green"],
         "answer": 1,
+        "source_doc": None,
     }
 
 

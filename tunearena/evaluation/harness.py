@@ -30,10 +30,11 @@ def score_model(
 ) -> dict[str, list[dict]]:
     """Score ``model_dir`` on tasks written by ``write_mc_task``; one dict per question.
 
-    Returns ``{task_name: [{"id", "acc", "acc_norm"}, ...]}`` in the order of the task's
-    JSONL (the first ``limit`` questions when ``limit`` is set). ``acc`` picks the choice
-    with the highest summed log-likelihood, ``acc_norm`` normalises it by the choice's
-    length in characters (lm-eval's definitions); both are 0 or 1.
+    Returns ``{task_name: [{"id", "acc", "acc_norm", "doc_id"}, ...]}`` in the order of the
+    task's JSONL (the first ``limit`` questions when ``limit`` is set). ``acc`` picks the
+    choice with the highest summed log-likelihood, ``acc_norm`` normalises it by the choice's
+    length in characters (lm-eval's definitions); both are 0 or 1. ``doc_id`` is the
+    question's source document (None when unknown), which the report clusters CIs by.
     """
     import lm_eval
     import torch
@@ -74,7 +75,8 @@ def _per_question(logged: list[dict]) -> list[dict]:
     # "none" filter. doc_id is the row index in the JSONL, so sorting restores item order.
     rows = sorted((s for s in logged if s["filter"] == "none"), key=lambda s: s["doc_id"])
     return [
-        {"id": str(s["doc"]["id"]), "acc": int(s["acc"]), "acc_norm": int(s["acc_norm"])}
+        {"id": str(s["doc"]["id"]), "acc": int(s["acc"]), "acc_norm": int(s["acc_norm"]),
+         "doc_id": s["doc"].get("source_doc")}
         for s in rows
     ]
 

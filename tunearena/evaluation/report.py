@@ -32,7 +32,9 @@ def summarise(
     Keys: ``settings``, ``arms``, ``benchmarks`` (per benchmark: kind, n, per arm
     acc / CI / acc_norm / paired diff vs base / verdict, and ``pairs``: for every two
     non-base arms, ``"A - B": {diff, ci, verdict}`` paired question by question, A the later
-    arm in ``arms``), ``forgetting`` (each non-base arm on each general benchmark),
+    arm in ``arms``; ``clustered_by`` is ``"doc_id"`` and ``n_clusters`` the number of
+    source documents when questions share one (see ``_clusters``), else both None),
+    ``forgetting`` (each non-base arm on each general benchmark),
     ``headline`` (plain sentences), ``decision`` (see ``decide``), ``samples`` (kept as
     given), then the keys of ``extra`` (e.g. ``training``, ``retrieval``, ``run``).
 
@@ -69,12 +71,14 @@ def summarise(
 
     per_benchmark: dict[str, Any] = {}
     all_scores: dict[str, dict[str, dict[str, list[int]]]] = {}
+    all_clusters: dict[str, list[str | None] | None] = {}
     for bench in benchmarks:
         scores = all_scores[bench.name] = _aligned_scores(samples, arms, bench.name)
+        clusters = all_clusters[bench.name] = _clusters(samples["base"][bench.name])
         base_acc = scores["base"]["acc"]
         rows: dict[str, Any] = {}
         for arm in arms:
-            acc, lo, hi = mean_ci(scores[arm]["acc"], conf, n_boot)
+            acc, lo, hi = mean_ci(scores[arm]["acc"], conf, n_boot, clusters=clusters)
             row: dict[str, Any] = {
                 "acc": acc,
                 "acc_ci": [lo, hi],
@@ -84,14 +88,18 @@ def summarise(
                 "verdict": "reference",
             }
             if arm != "base":
-                diff, dlo, dhi = paired_diff_ci(scores[arm]["acc"], base_acc, conf, n_boot)
+                diff, dlo, dhi = paired_diff_ci(
+                    scores[arm]["acc"], base_acc, conf, n_boot, clusters=clusters
+                )
                 row.update(diff_vs_base=diff, diff_ci=[dlo, dhi], verdict=_verdict(dlo, dhi))
             rows[arm] = row
         pairs: dict[str, Any] = {}
         others = [a for a in arms[1:] if a not in repeats]
         for i, b in enumerate(others):
             for a in others[i + 1 :]:
-                diff, dlo, dhi = paired_diff_ci(scores[a]["acc"], scores[b]["acc"], conf, n_boot)
+                diff, dlo, dhi = paired_diff_ci(
+                    scores[a]["acc"], scores[b]["acc"], conf, n_boot, clusters=clusters
+                )
                 pairs[f"{a} - {b}"] = {
                     "diff": diff,
                     "ci": [dlo, dhi],
@@ -100,6 +108,8 @@ def summarise(
         per_benchmark[bench.name] = {
             "kind": bench.kind,
             "n": len(base_acc),
+            "clustered_by": None if clusters is None else "doc_id",
+            "n_clusters": None if clusters is None else _n_clusters(clusters),
             "arms": rows,
             "pairs": pairs,
         }
@@ -121,7 +131,7 @@ def summarise(
     results["samples"] = samples
     results.update(extra)
     if stages is not None:
-        matrix = _stage_matrix(per_benchmark, all_scores, stages, conf, n_boot)
+        matrix = _stage_matrix(per_benchmark, all_scores, all_clusters, stages, conf, n_boot)
         results["stages"] = {**stages, "matrix": matrix}  # a copy: the caller's dict is kept
     return results
 
@@ -146,6 +156,7 @@ def _start_arm(start_from: str | None) -> str | None:
 def _stage_matrix(
     per_benchmark: dict[str, Any],
     scores: dict[str, dict[str, dict[str, list[int]]]],
+    clusters: dict[str, list[str | None] | None],
     stages: dict[str, Any],
     conf: float,
     n_boot: int,
@@ -170,7 +181,7 @@ def _stage_matrix(
             cell.update(change_vs_start=None, change_ci=None)
             if start is not None and start in bench["arms"]:
                 a, b = scores[name][arm]["acc"], scores[name][start]["acc"]
-                change, lo, hi = paired_diff_ci(a, b, conf, n_boot)
+                change, lo, hi = paired_diff_ci(a, b, conf, n_boot, clusters=clusters[name])
                 cell.update(change_vs_start=change, change_ci=[lo, hi])
             cells[name] = cell
         matrix[stage] = cells
@@ -200,6 +211,19 @@ def _aligned_scores(
             )
         out[arm] = {"acc": [r["acc"] for r in rows], "acc_norm": [r["acc_norm"] for r in rows]}
     return out
+
+
+def _clusters(rows: list[dict]) -> list[str | None] | None:
+    """Each question's ``doc_id`` (None: a cluster of its own) when some source document has
+    several questions, else None: their outcomes are correlated, so the bootstrap resamples
+    documents. The arms score the same questions (``_aligned_scores``), so base's rows do."""
+    clusters = [r.get("doc_id") for r in rows]
+    return clusters if _n_clusters(clusters) < len(clusters) else None
+
+
+def _n_clusters(clusters: list[str | None]) -> int:
+    named = {c for c in clusters if c is not None}
+    return len(named) + sum(c is None for c in clusters)
 
 
 def _mean(values: list[int]) -> float:
@@ -615,6 +639,12 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += ["## Scores", ""]
     for name, bench in results.get("benchmarks", {}).items():
         lines += [f"### {name} ({bench['kind']}, n = {bench['n']})", ""]
+        if bench.get("clustered_by"):
+            lines += [
+                f"CIs resample the {bench['n_clusters']} source documents, not single "
+                "questions, because questions on one document are correlated.",
+                "",
+            ]
         lines += [
             f"| arm | acc | {ci} | acc_norm | diff vs base | {ci} of diff | verdict |",
             "|---|---:|---:|---:|---:|---:|---|",

@@ -47,6 +47,9 @@ def write_mc_task(
             "prompt": format_prompt(item.question, passages[item.id] if passages else ()),
             "choices": item.choices,
             "answer": item.answer,
+            # The question's source document; named apart from lm-eval's own doc_id (a row
+            # index) so neither shadows the other.
+            "source_doc": item.doc_id,
         }
         for item in items
     ]
