@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ["docs", "qa", "qa_replay"]
-ARMS = ["base", "base+rag", "ft@docs", "ft@qa", "ft@qa_replay", "ft", "ft+rag"]
+ARMS = ["base", "base+fewshot", "base+rag", "ft@docs", "ft@qa", "ft@qa_replay", "ft", "ft+rag"]
 
 
 def demo(runs_dir: Path, *extra: str) -> int:
@@ -150,6 +150,50 @@ def test_demo_report_and_run_directory(demo_run, results):
     plain_task = (demo_run / "tasks" / "lumora_products.jsonl").read_text().splitlines()
     assert json.loads(rag_task[0])["prompt"].startswith("Context: ")
     assert json.loads(plain_task[0])["prompt"].startswith("Question: ")
+    # Few-shot prompts: the same five solved training questions before every question.
+    fewshot = [json.loads(r)["prompt"] for r in
+               (demo_run / "tasks" / "lumora_products__fewshot.jsonl").read_text().splitlines()]
+    heads = {p.rsplit("Question: ", 1)[0] for p in fewshot}
+    assert len(heads) == 1 and heads.pop().count("Answer: ") == 5
+    assert all(p.endswith(q) for p, q in zip(fewshot, (json.loads(r)["prompt"] for r in plain_task),
+                                             strict=True))
+
+
+def test_generative_track_scores_the_answers_the_models_wrote(results):
+    from tunearena.evaluation.benchmarks import load_qa
+    from tunearena.evaluation.generative import answer_text, exact_match, token_f1
+
+    bench = results["benchmarks"]["lumora_answers"]
+    assert bench["track"] == "generative" and bench["metrics"] == ["exact_match", "f1"]
+    gold = {q.id: q.gold_answers for q in
+            load_qa(REPO / "examples/demo_world/domain/qa_test.jsonl", "generative")}
+    for arm in ARMS:
+        rows = results["samples"][arm]["lumora_answers"]
+        assert len(rows) == 180
+        # Scores recomputed from the generated text agree with lm-eval's.
+        assert [r["exact_match"] for r in rows] == [
+            exact_match(answer_text(r["prediction"]), gold[r["id"]]) for r in rows]
+        assert [r["f1"] for r in rows] == pytest.approx(
+            [token_f1(answer_text(r["prediction"]), gold[r["id"]]) for r in rows])
+        assert bench["arms"][arm]["acc"] == pytest.approx(
+            sum(r["exact_match"] for r in rows) / 180)
+    # Fine-tuning on the questions teaches the model to answer them in words too.
+    assert bench["arms"]["ft"]["verdict"] == "better than base"
+    assert bench["arms"]["ft"]["acc"] > bench["arms"]["base+rag"]["acc"]
+
+
+def test_latency_per_arm_includes_retrieval_and_counts_added_prompt_tokens(results):
+    latency = results["latency"]
+    for arm in ARMS:
+        row = latency[arm]
+        assert row["questions_timed"] == 96  # 32 of each of the three benchmarks
+        assert 0 < row["latency_p50_ms"] <= row["latency_p95_ms"]
+    rag, plain = latency["base+rag"], latency["base"]
+    assert rag["retrieval_p50_ms"] > 0
+    # Retrieved passages and examples lengthen the prompt by what the task files show.
+    assert rag["prompt_tokens_added"] > 50
+    assert latency["base+fewshot"]["prompt_tokens_added"] > 50
+    assert rag["prompt_tokens"] == pytest.approx(plain["prompt_tokens"] + rag["prompt_tokens_added"])
 
 
 def test_resume_reuses_every_completed_step(demo_run):

@@ -9,7 +9,7 @@ import yaml
 
 from tunearena.evaluation.benchmarks import QAItem
 from tunearena.evaluation.prompt import ANSWER_DELIMITER, format_prompt
-from tunearena.evaluation.tasks import write_mc_task
+from tunearena.evaluation.tasks import FEWSHOT_SUFFIX, write_mc_task
 
 ITEMS = [
     QAItem("a", "Capital of Norland?", ["Velmo", "Tarrow"], 0),
@@ -65,3 +65,22 @@ def test_missing_passages_and_empty_items_are_errors(tmp_path):
         write_mc_task(tmp_path, "facts", ITEMS, {"a": ["x"]})
     with pytest.raises(ValueError, match="no items"):
         write_mc_task(tmp_path, "facts", [], None)
+
+
+def test_fewshot_task_puts_the_examples_before_every_question(tmp_path):
+    examples = [("Who designed the Orbit kettle?", "Ana Ruiz"), ("Where is Lumora?", "Tarrow")]
+    name = write_mc_task(tmp_path, "facts", ITEMS, examples=examples)
+    assert name == "facts" + FEWSHOT_SUFFIX == "facts__fewshot"
+    rows = _rows(tmp_path / f"{name}.jsonl")
+    assert [r["prompt"] for r in rows] == [
+        format_prompt(i.question, examples=examples) for i in ITEMS
+    ]
+    assert rows[0]["prompt"].startswith(
+        "Question: Who designed the Orbit kettle?\nAnswer: Ana Ruiz\n\n"
+    )
+    assert yaml.safe_load((tmp_path / f"{name}.yaml").read_text())["task"] == name
+    # The plain task is untouched by the variant beside it.
+    plain = write_mc_task(tmp_path, "facts", ITEMS)
+    assert [r["prompt"] for r in _rows(tmp_path / f"{plain}.jsonl")] == [
+        format_prompt(i.question) for i in ITEMS
+    ]

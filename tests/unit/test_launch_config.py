@@ -38,7 +38,8 @@ def test_demo_config_loads_and_paths_resolve_relative_to_the_file():
     assert Path(cfg.model.base) == REPO / "examples/demo_world/base_model"
     assert cfg.training.seed == cfg.seed == docs.training.seed
     # Each stage is an arm, before the selected ft arms.
-    assert cfg.evaluation.arms == ["base", "base+rag", "ft@docs", "ft@qa", "ft@qa_replay", "ft",
+    assert cfg.evaluation.arms == ["base", "base+fewshot", "base+rag", "ft@docs", "ft@qa",
+                                   "ft@qa_replay", "ft",
                                    "ft+rag"]
 
 

@@ -10,20 +10,64 @@ from pydantic import Field, field_validator, model_validator
 from tunearena.configbase import StrictModel
 
 ARMS = ("base", "base+rag", "ft", "ft+rag")
-ARM_PATTERN = r"^(base|ft|ft@[a-z0-9][a-z0-9_-]*)(\+rag)?$"
+ARM_PATTERN = r"^(base|ft|ft@[a-z0-9][a-z0-9_-]*)(\+rag|\+fewshot)?$"
 """``base`` and ``ft`` (the selected fine-tuned model), ``ft@<stage>`` (one stage's model),
-each with or without ``+rag``."""
+each alone, with ``+rag`` (retrieved passages) or with ``+fewshot`` (solved examples)."""
+
+
+def split_arm(arm: str) -> tuple[str, str]:
+    """``(model, context)``: ``"ft@qa+rag"`` -> ``("ft@qa", "rag")``, ``"base"`` -> ``("base", "")``."""
+    model, _, context = arm.partition("+")
+    return model, context
 
 
 class BenchmarkConfig(StrictModel):
-    """One multiple-choice benchmark read from a QA JSONL file."""
+    """One benchmark: a QA JSONL file scored on a track, or a named lm-eval task."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     """Task name in lm-eval and in the report (lower case, digits, underscores)."""
-    path: Path
-    """QA JSONL: ``{"id", "question", "choices": [str], "answer": int, "doc_id"?}`` a line."""
+    path: Path | None = None
+    """QA JSONL: ``{"id", "question", "choices": [str], "answer": int, "doc_id"?}`` a line
+    (the generative track also takes ``"answers": [str]``, gold aliases, instead of choices)."""
     kind: Literal["domain", "general"]
     """``domain``: what fine-tuning and RAG should improve; ``general``: the forgetting check."""
+    track: Literal["multiple_choice", "generative"] = "multiple_choice"
+    """``multiple_choice``: the choice of highest log-likelihood (acc, acc_norm);
+    ``generative``: a greedy answer, scored by exact match and token F1 after normalisation."""
+    lm_eval_task: str | None = None
+    """Instead of ``path``: an lm-eval task by name (``arc_easy``, ``hellaswag``, ...), from
+    lm-eval's registry or from ``task_dir``. Its data must be reachable (in the local datasets
+    cache when offline). Scored as lm-eval defines it, with no retrieved context or examples;
+    ``general`` benchmarks only. Multiple-choice and generate-until tasks are supported."""
+    task_dir: Path | None = None
+    """A folder of lm-eval task YAMLs that holds ``lm_eval_task`` (instead of the registry)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BenchmarkConfig:
+        if (self.path is None) == (self.lm_eval_task is None):
+            raise ValueError(f"benchmark {self.name!r}: set exactly one of path (a QA JSONL) "
+                             "and lm_eval_task (a task by name)")
+        if self.task_dir is not None and self.lm_eval_task is None:
+            raise ValueError(f"benchmark {self.name!r}: task_dir is read only with lm_eval_task")
+        if self.lm_eval_task is not None and self.kind != "general":
+            raise ValueError(f"benchmark {self.name!r}: an lm_eval_task is scored without "
+                             "retrieved context, so it can only be a general benchmark (kind: "
+                             "general); a domain benchmark needs a QA JSONL path")
+        if self.lm_eval_task is not None and self.track != "multiple_choice":
+            raise ValueError(f"benchmark {self.name!r}: an lm_eval_task's track is the one "
+                             "the task defines; leave track unset")
+        return self
+
+
+class FewshotConfig(StrictModel):
+    """Where the ``+fewshot`` arms take their solved examples from."""
+
+    path: Path | None = None
+    """Solved questions: a QA JSONL (the benchmark format) or instruction records
+    (``{"prompt": "Question: ...\\nAnswer:", "response": ...}``, e.g. the training QA)."""
+    k: int = Field(5, ge=1, le=64)
+    """Examples placed before every question; the same ones, drawn with ``seed``, for every
+    question and every ``+fewshot`` arm."""
 
 
 class EvaluationConfig(StrictModel):
@@ -38,6 +82,11 @@ class EvaluationConfig(StrictModel):
     chosen under ``forgetting_tolerance``), ``ft@<stage>`` (one stage's model; every stage is
     added when ``stages`` are set), each also with ``+rag``. ``base`` is always included, as
     every difference is taken against it."""
+    fewshot: FewshotConfig = Field(default_factory=FewshotConfig)
+    """Solved examples for the ``+fewshot`` arms (prompting alone, no training, no retrieval)."""
+    latency_questions: int = Field(32, ge=0)
+    """Questions per benchmark timed one at a time (retrieval plus the model's answer) for
+    each arm's latency p50/p95; 0 skips the timing."""
     limit: int | None = Field(None, ge=1)
     """Score only the first N questions of each benchmark (a smoke switch)."""
     batch_size: int = Field(32, ge=1)
@@ -59,10 +108,19 @@ class EvaluationConfig(StrictModel):
         bad = [a for a in arms if not re.match(ARM_PATTERN, a)]
         if bad:
             raise ValueError(f"unknown arm {bad[0]!r}: expected base, ft or ft@<stage>, each "
-                             "optionally with +rag (e.g. base+rag, ft@qa+rag)")
+                             "optionally with +rag or +fewshot (e.g. base+rag, ft@qa+rag, "
+                             "base+fewshot)")
         if len(set(arms)) != len(arms):
             raise ValueError(f"arms are listed twice: {arms}")
         return ["base"] + [a for a in arms if a != "base"]
+
+    @model_validator(mode="after")
+    def _fewshot_has_examples(self) -> EvaluationConfig:
+        wants = [a for a in self.arms if a.endswith("+fewshot")]
+        if wants and self.fewshot.path is None:
+            raise ValueError(f"evaluation.arms lists {wants[0]!r} but evaluation.fewshot.path "
+                             "is not set (a file of solved questions to draw examples from)")
+        return self
 
 
 class ReportConfig(StrictModel):

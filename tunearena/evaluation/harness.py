@@ -1,21 +1,33 @@
-"""Score a model on local lm-eval tasks and keep every per-question result."""
+"""Score a model on lm-eval tasks and keep every per-question result.
+
+Our own tasks (written by ``tasks.py``) are scored alongside named lm-eval tasks from task
+folders or lm-eval's registry (``hellaswag``, ``arc_easy``, ...), multiple-choice or
+generate-until.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import difflib
+import functools
 import io
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-# Evaluation reads only local model dirs and local JSONL: refuse the hub rather than hang on it.
+from tunearena.evaluation.benchmarks import BenchmarkError
+
+# Evaluation reads only local model dirs and local data: refuse the hub rather than hang on it.
 # Set before the Hugging Face libraries are imported, since they read these once at import.
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_var, "1")
 
 logger = logging.getLogger(__name__)
+
+SUPPORTED_OUTPUT_TYPES = ("multiple_choice", "generate_until")
+"""lm-eval output types whose per-question results ``score_model`` can report."""
 
 _NOISY_LOGGERS = ("lm_eval", "datasets", "transformers", "accelerate", "huggingface_hub")
 
@@ -27,31 +39,44 @@ def score_model(
     batch_size: int = 32,
     limit: int | None = None,
     device: str = "cpu",
+    *,
+    extra_task_paths: Sequence[Path] = (),
+    include_defaults: bool = False,
+    loaded: tuple | None = None,
 ) -> dict[str, list[dict]]:
-    """Score ``model_dir`` on tasks written by ``write_mc_task``; one dict per question.
+    """Score ``model_dir`` on the named tasks; one dict per question, in the data's order.
 
-    Returns ``{task_name: [{"id", "acc", "acc_norm", "doc_id"}, ...]}`` in the order of the
-    task's JSONL (the first ``limit`` questions when ``limit`` is set). ``acc`` picks the
-    choice with the highest summed log-likelihood, ``acc_norm`` normalises it by the choice's
-    length in characters (lm-eval's definitions); both are 0 or 1. ``doc_id`` is the
-    question's source document (None when unknown), which the report clusters CIs by.
+    Returns ``{task_name: [row, ...]}`` (the first ``limit`` questions when ``limit`` is set).
+    Tasks are looked up in ``task_dir`` (where ``write_mc_task`` / ``write_generative_task``
+    wrote them), then ``extra_task_paths`` and, with ``include_defaults``, lm-eval's registry;
+    a task in ``task_dir`` wins over one of the same name elsewhere. Rows of our own tasks:
+
+    - multiple choice: ``{"id", "acc", "acc_norm", "doc_id"}``; ``acc`` picks the choice of
+      highest summed log-likelihood, ``acc_norm`` normalises it by the choice's length in
+      characters (lm-eval's definitions); both 0 or 1;
+    - generative: ``{"id", "exact_match", "f1", "prediction", "doc_id"}``; ``exact_match``
+      is 0 or 1, ``f1`` in [0, 1] (``tunearena.evaluation.generative``), ``prediction`` the
+      model's response as lm-eval filtered it (up to the first newline).
+
+    ``id`` is the question's id and ``doc_id`` its source document (None when unknown),
+    which the report clusters CIs by. Rows of other tasks have ``id`` = the document's
+    index and ``doc_id`` None; a multiple-choice one holds ``acc`` and ``acc_norm`` (None
+    where the task does not compute it), a generate-until one ``prediction`` and the
+    task's own metrics under its first filter.
+
+    ``loaded``: the ``(model, tokenizer)`` of ``model_dir`` from ``load_model``, when the
+    caller keeps using them (to time answers), so the weights are read once.
     """
     import lm_eval
-    import torch
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    own_dir = Path(task_dir).resolve()
     with _quiet():
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, local_files_only=True, dtype=torch.float32 if device == "cpu" else "auto"
-        ).to(device)
+        # Our task dir last: in lm-eval's index a later folder overrides an earlier one.
+        task_manager = _task_manager([*extra_task_paths, own_dir], include_defaults)
+        _check_tasks(task_manager, task_names, [*extra_task_paths, own_dir], include_defaults)
+        model, tokenizer = loaded if loaded is not None else load_model(model_dir, device)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
-        # Only our task dir is indexed: scanning lm-eval's thousands of built-in YAMLs costs
-        # seconds per call, and a built-in task of the same name could shadow ours.
-        task_manager = TaskManager(include_path=str(task_dir), include_defaults=False)
-        _check_known(task_manager, task_names, task_dir)
         results = lm_eval.simple_evaluate(
             model=lm,
             tasks=list(task_names),
@@ -64,48 +89,189 @@ def score_model(
         raise RuntimeError("lm-eval returned no results")
     scores = {}
     for name in task_names:
-        logged = results["samples"][name]
-        _warn_if_truncated(name, logged, tokenizer, lm.max_length)
-        scores[name] = _per_question(logged)
+        output_type = results["configs"][name]["output_type"]
+        if output_type not in SUPPORTED_OUTPUT_TYPES:
+            raise ValueError(_unsupported(name, output_type))
+        own = Path(task_manager.task_index[name].yaml_path).parent == own_dir
+        samples = _first_filter(results["samples"][name])
+        _warn_if_truncated(name, samples, tokenizer, lm)
+        scores[name] = [_row(s, output_type, own) for s in samples]
     return scores
 
 
-def _per_question(logged: list[dict]) -> list[dict]:
-    # lm-eval logs one entry per (doc, filter); multiple-choice tasks have the single
-    # "none" filter. doc_id is the row index in the JSONL, so sorting restores item order.
-    rows = sorted((s for s in logged if s["filter"] == "none"), key=lambda s: s["doc_id"])
-    return [
-        {"id": str(s["doc"]["id"]), "acc": int(s["acc"]), "acc_norm": int(s["acc_norm"]),
-         "doc_id": s["doc"].get("source_doc")}
-        for s in rows
-    ]
+def load_model(model_dir: Path, device: str = "cpu") -> tuple:
+    """``(model, tokenizer)`` from a local model dir, in eval mode on ``device`` (fp32 on CPU,
+    the checkpoint's dtype on a GPU)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _quiet():
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, local_files_only=True, dtype=torch.float32 if device == "cpu" else "auto"
+        ).to(device)
+    return model.eval(), tokenizer
 
 
-def _warn_if_truncated(name: str, logged: list[dict], tokenizer, max_length: int) -> None:
+def check_lm_eval_task(name: str, task_paths: Sequence[Path], include_defaults: bool) -> str:
+    """Find the lm-eval task ``name`` and load its data; return its ``output_type``.
+
+    Looks in ``task_paths`` (folders of task YAMLs) and, with ``include_defaults``,
+    lm-eval's registry. Data is read offline, from local files or the local datasets cache,
+    so this answers in seconds (indexing the registry takes the most). Raises
+    ``BenchmarkError`` for an unknown name (with close matches), a group or tag, an output
+    type other than multiple_choice or generate_until, or data that cannot be loaded.
+    """
+    missing = [str(p) for p in task_paths if not Path(p).is_dir()]
+    if missing:
+        raise BenchmarkError(f"lm-eval task folder(s) not found: {', '.join(missing)}")
+    with _quiet():
+        task_manager = _task_manager(task_paths, include_defaults)
+    entry = task_manager.task_index.get(name)
+    if entry is None:
+        where = [str(p) for p in task_paths] + (["lm-eval's registry"] if include_defaults else [])
+        raise BenchmarkError(
+            f"unknown lm-eval task {name!r} (searched {', '.join(where) or 'nothing'})"
+            + _did_you_mean(name, task_manager.all_subtasks)
+        )
+    if name in task_manager.all_groups or name in task_manager.all_tags:
+        raise BenchmarkError(
+            f"lm-eval name {name!r} is a group of tasks, not one task; name its tasks one by one"
+        )
+    # Refused before any data is read: a perplexity task has no per-question answers.
+    declared = _declared_output_type(entry)
+    if declared is not None and declared not in SUPPORTED_OUTPUT_TYPES:
+        raise BenchmarkError(_unsupported(name, declared))
+    try:
+        with _quiet():
+            loaded = task_manager.load([name])["tasks"]
+    except OSError as e:  # datasets' ConnectionError, FileNotFoundError, ...
+        raise BenchmarkError(
+            f"lm-eval task {name!r}: its data is not reachable (evaluation runs offline and "
+            f"it is not in the local datasets cache): {e}"
+        ) from None
+    except Exception as e:
+        raise BenchmarkError(
+            f"lm-eval task {name!r} could not be loaded: {type(e).__name__}: {e}"
+        ) from None
+    output_type = next(iter(loaded.values())).OUTPUT_TYPE
+    if output_type not in SUPPORTED_OUTPUT_TYPES:
+        raise BenchmarkError(_unsupported(name, output_type))
+    return output_type
+
+
+def _row(sample: dict, output_type: str, own: bool) -> dict:
+    doc = sample["doc"]
+    row: dict = {"id": str(doc["id"]) if own else str(sample["doc_id"])}
+    if output_type == "multiple_choice":
+        row["acc"], row["acc_norm"] = _as_int(sample.get("acc")), _as_int(sample.get("acc_norm"))
+    elif own:
+        row["exact_match"], row["f1"] = int(sample["exact_match"]), float(sample["f1"])
+        row["prediction"] = str(sample["filtered_resps"][0])
+    else:
+        row["prediction"] = str(sample["filtered_resps"][0])
+        row.update({m: sample[m] for m in sample["metrics"]})
+    row["doc_id"] = doc.get("source_doc") if own else None
+    return row
+
+
+def _as_int(value) -> int | None:
+    return None if value is None else int(value)
+
+
+def _first_filter(logged: list[dict]) -> list[dict]:
+    # lm-eval logs one entry per (doc, filter), filter by filter; our tasks have the single
+    # "none" filter. doc_id is the row index in the data, so sorting restores item order.
+    first = [s for s in logged if s["filter"] == logged[0]["filter"]] if logged else []
+    return sorted(first, key=lambda s: s["doc_id"])
+
+
+def _warn_if_truncated(name: str, samples: list[dict], tokenizer, lm) -> None:
     # lm-eval silently cuts an over-long prompt from the left, which drops retrieved
     # passages first; a RAG arm that lost its context must not pass unnoticed.
-    longest = (
-        max(len(tokenizer(ctx + cont)["input_ids"]) for ctx, cont in s["arguments"]) for s in logged
-    )
-    # The last token is only predicted, never fed in, hence the + 1 (as in lm-eval).
-    n_cut = sum(n > max_length + 1 for n in longest)
+    def cut(ctx: str, rest) -> bool:
+        if isinstance(rest, dict):  # generate_until: the prompt must leave room for the answer
+            room = lm.max_length - rest.get("max_gen_toks", lm.max_gen_toks)
+            return len(tokenizer(ctx)["input_ids"]) > room
+        # The last token is only predicted, never fed in, hence the + 1 (as in lm-eval).
+        return len(tokenizer(ctx + rest)["input_ids"]) > lm.max_length + 1
+
+    n_cut = sum(any(cut(*args) for args in s["arguments"]) for s in samples)
     if n_cut:
         logger.warning(
             "%s: %d of %d prompts exceed the model's %d-token context and were cut from the left",
             name,
             n_cut,
-            len(logged),
-            max_length,
+            len(samples),
+            lm.max_length,
         )
 
 
-def _check_known(task_manager, task_names: list[str], task_dir: Path) -> None:
-    known = set(task_manager.all_tasks)
-    unknown = [n for n in task_names if n not in known]
+def _check_tasks(
+    task_manager, task_names: list[str], paths: Sequence[Path], include_defaults: bool
+) -> None:
+    """Refuse, before the model is loaded, names that are unknown, groups, or tasks without
+    per-question answers."""
+    index = task_manager.task_index
+    unknown = [n for n in task_names if n not in index]
     if unknown:
-        raise ValueError(
-            f"unknown task(s) {unknown} in {task_dir}; found: {sorted(known) or 'none'}"
+        known = task_manager.all_subtasks
+        where = ", ".join(map(str, paths)) + (" and lm-eval's registry" if include_defaults else "")
+        # lm-eval's registry holds thousands of names; list them only for our small task dirs.
+        hint = (
+            "".join(_did_you_mean(n, known) for n in unknown)
+            if include_defaults
+            else (f"; found: {sorted(known) or 'none'}")
         )
+        raise ValueError(f"unknown task(s) {unknown} in {where}{hint}")
+    groups = [n for n in task_names if n in task_manager.all_groups or n in task_manager.all_tags]
+    if groups:
+        raise ValueError(f"{groups} are groups of lm-eval tasks; name their tasks one by one")
+    for name in task_names:
+        declared = _declared_output_type(index[name])
+        if declared is not None and declared not in SUPPORTED_OUTPUT_TYPES:
+            raise ValueError(_unsupported(name, declared))
+
+
+def _declared_output_type(entry) -> str | None:
+    """The output type an indexed task's YAML declares (lm-eval's default if none); None
+    for a task defined by a Python class, whose type is known only once it is built."""
+    cfg = entry.cfg or {}
+    return None if "class" in cfg else cfg.get("output_type", "generate_until")
+
+
+def _did_you_mean(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _unsupported(name: str, output_type: str) -> str:
+    return (
+        f"lm-eval task {name!r} is a {output_type} task; only multiple_choice and "
+        "generate_until tasks have per-question answers to score"
+    )
+
+
+def _task_manager(task_paths: Sequence[Path], include_defaults: bool):
+    """An lm-eval ``TaskManager`` over ``task_paths`` (and its registry), reused while no
+    task YAML under ``task_paths`` changes.
+
+    Indexing the registry parses some 15,000 YAMLs (about 10 s on two cores). The index
+    only records each task's name and YAML path, and lm-eval reads the YAML again to load
+    a task, so it stays valid until a YAML is added, removed or rewritten.
+    """
+    paths = tuple(str(Path(p).resolve()) for p in task_paths)
+    stamp = tuple(
+        (str(f), f.stat().st_mtime_ns) for p in paths for f in sorted(Path(p).glob("**/*.yaml"))
+    )
+    return _cached_task_manager(paths, include_defaults, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_task_manager(paths: tuple[str, ...], include_defaults: bool, stamp: tuple):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(paths) or None, include_defaults=include_defaults)
 
 
 @contextlib.contextmanager

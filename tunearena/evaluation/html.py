@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from tunearena.evaluation.report import (
     _TEXT_COLUMNS,
     BETTER,
+    METRIC_LABELS,
     WORSE,
     _arm_label,
     _as_dict,
@@ -27,6 +28,7 @@ from tunearena.evaluation.report import (
     _points,
     _signed,
     _stages_view,
+    latency_sentence,
 )
 
 _ENV = Environment(
@@ -43,6 +45,7 @@ _BENCHMARK_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e
 _ARM_NAMES = {
     "base": "base model",
     "base+rag": "base model + RAG",
+    "base+fewshot": "base model + few-shot examples",
     "ft": "fine-tuned",
     "ft+rag": "fine-tuned + RAG",
 }
@@ -76,6 +79,7 @@ def render_html(results: dict[str, Any]) -> str:
         "recall_plot": _recall_plot(_as_dict(results.get("retrieval")), list(benchmarks)),
         "cost": _tables(results["cost"]) if results.get("cost") else None,
         "cost_sentence": _cost_sentence(results.get("cost")),
+        "latency_sentence": latency_sentence(results.get("latency")),
         "latency": _tables(results["latency"]) if results.get("latency") else None,
         "training": _training(training) if isinstance(training, dict) and training else None,
         "run": _tables({**run, **{f"settings.{k}": v for k, v in settings.items()}})
@@ -108,8 +112,9 @@ def _decision(decision: dict | None) -> dict | None:
 def _arm_name(arm: str) -> str:
     """``ft@qa+rag`` -> ``stage qa + RAG``; the four fixed arms by their plain names."""
     if arm.startswith("ft@"):
-        stage, rag, _ = arm[3:].partition("+rag")
-        return f"stage {stage}" + (" + RAG" if rag else "")
+        stage, _, context = arm[3:].partition("+")
+        return f"stage {stage}" + {"rag": " + RAG", "fewshot": " + few-shot examples"}.get(
+            context, "")
     return _ARM_NAMES.get(arm, arm)
 
 
@@ -149,7 +154,10 @@ def _benchmark(name: str, bench: dict, selected: str | None = None) -> dict:
         }
         for comparison, pair in bench.get("pairs", {}).items()
     ]
-    return {"name": name, "kind": bench["kind"], "n": bench["n"], "rows": rows, "pairs": pairs}
+    primary = bench.get("metrics", ["acc"])[0]
+    return {"name": name, "kind": bench["kind"], "n": bench["n"], "rows": rows, "pairs": pairs,
+            "metric": METRIC_LABELS.get(primary, primary),
+            "track": bench.get("track", "multiple_choice")}
 
 
 def _tone(verdict: str) -> str:

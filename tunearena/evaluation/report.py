@@ -10,13 +10,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
+from tunearena.evaluation.config import (
+    BenchmarkConfig,
+    EvaluationConfig,
+    ReportConfig,
+    split_arm,
+)
 from tunearena.evaluation.stats import mean_ci, paired_diff_ci
 from tunearena.files import write_atomic
 
 BETTER, WORSE, NO_EVIDENCE = "better than base", "worse than base", "no evidence of a difference"
 
-_ARM_LABELS = {"base+rag": "RAG", "ft": "Fine-tuning", "ft+rag": "Fine-tuning plus RAG"}
+_ARM_LABELS = {"base+rag": "RAG", "base+fewshot": "Few-shot prompting", "ft": "Fine-tuning",
+               "ft+rag": "Fine-tuning plus RAG"}
 _OWN_KEYS = ("settings", "arms", "benchmarks", "forgetting", "headline", "decision", "samples")
 
 
@@ -29,7 +35,8 @@ def summarise(
 ) -> dict[str, Any]:
     """Turn ``samples[arm][benchmark]`` (lists from ``score_model``) into the results dict.
 
-    Keys: ``settings``, ``arms``, ``benchmarks`` (per benchmark: kind, n, per arm
+    Keys: ``settings``, ``arms``, ``benchmarks`` (per benchmark: kind, ``track``,
+    ``metrics`` (what ``acc`` and ``acc_norm`` hold: see ``metric_keys``), n, per arm
     acc / CI / acc_norm / paired diff vs base / verdict, and ``pairs``: for every two
     non-base arms, ``"A - B": {diff, ci, verdict}`` paired question by question, A the later
     arm in ``arms``; ``clustered_by`` is ``"doc_id"`` and ``n_clusters`` the number of
@@ -105,8 +112,11 @@ def summarise(
                     "ci": [dlo, dhi],
                     "verdict": _verdict(dlo, dhi, f"better than {b}", f"worse than {b}"),
                 }
+        primary, secondary = metric_keys(samples["base"][bench.name])
         per_benchmark[bench.name] = {
             "kind": bench.kind,
+            "track": "generative" if primary == "exact_match" else "multiple_choice",
+            "metrics": [primary, secondary],
             "n": len(base_acc),
             "clustered_by": None if clusters is None else "doc_id",
             "n_clusters": None if clusters is None else _n_clusters(clusters),
@@ -209,8 +219,21 @@ def _aligned_scores(
                 f"benchmark {name!r}: arm {arm!r} scored different questions than base "
                 f"({len(ids)} vs {len(base_ids)}, or in another order)"
             )
-        out[arm] = {"acc": [r["acc"] for r in rows], "acc_norm": [r["acc_norm"] for r in rows]}
+        primary, secondary = metric_keys(rows)
+        out[arm] = {"acc": [r[primary] for r in rows], "acc_norm": [r[secondary] for r in rows]}
     return out
+
+
+METRIC_LABELS = {"acc": "accuracy", "acc_norm": "acc_norm", "exact_match": "exact match",
+                 "f1": "token F1"}
+
+
+def metric_keys(rows: list[dict]) -> tuple[str, str]:
+    """The (primary, secondary) score of a benchmark's per-question rows: accuracy and
+    length-normalised accuracy for multiple choice, exact match and token F1 for generative
+    answers. The results keep both under ``acc`` and ``acc_norm`` and name them in the
+    benchmark's ``metrics``."""
+    return ("exact_match", "f1") if "exact_match" in rows[0] else ("acc", "acc_norm")
 
 
 def _clusters(rows: list[dict]) -> list[str | None] | None:
@@ -334,6 +357,18 @@ def _headline(
                 f"{_ARM_LABELS.get(arm, arm)} {does[row['verdict']]} on {name}: "
                 f"{arm} {row['acc'] * 100:.1f}% vs base {base * 100:.1f}% "
                 f"({_signed(row['diff_vs_base'])} points, {_pct_label(conf)} CI "
+                f"{_signed(lo)} to {_signed(hi)})."
+            )
+        pair = per_benchmark[name]["pairs"].get("ft - base+fewshot")
+        if pair is not None:
+            # The first question a team asks: would prompting alone have done?
+            lo, hi = pair["ci"]
+            outcome = {"better than base+fewshot": "fine-tuning does better",
+                       "worse than base+fewshot": "prompting alone does better"}.get(
+                pair["verdict"], "there is no evidence of a difference")
+            sentences.append(
+                f"Fine-tuning against few-shot prompting on {name}: {outcome} "
+                f"(ft minus base+fewshot {_signed(pair['diff'])} points, {_pct_label(conf)} CI "
                 f"{_signed(lo)} to {_signed(hi)})."
             )
         best = max(main + [a for a in arms if a not in main], key=lambda a: rows[a]["acc"])
@@ -611,6 +646,29 @@ def write_reports(run_dir: Path, results: dict[str, Any]) -> list[Path]:
     return paths
 
 
+def latency_sentence(latency: Any) -> str | None:
+    """One question's answer time at the median per arm, and the prompt tokens retrieval
+    and examples add; None when no arm was timed."""
+    if not isinstance(latency, dict):
+        return None
+    timed = {arm: row for arm, row in latency.items()
+             if isinstance(row, dict) and "latency_p50_ms" in row}
+    if not timed:
+        return None
+    parts = [f"{arm} {row['latency_p50_ms']:.0f} ms (p95 {row['latency_p95_ms']:.0f})"
+             for arm, row in timed.items()]
+    sentence = ("Answering one question, at the median: " + ", ".join(parts)
+                + "; retrieval's search is included for RAG arms.")
+    added = {split_arm(arm)[1]: row["prompt_tokens_added"] for arm, row in latency.items()
+             if isinstance(row, dict) and row.get("prompt_tokens_added") is not None}
+    said = {"rag": "retrieved passages add", "fewshot": "few-shot examples add"}
+    extras = [f"{said[c]} {n:.0f} prompt tokens per question" for c, n in added.items()
+              if c in said]
+    if extras:
+        sentence += " " + "; ".join(extras).capitalize() + "."
+    return sentence
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """The report as Markdown: headline, one table per benchmark, forgetting, run details.
 
@@ -645,8 +703,9 @@ def render_markdown(results: dict[str, Any]) -> str:
                 "questions, because questions on one document are correlated.",
                 "",
             ]
+        primary, secondary = bench.get("metrics", ["acc", "acc_norm"])
         lines += [
-            f"| arm | acc | {ci} | acc_norm | diff vs base | {ci} of diff | verdict |",
+            f"| arm | {primary} | {ci} | {secondary} | diff vs base | {ci} of diff | verdict |",
             "|---|---:|---:|---:|---:|---:|---|",
         ]
         for arm, row in bench["arms"].items():
@@ -685,12 +744,15 @@ def render_markdown(results: dict[str, Any]) -> str:
         ("training", "Training"),
         ("cost", "Cost"),
         ("retrieval", "Retrieval"),
-        ("latency", "Evaluation time per arm"),
+        ("latency", "Latency and evaluation time per arm"),
         ("run", "Run"),
     )
     for key, title in sections:
         if results.get(key):
-            lines += [f"## {title}", "", *_render_value(results[key]), ""]
+            lines += [f"## {title}", ""]
+            if key == "latency" and latency_sentence(results[key]):
+                lines += [str(latency_sentence(results[key])), ""]
+            lines += [*_render_value(results[key]), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

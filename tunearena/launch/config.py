@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from tunearena.cluster.config import ClusterConfig
 from tunearena.configbase import ConfigError, StrictModel, format_validation_error, reference_rows
-from tunearena.evaluation.config import EvaluationConfig, ReportConfig
+from tunearena.evaluation.config import EvaluationConfig, ReportConfig, split_arm
 from tunearena.rag.config import RagConfig
 from tunearena.training.config import (
     ModelConfig,
@@ -59,16 +59,18 @@ class ExperimentConfig(StrictModel):
             # Every stage is scored, giving the stage x benchmark matrix.
             arms += [f"ft@{n}" for n in names if f"ft@{n}" not in arms]
 
-        def position(arm: str) -> tuple[int, int, bool]:
-            # base first, then each stage in order, then the selected ft; each before its +rag.
-            model = arm.removesuffix("+rag")
+        def position(arm: str) -> tuple[int, int, int]:
+            # base first, then each stage in order, then the selected ft; each alone, then
+            # with examples, then with retrieval.
+            model, context = split_arm(arm)
             stage = model.partition("@")[2]
             rank = 0 if model == "base" else 2 if model == "ft" else 1
-            return rank, names.index(stage) if stage in names else 0, arm.endswith("+rag")
+            return (rank, names.index(stage) if stage in names else 0,
+                    ("", "fewshot", "rag").index(context))
 
         self.evaluation.arms = sorted(arms, key=position)
         for arm in self.evaluation.arms:
-            stage = arm.removesuffix("+rag").partition("@")[2]
+            stage = split_arm(arm)[0].partition("@")[2]
             if stage and stage not in {s.name for s in stages}:
                 raise ValueError(f"evaluation.arms lists {arm!r} but there is no stage {stage!r}")
             target = [s for s in stages if s.name == stage] if stage else stages
@@ -111,6 +113,8 @@ _PATH_FIELDS = (
     *(("stages", "*", "datasets", "*", *k) for k in _DATASET_PATHS),
     *(("stages", "*", "replay", "datasets", "*", *k) for k in _DATASET_PATHS),
     ("evaluation", "benchmarks", "*", "path"),
+    ("evaluation", "benchmarks", "*", "task_dir"),
+    ("evaluation", "fewshot", "path"),
     ("rag", "corpus"),
     ("model", "base"),
 )

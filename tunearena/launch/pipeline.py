@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import statistics
 import subprocess
 import time
 from collections.abc import Callable
@@ -21,7 +22,9 @@ from rich.markup import escape
 
 import tunearena
 from tunearena.evaluation.benchmarks import QAItem, load_qa
+from tunearena.evaluation.config import split_arm
 from tunearena.files import write_atomic
+from tunearena.launch.arms import ArmJob
 from tunearena.launch.config import ExperimentConfig, dump_config
 from tunearena.launch.manifest import Manifest
 from tunearena.training.config import Stage, TrainingConfig
@@ -43,11 +46,13 @@ def code_version() -> str:
         return tunearena.__version__
 
 
-def check_inputs(cfg: ExperimentConfig) -> dict[str, list[QAItem]]:
+def check_inputs(cfg: ExperimentConfig) -> tuple[dict[str, list[QAItem]], list]:
     """Read every input file once, before any cluster resource is claimed.
 
     A broken benchmark found after an hour of training would waste the hour; here it fails in
-    seconds, naming the file and line. Returns the benchmarks' questions.
+    seconds, naming the file and line. Named lm-eval tasks are resolved and their data loaded,
+    so one that is unknown or unreachable is named now too. Returns the QA benchmarks'
+    questions and the few-shot examples (empty unless a ``+fewshot`` arm is scored).
     """
     from tunearena.training.data import read_jsonl
     from tunearena.training.trainer import check_model_dir
@@ -66,7 +71,24 @@ def check_inputs(cfg: ExperimentConfig) -> dict[str, list[QAItem]]:
         from tunearena.rag.corpus import load_documents
 
         load_documents(cfg.rag.corpus)
-    return {b.name: load_qa(b.path) for b in cfg.evaluation.benchmarks}
+    questions = {b.name: load_qa(b.path, b.track) for b in cfg.evaluation.benchmarks
+                 if b.path is not None}
+    external = [b for b in cfg.evaluation.benchmarks if b.lm_eval_task is not None]
+    if external and cfg.evaluation.enabled:
+        from tunearena.evaluation.harness import check_lm_eval_task
+
+        for b in external:
+            check_lm_eval_task(b.lm_eval_task, [b.task_dir] if b.task_dir else [],
+                               include_defaults=b.task_dir is None)
+    examples: list = []
+    if any(a.endswith("+fewshot") for a in cfg.evaluation.arms) and cfg.evaluation.enabled:
+        from tunearena.evaluation.fewshot import draw_examples, load_pool
+
+        fewshot = cfg.evaluation.fewshot
+        assert fewshot.path is not None  # the config refuses +fewshot arms without it
+        asked = {q.question for items in questions.values() for q in items}
+        examples = draw_examples(load_pool(fewshot.path), fewshot.k, cfg.seed, asked)
+    return questions, examples
 
 
 def _json(path: Path, data: Any) -> None:
@@ -78,6 +100,12 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def _primary_mean(rows: list[dict]) -> float:
+    """The mean of a benchmark's primary score: accuracy, or exact match when generative."""
+    key = "acc" if "acc" in rows[0] else "exact_match"
+    return sum(r[key] for r in rows) / len(rows)
+
+
 def _retrieval_effect(samples: dict) -> dict[str, dict]:
     """Per benchmark, the questions base answered right and base+rag wrong (retrieval hurt),
     and the reverse; empty unless both arms were scored."""
@@ -85,9 +113,10 @@ def _retrieval_effect(samples: dict) -> dict[str, dict]:
         return {}
     effect: dict[str, dict] = {}
     for name, base_rows in samples["base"].items():
-        rag = {r["id"]: r["acc"] for r in samples["base+rag"].get(name, [])}
-        hurt = [r["id"] for r in base_rows if r["acc"] and rag.get(r["id"]) == 0]
-        helped = [r["id"] for r in base_rows if not r["acc"] and rag.get(r["id"]) == 1]
+        key = "acc" if "acc" in base_rows[0] else "exact_match"
+        rag = {r["id"]: r[key] for r in samples["base+rag"].get(name, [])}
+        hurt = [r["id"] for r in base_rows if r[key] and rag.get(r["id"]) == 0]
+        helped = [r["id"] for r in base_rows if not r[key] and rag.get(r["id"]) == 1]
         effect[name] = {"hurt_questions": len(hurt), "helped_questions": len(helped),
                         "hurt_ids": hurt[:20]}
     return effect
@@ -102,6 +131,7 @@ class Pipeline:
         self.resume = resume
         self.run_dir = (cfg.runs_dir / cfg.name).resolve()
         self.benchmarks: dict[str, list[QAItem]] = {}
+        self.examples: list[tuple[str, str]] = []
         self.manifest: Manifest | None = None
         self._ray_started = self._preflown = False
 
@@ -141,68 +171,66 @@ class Pipeline:
                 f"another name (--set name=...) to keep both"
             )
         self.console.print(f"checking inputs for run [bold]{cfg.name}[/bold]")
-        self.benchmarks = check_inputs(cfg)
+        self.benchmarks, self.examples = check_inputs(cfg)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.run_dir / "config.yaml", dump_config(cfg))
         self.manifest = Manifest.open(
             self.run_dir, cfg.section_hash(*ExperimentConfig.model_fields), code_version()
         )
         arms = cfg.evaluation.arms
-        rag_arms = [a for a in arms if a.endswith("+rag")]
+        rag_arms = [a for a in arms if split_arm(a)[1] == "rag"]
         stages = cfg.resolved_stages()
 
         trained: dict[str, dict] = {}
-        if stages:
-            # A run without stages has one, named ft; its steps keep their plain names.
-            def step(kind: str, stage: Stage) -> str:
-                return f"{kind}:{stage.name}" if cfg.stages else kind
+        samples: dict[str, dict] = {}
+        latency: dict[str, dict] = {}
+        selection = None
+        retrieval: dict[str, Any] = {}
+        # One Ray session, started when a step first needs it, serves training and scoring.
+        with ExitStack() as cluster:
+            if stages:
+                # A run without stages has one, named ft; its steps keep their plain names.
+                def step(kind: str, stage: Stage) -> str:
+                    return f"{kind}:{stage.name}" if cfg.stages else kind
 
-            prepared = {stage.name: self._step(step("prepare", stage), self._prepare_hash(stage),
-                                               lambda stage=stage: self.prepare(stage))
-                        for stage in stages}
-            with ExitStack() as cluster:
+                prepared = {stage.name: self._step(step("prepare", stage),
+                                                   self._prepare_hash(stage),
+                                                   lambda stage=stage: self.prepare(stage))
+                            for stage in stages}
                 for stage in stages:
                     trained[stage.name] = self._step(
                         step("train", stage), self._stage_hash(stage, stages),
                         lambda stage=stage: self.train(stage, stages, prepared, cluster))
-        retrieval: dict[str, Any] = {}
-        if rag_arms:
-            rag_hash = cfg.section_hash("rag")
-            index = self._step("index", rag_hash, self.build_index)
-            # Retrieval reads the questions, not how they are scored or summarised.
-            questions = json.dumps([cfg.rag.model_dump(mode="json"), [
-                b.model_dump(mode="json") for b in cfg.evaluation.benchmarks]], sort_keys=True)
-            retrieval = self._step("retrieve", hashlib.sha256(questions.encode()).hexdigest()[:16],
-                                   self.retrieve)
-            retrieval = {"index": index, **retrieval}
-        samples, latency = {}, {}
-        selection = None
-        if cfg.evaluation.enabled:
-            tasks = self.write_tasks(with_rag=bool(rag_arms))
-
-            def evaluate(arm: str, model_dir: Path) -> None:
-                out = self._step(f"evaluate:{arm}", self._scoring_hash(model_dir),
-                                 lambda: self.evaluate(arm, model_dir, tasks))
-                samples[arm] = _read_json(self.run_dir / "eval" / f"{arm}.json")
-                latency[arm] = out
-
-            # The selected stage is known only once every stage is scored, so the arms that
-            # use it ("ft", "ft+rag") go last.
-            for arm in [a for a in arms if not a.startswith("ft@") and not a.startswith("ft")]:
-                evaluate(arm, Path(cfg.model.base))
-            for arm in [a for a in arms if a.startswith("ft@")]:
-                evaluate(arm, self.model_dir(arm.removesuffix("+rag")[3:]))
-            selected = stages[-1].name if stages else None
-            if cfg.stages:
-                selection = self.select(samples, stages)
-                selected = selection["selected"]
-            for arm in [a for a in arms if a in ("ft", "ft+rag")]:
-                assert selected is not None
-                if arm == "ft" and f"ft@{selected}" in samples:
-                    # The same model as its stage's arm: its scores, not a second scoring.
-                    samples[arm], latency[arm] = samples[f"ft@{selected}"], latency[f"ft@{selected}"]
-                else:
-                    evaluate(arm, self.model_dir(selected))
+            if rag_arms:
+                rag_hash = cfg.section_hash("rag")
+                index = self._step("index", rag_hash, self.build_index)
+                # Retrieval reads the questions, not how they are scored or summarised.
+                questions = json.dumps([cfg.rag.model_dump(mode="json"), [
+                    b.model_dump(mode="json") for b in cfg.evaluation.benchmarks],
+                    cfg.evaluation.latency_questions], sort_keys=True)
+                retrieval = self._step("retrieve",
+                                       hashlib.sha256(questions.encode()).hexdigest()[:16],
+                                       self.retrieve)
+                retrieval = {"index": index, **retrieval}
+            if cfg.evaluation.enabled:
+                tasks = self.write_tasks(with_rag=bool(rag_arms))
+                # Every arm whose model exists now is scored side by side; the selected
+                # stage is known only once every stage is scored, so "ft" arms go last.
+                first = [a for a in arms if split_arm(a)[0] != "ft"]
+                self.evaluate_arms(first, tasks, samples, latency, cluster)
+                selected = stages[-1].name if stages else None
+                if cfg.stages:
+                    selection = self.select(samples, stages)
+                    selected = selection["selected"]
+                later = []
+                for arm in [a for a in arms if split_arm(a)[0] == "ft"]:
+                    same = arm.replace("ft", f"ft@{selected}", 1)
+                    if same in samples:
+                        # The same model as its stage's arm: its scores, not a second scoring.
+                        samples[arm], latency[arm] = samples[same], latency[same]
+                    else:
+                        later.append(arm)
+                self.evaluate_arms(later, tasks, samples, latency, cluster, selected)
         report_path = self.run_dir / "report.html"
         self._step("report", cfg.section_hash(*ExperimentConfig.model_fields),
                    lambda: self.report(samples, trained, stages, selection, retrieval, latency))
@@ -268,7 +296,7 @@ class Pipeline:
         from tunearena.evaluation.selection import select_stage
 
         def acc(arm: str) -> dict[str, float]:
-            return {b: sum(r["acc"] for r in rows) / len(rows) for b, rows in samples[arm].items()}
+            return {b: _primary_mean(rows) for b, rows in samples[arm].items()}
 
         kinds = {b.name: b.kind for b in self.cfg.evaluation.benchmarks}
         if "domain" not in kinds.values():
@@ -364,7 +392,6 @@ class Pipeline:
               cluster: ExitStack) -> tuple[dict, dict]:
         from transformers import AutoTokenizer
 
-        from tunearena.cluster.ray_cluster import ray_session
         from tunearena.training import checkpoint
         from tunearena.training.data import tokenize_tasks
         from tunearena.training.trainer import run_stage, stage_mixture
@@ -384,9 +411,7 @@ class Pipeline:
         if not self.resume:
             checkpoint.clear(storage, ray_name)  # a fresh attempt never restores an old one
         out = self.model_dir(stage.name)
-        if not self._ray_started:
-            cluster.enter_context(ray_session(cfg.cluster))
-            self._ray_started = True
+        self._ensure_ray(cluster)
         self.preflight(training, storage, mixture.epoch_size, first=not self._preflown)
         self._preflown = True
         summary = run_stage(ray_name, model_dir, training, cfg.cluster, out, storage, data=data,
@@ -492,6 +517,12 @@ class Pipeline:
             found = index.search([it.question for it in items], max(sweep))
             search_s = time.perf_counter() - t0
             hits = [h[:k] for h in found]
+            # What a user waits for: one question embedded and searched alone.
+            search_ms = []
+            for it in items[:self.cfg.evaluation.latency_questions]:
+                t0 = time.perf_counter()
+                index.search([it.question], k)
+                search_ms.append(1000 * (time.perf_counter() - t0))
             path = self.run_dir / "retrieval" / f"{name}.json"
             _json(path, {
                 it.id: {"passages": [h.text for h in hs], "doc_ids": [h.doc_id for h in hs],
@@ -499,7 +530,8 @@ class Pipeline:
                 for it, hs in zip(items, hits, strict=True)
             })
             artifacts[name] = self._rel(path)
-            stats: dict[str, Any] = {"k": k, "search_ms_per_question": 1000 * search_s / len(items)}
+            stats: dict[str, Any] = {"k": k, "search_ms_per_question": 1000 * search_s / len(items),
+                                     "search_ms": search_ms}
             gold = [it.doc_id for it in items]
             if all(g is not None for g in gold):
                 curve = gold_recall_curve(found, gold, sweep)
@@ -512,41 +544,152 @@ class Pipeline:
             outputs[name] = stats
         return artifacts, outputs
 
-    def write_tasks(self, with_rag: bool) -> dict[str, dict[bool, str]]:
-        """Write each benchmark's lm-eval task once, and its RAG variant: every arm reads the
-        same files, so arms differ only in weights and context. Returns name -> {rag: task}."""
-        from tunearena.evaluation.tasks import write_mc_task
+    def write_tasks(self, with_rag: bool) -> dict[str, dict[str, str]]:
+        """Write each QA benchmark's lm-eval task once, and its variant with retrieved
+        passages and with few-shot examples when arms use them: every arm reads the same
+        files, so arms differ only in weights and context. Returns, per benchmark, the task
+        of each context (``""``, ``"rag"``, ``"fewshot"``); a named lm-eval task is the same
+        in every context. Also counts the prompts' tokens (``self.prompt_tokens``)."""
+        from transformers import AutoTokenizer
 
+        from tunearena.evaluation.tasks import write_generative_task, write_mc_task
+
+        contexts = {split_arm(a)[1] for a in self.cfg.evaluation.arms} | {""}
         task_dir = self.run_dir / "tasks"
-        tasks: dict[str, dict[bool, str]] = {}
-        for name, items in self.benchmarks.items():
-            tasks[name] = {False: write_mc_task(task_dir, name, items)}
-            if with_rag:
-                retrieved = _read_json(self.run_dir / "retrieval" / f"{name}.json")
+        tokenizer = AutoTokenizer.from_pretrained(self.cfg.model.base)
+        tasks: dict[str, dict[str, str]] = {}
+        self.prompt_tokens: dict[str, dict[str, float]] = {}
+        for bench in self.cfg.evaluation.benchmarks:
+            if bench.lm_eval_task is not None:
+                tasks[bench.name] = dict.fromkeys(contexts, bench.lm_eval_task)
+                continue
+            items = self.benchmarks[bench.name]
+            write = write_generative_task if bench.track == "generative" else write_mc_task
+            variants = {"": write(task_dir, bench.name, items)}
+            if with_rag and "rag" in contexts:
+                retrieved = _read_json(self.run_dir / "retrieval" / f"{bench.name}.json")
                 passages = {qid: r["passages"] for qid, r in retrieved.items()}
-                tasks[name][True] = write_mc_task(task_dir, name, items, passages)
+                variants["rag"] = write(task_dir, bench.name, items, passages)
+            if "fewshot" in contexts:
+                variants["fewshot"] = write(task_dir, bench.name, items, examples=self.examples)
+            tasks[bench.name] = variants
+            self.prompt_tokens[bench.name] = {
+                context: statistics.fmean(len(tokenizer(row["prompt"])["input_ids"])
+                                          for row in self._task_rows(task))
+                for context, task in variants.items()}
         return tasks
 
-    def evaluate(self, arm: str, model_dir: Path,
-                 all_tasks: dict[str, dict[bool, str]]) -> tuple[dict, dict]:
-        from tunearena.evaluation.harness import score_model
+    def _task_rows(self, task: str) -> list[dict]:
+        from tunearena.files import iter_jsonl
 
-        cfg = self.cfg
-        tasks = {name: variants[arm.endswith("+rag")] for name, variants in all_tasks.items()}
-        t0 = time.perf_counter()
-        scores = score_model(model_dir, self.run_dir / "tasks", list(tasks.values()), cfg.evaluation.batch_size,
-                             cfg.evaluation.limit)
-        score_s = time.perf_counter() - t0
-        per_bench = {name: scores[task] for name, task in tasks.items()}
-        n = sum(len(v) for v in per_bench.values())
-        summary = "  ".join(
-            f"{name} {sum(s['acc'] for s in v) / len(v):.1%}" for name, v in per_bench.items()
-        )
-        self.console.print(f"{arm}: {summary}")
-        path = self.run_dir / "eval" / f"{arm}.json"
-        _json(path, per_bench)
-        return {"scores": self._rel(path)}, {"score_s": score_s, "ms_per_question": 1000 * score_s / n,
-                                             "model": str(model_dir)}
+        path = self.run_dir / "tasks" / f"{task}.jsonl"
+        return [row for _, row in iter_jsonl(path, ValueError, "task file")]
+
+    def _ensure_ray(self, cluster: ExitStack) -> None:
+        from tunearena.cluster.ray_cluster import ray_session
+
+        if not self._ray_started:
+            cluster.enter_context(ray_session(self.cfg.cluster))
+            self._ray_started = True
+
+    def evaluate_arms(self, arms: list[str], tasks: dict[str, dict[str, str]], samples: dict,
+                      latency: dict, cluster: ExitStack, selected: str | None = None) -> None:
+        """Score ``arms`` side by side, one Ray task each (one GPU each on a GPU cluster);
+        an arm done in an earlier attempt is reused. Fills ``samples`` and ``latency``."""
+        from tunearena.cluster.ray_cluster import resolve_use_gpu
+        from tunearena.launch.arms import Scoring, run_arms
+
+        assert self.manifest is not None
+        cfg, manifest = self.cfg, self.manifest
+        jobs = []
+        for arm in arms:
+            model, context = split_arm(arm)
+            model_dir = (Path(cfg.model.base) if model == "base"
+                         else self.model_dir(selected if model == "ft" else model[3:]))
+            step, step_hash = f"evaluate:{arm}", self._scoring_hash(model_dir)
+            if self.resume and manifest.is_done(step, step_hash):
+                manifest.mark_reused(step)
+                self.console.print(f"[dim]= {step}: reused from the previous attempt[/dim]")
+                samples[arm] = _read_json(self.run_dir / "eval" / f"{arm}.json")
+                latency[arm] = manifest.outputs(step)
+                continue
+            timed = {name: [{"prompt": r["prompt"], "choices": r.get("choices")}
+                            for r in self._task_rows(variants[context])
+                            ][:cfg.evaluation.latency_questions]
+                     for name, variants in tasks.items() if name in self.benchmarks}
+            job = ArmJob(arm, str(model_dir), {n: v[context] for n, v in tasks.items()}, timed)
+            jobs.append((job, step_hash))
+        if not jobs:
+            return
+        self._ensure_ray(cluster)
+        use_gpu = resolve_use_gpu(cfg.cluster)
+        self.console.rule(f"[bold]evaluate: {', '.join(j.arm for j, _ in jobs)}")
+        self.console.print(f"{len(jobs)} arm(s) as Ray tasks, "
+                           + ("one GPU each" if use_gpu else
+                              f"{cfg.cluster.cpus_per_worker} CPU(s) each"))
+        for job, step_hash in jobs:
+            manifest.start(f"evaluate:{job.arm}", step_hash)
+        retrieval_ms = self._retrieval_ms()
+
+        def done(job: ArmJob, result: dict) -> None:
+            path = self.run_dir / "eval" / f"{job.arm}.json"
+            _json(path, result["samples"])
+            outputs = self._arm_latency(job, result, retrieval_ms)
+            manifest.finish(f"evaluate:{job.arm}", {"scores": self._rel(path)}, outputs,
+                            result["score_s"])
+            samples[job.arm], latency[job.arm] = result["samples"], outputs
+            summary = "  ".join(f"{name} {_primary_mean(rows):.1%}"
+                                for name, rows in result["samples"].items())
+            self.console.print(f"[green]✓ evaluate:{job.arm}[/green] in "
+                               f"{result['score_s']:.1f} s: {summary}")
+
+        def failed(job: ArmJob, error: BaseException) -> None:
+            manifest.fail(f"evaluate:{job.arm}", f"{type(error).__name__}: {error}")
+            self.console.print(f"[bold red]✗ evaluate:{job.arm}: {escape(str(error))}[/bold red]")
+
+        scoring = Scoring(
+            task_dir=str(self.run_dir / "tasks"), batch_size=cfg.evaluation.batch_size,
+            limit=cfg.evaluation.limit,
+            extra_task_paths=tuple(str(b.task_dir) for b in cfg.evaluation.benchmarks
+                                   if b.task_dir is not None),
+            include_defaults=any(b.lm_eval_task and b.task_dir is None
+                                 for b in cfg.evaluation.benchmarks))
+        run_arms([j for j, _ in jobs], scoring, use_gpu, cfg.cluster.cpus_per_worker,
+                 done, failed)
+
+    def _retrieval_ms(self) -> dict[str, list[float]]:
+        """Per benchmark, the single-question search times the retrieve step measured."""
+        if self.manifest is None or "retrieve" not in self.manifest.data.get("steps", {}):
+            return {}
+        return {name: out.get("search_ms", []) for name, out in
+                self.manifest.outputs("retrieve").items() if isinstance(out, dict)}
+
+    def _arm_latency(self, job: ArmJob, result: dict, retrieval_ms: dict) -> dict[str, Any]:
+        """An arm's timing: scoring wall time, then one-question latency p50/p95 (retrieval
+        included for a RAG arm) and its prompt length against the plain prompt's."""
+        from tunearena.evaluation.latency import percentiles
+
+        context = split_arm(job.arm)[1]
+        n = sum(len(rows) for rows in result["samples"].values())
+        out: dict[str, Any] = {"model": job.model_dir, "score_s": result["score_s"],
+                               "ms_per_question_scored": 1000 * result["score_s"] / n}
+        answer = [ms for times in result["answer_ms"].values() for ms in times]
+        if answer:
+            out["questions_timed"] = len(answer)
+            total = answer
+            if context == "rag":
+                search = [ms for name, times in result["answer_ms"].items()
+                          for ms in retrieval_ms.get(name, [])[:len(times)]]
+                if len(search) == len(answer):
+                    out["retrieval_p50_ms"] = percentiles(search)["p50"]
+                    total = [a + b for a, b in zip(answer, search, strict=True)]
+            out |= {f"latency_{k}_ms": v for k, v in percentiles(total).items()}
+        tokens = [(v.get(context), v.get("")) for v in self.prompt_tokens.values()]
+        if tokens and all(t is not None for t, _ in tokens):
+            out["prompt_tokens"] = statistics.fmean(t for t, _ in tokens)
+            if context:
+                out["prompt_tokens_added"] = statistics.fmean(t - p for t, p in tokens)
+        return out
 
     def report(self, samples: dict, trained: dict[str, dict], stages: list[Stage],
                selection: dict | None, retrieval: dict, latency: dict) -> tuple[dict, dict]:
@@ -560,7 +703,8 @@ class Pipeline:
                 "code_version": code_version(), "python": platform.python_version(),
                 "seed": cfg.seed,
             },
-            "latency": latency,
+            # In the order of the arms, not of their finishing.
+            "latency": {arm: latency[arm] for arm in cfg.evaluation.arms if arm in latency},
         }
         if trained:
             # "training" is the model the ft arms use: the selected stage, or the only one.
@@ -595,10 +739,13 @@ class Pipeline:
                 }
         if retrieval:
             effect = _retrieval_effect(samples)
-            extra["retrieval"] = {key: value | effect.get(key, {}) if isinstance(value, dict)
-                                  else value for key, value in retrieval.items()}
+            # The single-question search times went into each RAG arm's latency.
+            extra["retrieval"] = {
+                key: {k: v for k, v in value.items() if k != "search_ms"} | effect.get(key, {})
+                if isinstance(value, dict) else value for key, value in retrieval.items()}
         # Without evaluation there are no scores: the results hold training and retrieval only.
         benchmarks = cfg.evaluation.benchmarks if cfg.evaluation.enabled else []
+        samples = {arm: samples[arm] for arm in cfg.evaluation.arms if arm in samples}
         results = summarise(samples, benchmarks, cfg.evaluation, cfg.report, extra)
         _json(self.run_dir / "results.json", results)
         write_reports(self.run_dir, results)

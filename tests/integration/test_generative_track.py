@@ -1,0 +1,239 @@
+"""Real lm-eval on the tiny random Llama: the generative track, and named lm-eval tasks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+
+import pytest
+import torch
+
+from tunearena.evaluation.benchmarks import BenchmarkError, QAItem
+from tunearena.evaluation.generative import exact_match, normalize_answer, token_f1
+from tunearena.evaluation.harness import check_lm_eval_task, score_model
+from tunearena.evaluation.prompt import format_prompt
+from tunearena.evaluation.tasks import MAX_ANSWER_TOKENS, write_generative_task
+
+QUESTIONS = [
+    "What is the capital of Norland?",
+    "Who designed the Orbit kettle?",
+    "What does the Zephyr lamp cost?",
+    "Where is Lumora Systems?",
+    "What colour is the Zephyr lamp?",
+    "What does Lumora Systems make?",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread for this module: on a tiny model, handing every small matmul to
+    a second thread costs more than it saves, and on a busy two-core machine ten times more."""
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n_threads)
+
+
+@pytest.fixture(scope="module")
+def letters_model(tiny_model_dir, tmp_path_factory):
+    """The tiny random Llama, made to write words: lower-case letters, spaces, newlines.
+
+    Every other token gets a zero output row (logit 0, below the best of the 28 kept), and
+    a space takes the place of "q" and a newline that of "n" (their rows copied, scaled by
+    1.01), so answers have several words and some stop early. Returns (dir, model, tok).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    writable = torch.tensor(
+        [bool(re.fullmatch(r"[a-z ]|\n", tok.decode([t]))) for t in range(len(tok))]
+    )
+    assert int(writable.sum()) == 28
+    with torch.no_grad():
+        rows = model.lm_head.weight
+        rows[~writable] = 0.0
+        for char, replaced in ((" ", "q"), ("\n", "n")):
+            rows[tok.encode(char)[0]] = 1.01 * rows[tok.encode(replaced)[0]]
+    path = tmp_path_factory.mktemp("letters_model")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path, model, tok
+
+
+def _greedy_answer(model, tok, prompt: str, max_new_tokens: int = MAX_ANSWER_TOKENS) -> str:
+    """The model's greedy continuation of ``prompt`` up to its first newline, unpadded."""
+    enc = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+        )
+    text = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    return text.split("\n", 1)[0]
+
+
+def test_exact_match_and_f1_through_lm_eval(tmp_path, letters_model):
+    model_dir, model, tok = letters_model
+    answers = [_greedy_answer(model, tok, format_prompt(q)) for q in QUESTIONS]
+    assert all(normalize_answer(a) for a in answers), answers  # every answer has a word
+    n_tokens = [len(tok(a)["input_ids"]) for a in answers]
+    # Some answers stopped at a newline, others ran to the token limit.
+    assert min(n_tokens) < MAX_ANSWER_TOKENS == max(n_tokens), answers
+    # Even items: the gold is the model's own answer. Odd items: its first word and another,
+    # so exact match is 0 and F1 strictly between 0 and 1.
+    golds = [
+        a if i % 2 == 0 else f"{normalize_answer(a).split()[0]} zzz" for i, a in enumerate(answers)
+    ]
+    items = [
+        QAItem(f"q{i}", q, answers=(g,), doc_id=f"doc-{i // 2}")
+        for i, (q, g) in enumerate(zip(QUESTIONS, golds, strict=True))
+    ]
+    task = write_generative_task(tmp_path, "facts", items)
+
+    # batch_size 4: a padded batch of four, then one of two, against unpadded generations.
+    rows = score_model(model_dir, tmp_path, [task], batch_size=4)[task]
+
+    assert [r["id"] for r in rows] == [item.id for item in items]
+    assert [r["prediction"] for r in rows] == answers
+    assert [r["exact_match"] for r in rows] == [1, 0, 1, 0, 1, 0]
+    for row, gold in zip(rows, golds, strict=True):
+        assert set(row) == {"id", "exact_match", "f1", "prediction", "doc_id"}
+        assert row["exact_match"] == exact_match(row["prediction"], [gold])
+        assert row["f1"] == pytest.approx(token_f1(row["prediction"], [gold]))
+    assert [r["f1"] for r in rows[::2]] == [1.0, 1.0, 1.0]
+    assert all(0 < r["f1"] < 1 for r in rows[1::2])
+    assert [r["doc_id"] for r in rows] == [item.doc_id for item in items]
+
+
+def test_prompts_that_leave_no_room_for_the_answer_are_reported(tmp_path, letters_model, caplog):
+    model_dir, _, tok = letters_model
+    items = [QAItem(f"q{i}", q, answers=("x",)) for i, q in enumerate(QUESTIONS[:2])]
+    # On q0, context enough to fill the 256-token window less the answer's 32 tokens.
+    passages = {"q0": ["Lumora Systems makes lamps, kettles and clocks."] * 5, "q1": []}
+    assert len(tok(format_prompt(QUESTIONS[0], passages["q0"]))["input_ids"]) > 256 - 32
+    task = write_generative_task(tmp_path, "facts", items, passages)
+    with caplog.at_level(logging.WARNING, logger="tunearena.evaluation.harness"):
+        rows = score_model(model_dir, tmp_path, [task])[task]
+    assert [r["id"] for r in rows] == ["q0", "q1"]
+    assert "facts__rag: 1 of 2 prompts exceed the model's 256-token context" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def quiz_folder(tmp_path_factory):
+    """A task folder as lm-eval's registry writes them: Jinja prompt, its own field names."""
+    folder = tmp_path_factory.mktemp("my_tasks")
+    docs = [
+        {"id": "cap-7", "question": "What is the capital of Norland?",
+         "options": ["Velmo", "Tarrow", "Norland"], "label": 0},
+        {"id": "cap-3", "question": "Where is Lumora Systems?",
+         "options": ["Tarrow", "Velmo"], "label": 0},
+        {"id": "cap-1", "question": "What colour is the Zephyr lamp?",
+         "options": ["blue", "red", "green"], "label": 2},
+    ]  # fmt: skip
+    (folder / "quiz.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (folder / "quiz.yaml").write_text(
+        "task: capitals_quiz\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {folder / 'quiz.jsonl'}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\n'
+        'doc_to_choice: "{{options}}"\n'
+        "doc_to_target: label\n"
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+        "metadata:\n  version: 1.0\n"
+    )
+    (folder / "recall.yaml").write_text(
+        "task: capitals_recall\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {folder / 'quiz.jsonl'}\n"
+        "test_split: test\n"
+        "output_type: generate_until\n"
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\n'
+        'doc_to_target: "{{options[label]}}"\n'
+        'generation_kwargs:\n  until: ["\\n"]\n  do_sample: false\n  max_gen_toks: 8\n'
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    (folder / "ppl.yaml").write_text(
+        "task: quiz_perplexity\ndataset_path: json\ntest_split: test\n"
+        "output_type: loglikelihood_rolling\ndoc_to_text: question\ndoc_to_target: question\n"
+    )
+    return folder, docs
+
+
+def _choice_logliks(model, tok, prompt: str, choices: list[str]) -> list[float]:
+    """Sum of log p(" " + choice | prompt), computed directly with the model."""
+    context = tok(prompt)["input_ids"]
+    out = []
+    for choice in choices:
+        full = tok(f"{prompt} {choice}")["input_ids"]
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([full])).logits[0, :-1].double(), -1)
+        targets = torch.tensor(full[len(context) :])
+        out.append(float(logprobs[len(context) - 1 :].gather(1, targets[:, None]).sum()))
+    return out
+
+
+def test_named_tasks_from_a_task_folder(tmp_path, letters_model, quiz_folder):
+    model_dir, model, tok = letters_model
+    folder, docs = quiz_folder
+    assert check_lm_eval_task("capitals_quiz", [folder], include_defaults=False) == (
+        "multiple_choice"
+    )
+    assert check_lm_eval_task("capitals_recall", [folder], include_defaults=False) == (
+        "generate_until"
+    )
+    names = ["capitals_quiz", "capitals_recall"]
+    scores = score_model(model_dir, tmp_path, names, batch_size=4, extra_task_paths=[folder])
+
+    # The document's index, not its own "id" field, names the question.
+    prompts = [f"Question: {doc['question']}\nAnswer:" for doc in docs]
+    for i, (row, doc, prompt) in enumerate(
+        zip(scores["capitals_quiz"], docs, prompts, strict=True)
+    ):
+        lls = _choice_logliks(model, tok, prompt, doc["options"])
+        best = max(range(len(lls)), key=lls.__getitem__)
+        assert row == {"id": str(i), "acc": int(best == doc["label"]), "acc_norm": None,
+                       "doc_id": None}  # fmt: skip
+    # A generate-until task keeps its own metrics (here lm-eval's exact_match, unnormalised).
+    for i, (row, doc, prompt) in enumerate(
+        zip(scores["capitals_recall"], docs, prompts, strict=True)
+    ):
+        prediction = _greedy_answer(model, tok, prompt, max_new_tokens=8)
+        expected = float(prediction == doc["options"][doc["label"]])
+        assert row == {"id": str(i), "prediction": prediction, "exact_match": expected,
+                       "doc_id": None}  # fmt: skip
+
+
+def test_check_lm_eval_task_refuses_clearly(quiz_folder):
+    folder, _ = quiz_folder
+    with pytest.raises(
+        BenchmarkError, match=r"unknown lm-eval task 'capital_quiz'.*'capitals_quiz'"
+    ):
+        check_lm_eval_task("capital_quiz", [folder], include_defaults=False)
+    with pytest.raises(BenchmarkError, match=r"'quiz_perplexity' is a loglikelihood_rolling task"):
+        check_lm_eval_task("quiz_perplexity", [folder], include_defaults=False)
+    with pytest.raises(BenchmarkError, match=r"task folder\(s\) not found: .*nope"):
+        check_lm_eval_task("capitals_quiz", [folder / "nope"], include_defaults=False)
+    # score_model refuses it too, before it loads any model.
+    with pytest.raises(ValueError, match=r"'quiz_perplexity' is a loglikelihood_rolling task"):
+        score_model(folder / "no_model", folder, ["quiz_perplexity"], extra_task_paths=[folder])
+
+
+def test_registry_task_without_local_data_is_refused_quickly():
+    # hellaswag's data is on the hub; offline, with no local copy, it cannot be read.
+    start = time.perf_counter()
+    with pytest.raises(BenchmarkError, match=r"'hellaswag': its data is not reachable.*offline"):
+        check_lm_eval_task("hellaswag", [], include_defaults=True)
+    assert time.perf_counter() - start < 30  # indexing lm-eval's registry is most of it
+    # Later calls reuse the registry's index.
+    start = time.perf_counter()
+    with pytest.raises(
+        BenchmarkError, match=r"unknown lm-eval task 'helaswag'.*did you mean 'hellaswag'"
+    ):
+        check_lm_eval_task("helaswag", [], include_defaults=True)
+    with pytest.raises(BenchmarkError, match=r"'wikitext' is a loglikelihood_rolling task"):
+        check_lm_eval_task("wikitext", [], include_defaults=True)
+    assert time.perf_counter() - start < 5
