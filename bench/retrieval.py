@@ -2,6 +2,7 @@
 
     python bench/retrieval.py [--texts 2000] [--repeats 3] [--passages 4000] [--queries 300]
                               [--factories HNSW32 IVF64,Flat IVF64,Flat:nprobe=16 ...]
+                              [--ray-data [--ray-data-workers N]]
 
 (a) Embedding: the demo corpus's chunks (chunked as ``build_index`` does with the default
 ``rag:`` settings), repeated to ``--texts`` texts, embedded by tunearena's path
@@ -22,6 +23,15 @@ from the index, as real questions are. Recall@5 is against an exact Flat search
 a warm-up, ANN and Flat alternating, through ``search_index`` as ``RagIndex.search`` calls it.
 Target: >= 0.95 for an index used for retrieval (HNSW32, IVF with enough lists probed);
 ``IVF64,PQ16`` is shown for the trade-off: 16-byte codes (96x smaller) rank far less exactly.
+
+(c) Ray Data, with ``--ray-data`` only: the same texts embedded by ``embed_texts_ray_data``
+(as ``build_index`` calls it for a large corpus) on a local Ray that the bench starts with
+this machine's CPUs and GPUs, against the bare ``encode`` in this process, alternated
+``--repeats`` times. Actors and device are what ``build_index`` would pick
+(``ray_data_workers``; ``--ray-data-workers`` sets the count). Each Ray Data run is a whole
+job, actor start-up and model loads included, as a build pays them; the ratio is of median
+throughputs and rises with the number of texts and of GPUs. Vectors must match the bare ones.
+
 Wall times on a shared machine are noisy (run it on a quiet one); ratios are the figures to
 compare.
 """
@@ -42,7 +52,13 @@ import numpy as np
 from tunearena.rag.chunking import chunk_documents
 from tunearena.rag.config import RagConfig
 from tunearena.rag.corpus import load_documents
-from tunearena.rag.embed import embed_texts, load_embedder, resolve_embedding_model
+from tunearena.rag.embed import (
+    embed_texts,
+    embed_texts_ray_data,
+    load_embedder,
+    ray_data_workers,
+    resolve_embedding_model,
+)
 from tunearena.rag.index import ann_against_exact, fill_index, make_index
 
 TARGET_THROUGHPUT_RATIO = 0.9
@@ -80,6 +96,44 @@ def embedding_throughput(texts: list[str], batch_size: int, repeats: int) -> dic
         "bare_per_s": len(texts) / statistics.median(bare_s),
         "ours_s": ours_s,
         "bare_s": bare_s,
+    }
+
+
+def ray_data_throughput(
+    texts: list[str], batch_size: int, repeats: int, workers: int | None
+) -> dict:
+    """Median texts/s of a Ray Data embedding job (start-up included) and of a bare
+    ``encode``, alternated, on a local Ray started for the measurement."""
+    import ray
+    from sentence_transformers import SentenceTransformer
+
+    model = RagConfig().embedding_model
+    bare = SentenceTransformer(resolve_embedding_model(model))
+    bare.encode(texts[:batch_size], batch_size=batch_size)  # warm-up, as in (a)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    try:
+        workers, use_gpu = ray_data_workers(ray.cluster_resources(), workers)
+        ray_s, bare_s = [], []
+        for r in range(repeats):
+            runs = [("ray", ray_s), ("bare", bare_s)]
+            for name, times in runs if r % 2 == 0 else runs[::-1]:
+                t0 = time.perf_counter()
+                if name == "ray":
+                    ray_vectors = embed_texts_ray_data(model, texts, batch_size, workers, use_gpu)
+                else:
+                    bare_vectors = bare.encode(texts, batch_size=batch_size)
+                times.append(time.perf_counter() - t0)
+    finally:
+        ray.shutdown()
+    bare_unit = bare_vectors / np.linalg.norm(bare_vectors, axis=1, keepdims=True)
+    np.testing.assert_allclose(ray_vectors, bare_unit, atol=1e-5)
+    return {
+        "ray_per_s": len(texts) / statistics.median(ray_s),
+        "bare_per_s": len(texts) / statistics.median(bare_s),
+        "ray_s": ray_s,
+        "bare_s": bare_s,
+        "workers": workers,
+        "device": "GPU" if use_gpu else "CPU",
     }
 
 
@@ -145,6 +199,12 @@ def main() -> int:
         help="FAISS factory strings, each optionally :SEARCH_PARAMS",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ray-data", action="store_true", help="also time embed_texts_ray_data against bare"
+    )
+    parser.add_argument(
+        "--ray-data-workers", type=int, default=None, help="actors (default: as build_index)"
+    )
     args = parser.parse_args()
 
     chunks = demo_chunk_texts()
@@ -192,11 +252,33 @@ def main() -> int:
             f"{ann['flat_qps']:>12.0f}{ann['ann_ms_per_query']:>10.3f}{build_s:>9.2f}"
         )
 
+    rd = None
+    if args.ray_data:
+        rd = ray_data_throughput(texts, args.batch_size, args.repeats, args.ray_data_workers)
+        print(
+            f"\nRay Data embedding: the same {len(texts)} texts, {rd['workers']} actors on "
+            f"{rd['device']}, a whole job a run (actor start-up included), batch {args.batch_size}"
+        )
+        print(
+            f"  ray data  {rd['ray_per_s']:.1f} texts/s "
+            f"(runs {', '.join(f'{s:.2f}' for s in rd['ray_s'])} s)"
+        )
+        print(
+            f"  bare      {rd['bare_per_s']:.1f} texts/s "
+            f"(runs {', '.join(f'{s:.2f}' for s in rd['bare_s'])} s)"
+        )
+
     print()
     print(
         f"embedding throughput ratio tunearena/bare: {ratio:.2f} "
         f"(target >= {TARGET_THROUGHPUT_RATIO})"
     )
+    if rd is not None:
+        print(
+            f"Ray Data embedding throughput ratio ray data/bare: "
+            f"{rd['ray_per_s'] / rd['bare_per_s']:.2f} ({rd['workers']} {rd['device']} actors, "
+            f"{len(texts)} texts, start-up included)"
+        )
     for factory, ann in recalls.items():
         print(
             f"ANN recall@{RECALL_K} vs Flat ({factory}): {ann['recall_at_k'][str(RECALL_K)]:.3f} "

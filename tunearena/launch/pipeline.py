@@ -203,7 +203,7 @@ class Pipeline:
                         lambda stage=stage: self.train(stage, stages, prepared, cluster))
             if rag_arms:
                 rag_hash = cfg.section_hash("rag")
-                index = self._step("index", rag_hash, self.build_index)
+                index = self._step("index", rag_hash, lambda: self.build_index(cluster))
                 # Retrieval reads the questions, not how they are scored or summarised.
                 questions = json.dumps([cfg.rag.model_dump(mode="json"), [
                     b.model_dump(mode="json") for b in cfg.evaluation.benchmarks],
@@ -489,15 +489,24 @@ class Pipeline:
             updates["mlflow_tracking_uri"] = f"file:{self.run_dir / uri[len('file:'):]}"
         return training.model_copy(update={"tracking": tracking.model_copy(update=updates)})
 
-    def build_index(self) -> tuple[dict, dict]:
+    def build_index(self, cluster: ExitStack) -> tuple[dict, dict]:
         from tunearena.rag.index import build_index
 
+        cfg = self.cfg
+        # A large corpus is embedded as a Ray Data job: on a cluster, join it first, so the
+        # job spreads over its nodes rather than over a Ray started on this machine alone.
+        if cfg.rag.embed_with_ray_data == "always" or (
+                cfg.rag.embed_with_ray_data == "auto" and cfg.cluster.address != "local"):
+            self._ensure_ray(cluster)
         out = self.run_dir / "index"
-        summary = build_index(self.cfg.rag, out)
+        summary = build_index(cfg.rag, out)
         self.console.print(
             f"indexed {summary['n_chunks']} chunks of {summary['n_documents']} documents "
-            f"({summary['index_factory']}, dim {summary['dim']})"
-        )
+            f"({summary['index_factory']}, dim {summary['dim']}), embedded "
+            + ("as a Ray Data job" if summary.get("embedded_with") == "ray_data"
+               else "in process")
+            + (f" at {summary['embed_texts_per_s']:.0f} texts/s"
+               if summary.get("embed_texts_per_s") else ""))
         return {"index": self._rel(out)}, summary
 
     def retrieve(self) -> tuple[dict, dict]:

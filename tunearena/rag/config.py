@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -34,6 +35,17 @@ class RagConfig(StrictModel):
     """Passages retrieved per question and placed into its context."""
     embed_batch_size: int = Field(64, ge=1)
     """Texts per forward pass of the embedding model."""
+    embed_with_ray_data: Literal["auto", "always", "never"] = "auto"
+    """Embed the chunks as a Ray Data job (actors across the Ray cluster) rather than in the
+    driver process: ``auto`` does when there are at least ``ray_data_min_chunks`` chunks.
+    The job uses the Ray already running, else a local Ray started for it alone."""
+    ray_data_min_chunks: int = Field(50_000, ge=1)
+    """Chunks from which ``embed_with_ray_data: auto`` embeds with Ray Data; below it,
+    starting actors and loading a model in each costs more than it saves."""
+    embed_workers: int | None = Field(None, ge=1)
+    """Actors of the Ray Data embedding job, each loading the model once. Unset: one per GPU
+    when the cluster has GPUs, else one per 2 CPUs; set, at most the cluster's GPUs (or
+    CPUs), whose CPUs the actors then share."""
 
     @model_validator(mode="after")
     def _overlap_below_chunk(self) -> RagConfig:

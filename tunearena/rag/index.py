@@ -16,7 +16,8 @@ import json
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,7 +28,12 @@ from sentence_transformers import SentenceTransformer
 from tunearena.rag.chunking import Chunk, chunk_documents
 from tunearena.rag.config import RagConfig
 from tunearena.rag.corpus import load_documents
-from tunearena.rag.embed import embed_texts, load_embedder
+from tunearena.rag.embed import (
+    embed_texts,
+    embed_texts_ray_data,
+    load_embedder,
+    ray_data_workers,
+)
 
 INDEX_FILE = "index.faiss"
 CHUNKS_FILE = "chunks.jsonl"
@@ -235,8 +241,17 @@ def gold_recall_curve(
 def build_index(cfg: RagConfig, out_dir: Path) -> dict:
     """Chunk, embed and index ``cfg.corpus``; write the index directory ``out_dir``.
 
+    The chunks are embedded in this process, or as a Ray Data job when
+    ``cfg.embed_with_ray_data`` says so (``auto``: at least ``cfg.ray_data_min_chunks``
+    chunks); see ``embed_texts_ray_data``. The job runs on the Ray this process is connected
+    to (call ``build_index`` inside ``ray_session`` to embed across a cluster); when Ray is not
+    initialised, a local Ray is started for the job alone and shut down after it.
+
     Returns a summary: ``n_documents``, ``n_chunks``, ``dim``, ``index_factory``,
-    ``search_params``, ``build_s`` and ``ann``. ``ann`` is ``None`` for an exact index (``Flat``,
+    ``search_params``, ``build_s``, ``embedded_with`` (``"ray_data"`` or ``"in_process"``),
+    ``embed_workers`` (Ray Data actors, ``None`` in process), ``embed_s`` (the embedding alone;
+    for Ray Data the whole job, actor start-up included, but not starting Ray),
+    ``embed_texts_per_s`` and ``ann``. ``ann`` is ``None`` for an exact index (``Flat``,
     ``IDMap,Flat``) or a single chunk; otherwise it is ``ann_against_exact`` at ``k = top_k``
     (timed) and ``k = 5``, over a seeded sample of up to 200 chunk vectors as queries. The
     questions are not known when the index is built; the chunks are the nearest stand-in,
@@ -266,15 +281,35 @@ def build_index(cfg: RagConfig, out_dir: Path) -> dict:
     index = make_index(cfg.index_factory, dim)
     _check_trainable(index, len(chunks))
     set_search_params(index, search_params)
-    vectors = embed_texts(embedder, [c.text for c in chunks], cfg.embed_batch_size)
+    texts = [c.text for c in chunks]
+    if _embeds_with_ray_data(cfg, len(chunks)):
+        with _ray_running():
+            import ray
+
+            workers, use_gpu = ray_data_workers(ray.cluster_resources(), cfg.embed_workers)
+            embed_start_s = time.perf_counter()
+            vectors = embed_texts_ray_data(
+                cfg.embedding_model, texts, cfg.embed_batch_size, workers, use_gpu
+            )
+            embed_s = time.perf_counter() - embed_start_s
+        embedded_with, embed_workers = "ray_data", workers
+    else:
+        embed_start_s = time.perf_counter()
+        vectors = embed_texts(embedder, texts, cfg.embed_batch_size)
+        embed_s = time.perf_counter() - embed_start_s
+        embedded_with, embed_workers = "in_process", None
     fill_index(index, vectors)
-    summary = {
+    summary: dict = {
         "n_documents": len(docs),
         "n_chunks": len(chunks),
         "dim": dim,
         "index_factory": cfg.index_factory,
         "search_params": search_params,
         "build_s": round(time.perf_counter() - start_s, 3),
+        "embedded_with": embedded_with,
+        "embed_workers": embed_workers,
+        "embed_s": round(embed_s, 3),
+        "embed_texts_per_s": round(len(texts) / embed_s, 1) if embed_s > 0 else None,
         "ann": None,
     }
     if not is_exact(index) and len(chunks) > 1:
@@ -293,6 +328,29 @@ def build_index(cfg: RagConfig, out_dir: Path) -> dict:
     }
     _write_index_dir(Path(out_dir), index, chunks, meta)
     return summary
+
+
+def _embeds_with_ray_data(cfg: RagConfig, n_chunks: int) -> bool:
+    if cfg.embed_with_ray_data == "auto":
+        return n_chunks >= cfg.ray_data_min_chunks
+    return cfg.embed_with_ray_data == "always"
+
+
+@contextmanager
+def _ray_running() -> Iterator[None]:
+    """The Ray this process is connected to, else a local one for the block alone."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    # address="local" starts a new instance rather than joining one that `ray start` left
+    # running; actors' logs stay in Ray's log files, Ray Data's progress bars still show.
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 @dataclass
