@@ -158,7 +158,19 @@ def quiz_folder(tmp_path_factory):
     )
     (folder / "ppl.yaml").write_text(
         "task: quiz_perplexity\ndataset_path: json\ntest_split: test\n"
-        "output_type: loglikelihood_rolling\ndoc_to_text: question\ndoc_to_target: question\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {folder / 'quiz.jsonl'}\n"
+        "output_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: question\n"
+        "metric_list:\n  - metric: bits_per_byte\n    aggregation: bits_per_byte\n"
+        "    higher_is_better: false\n"
+    )
+    # A group, as mmlu is one: two tasks scored as one benchmark.
+    (folder / "quiz2.yaml").write_text(
+        (folder / "quiz.yaml").read_text().replace("task: capitals_quiz", "task: capitals_quiz2")
+    )
+    (folder / "suite.yaml").write_text(
+        "group: quiz_suite\ntask:\n  - capitals_quiz\n  - capitals_quiz2\n"
+        "aggregate_metric_list:\n  - metric: acc\n    aggregation: mean\n"
+        "    weight_by_size: true\nmetadata:\n  version: 1.0\n"
     )
     return folder, docs
 
@@ -213,13 +225,38 @@ def test_check_lm_eval_task_refuses_clearly(quiz_folder):
         BenchmarkError, match=r"unknown lm-eval task 'capital_quiz'.*'capitals_quiz'"
     ):
         check_lm_eval_task("capital_quiz", [folder], include_defaults=False)
-    with pytest.raises(BenchmarkError, match=r"'quiz_perplexity' is a loglikelihood_rolling task"):
-        check_lm_eval_task("quiz_perplexity", [folder], include_defaults=False)
     with pytest.raises(BenchmarkError, match=r"task folder\(s\) not found: .*nope"):
         check_lm_eval_task("capitals_quiz", [folder / "nope"], include_defaults=False)
-    # score_model refuses it too, before it loads any model.
-    with pytest.raises(ValueError, match=r"'quiz_perplexity' is a loglikelihood_rolling task"):
-        score_model(folder / "no_model", folder, ["quiz_perplexity"], extra_task_paths=[folder])
+    # score_model refuses an unknown name before it loads any model.
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['capital_quiz'\]"):
+        score_model(folder / "no_model", folder, ["capital_quiz"], extra_task_paths=[folder])
+
+
+def test_a_group_and_bits_per_byte_by_name(tmp_path, letters_model, quiz_folder):
+    model_dir, model, tok = letters_model
+    folder, docs = quiz_folder
+    assert check_lm_eval_task("quiz_suite", [folder], include_defaults=False) == "multiple_choice"
+    assert check_lm_eval_task("quiz_perplexity", [folder], include_defaults=False) == (
+        "loglikelihood_rolling")
+    scores = score_model(model_dir, tmp_path, ["quiz_suite", "quiz_perplexity"], batch_size=4,
+                         extra_task_paths=[folder])
+    # The group is its tasks' questions one after the other, named by task.
+    single = score_model(model_dir, tmp_path, ["capitals_quiz"], batch_size=4,
+                         extra_task_paths=[folder])["capitals_quiz"]
+    assert [r["id"] for r in scores["quiz_suite"]] == [
+        f"{task}/{i}" for task in ("capitals_quiz", "capitals_quiz2") for i in range(3)]
+    assert [r["acc"] for r in scores["quiz_suite"]] == [r["acc"] for r in single] * 2
+    # Per document: its log-likelihood (every token, after the prefix token) and its bytes.
+    for row, doc in zip(scores["quiz_perplexity"], docs, strict=True):
+        text = doc["question"]
+        assert row["bytes"] == len(text.encode("utf-8")) and row["doc_id"] is None
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        full = torch.tensor([[prefix, *ids]])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(full).logits[0, :-1].double(), -1)
+        expected = float(logprobs.gather(1, full[0, 1:, None]).sum())
+        assert row["loglikelihood"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_registry_task_without_local_data_is_refused_quickly():
@@ -234,6 +271,6 @@ def test_registry_task_without_local_data_is_refused_quickly():
         BenchmarkError, match=r"unknown lm-eval task 'helaswag'.*did you mean 'hellaswag'"
     ):
         check_lm_eval_task("helaswag", [], include_defaults=True)
-    with pytest.raises(BenchmarkError, match=r"'wikitext' is a loglikelihood_rolling task"):
-        check_lm_eval_task("wikitext", [], include_defaults=True)
     assert time.perf_counter() - start < 5
+    with pytest.raises(BenchmarkError, match=r"'wikitext': its data is not reachable"):
+        check_lm_eval_task("wikitext", [], include_defaults=True)

@@ -35,10 +35,12 @@ class BenchmarkConfig(StrictModel):
     """``multiple_choice``: the choice of highest log-likelihood (acc, acc_norm);
     ``generative``: a greedy answer, scored by exact match and token F1 after normalisation."""
     lm_eval_task: str | None = None
-    """Instead of ``path``: an lm-eval task by name (``arc_easy``, ``hellaswag``, ...), from
-    lm-eval's registry or from ``task_dir``. Its data must be reachable (in the local datasets
-    cache when offline). Scored as lm-eval defines it, with no retrieved context or examples;
-    ``general`` benchmarks only. Multiple-choice and generate-until tasks are supported."""
+    """Instead of ``path``: an lm-eval task or group by name (``arc_easy``, ``hellaswag``,
+    ``mmlu``, ``wikitext``, ...), from lm-eval's registry or from ``task_dir``. Its data must
+    be reachable (in the local datasets cache when offline). Scored as lm-eval defines it, with
+    no retrieved context or examples; ``general`` benchmarks only. Multiple-choice and
+    generate-until tasks are scored per question; loglikelihood-rolling ones (``wikitext``)
+    as bits per byte, reported beside the forgetting checks."""
     task_dir: Path | None = None
     """A folder of lm-eval task YAMLs that holds ``lm_eval_task`` (instead of the registry)."""
 

@@ -26,8 +26,8 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_OUTPUT_TYPES = ("multiple_choice", "generate_until")
-"""lm-eval output types whose per-question results ``score_model`` can report."""
+SUPPORTED_OUTPUT_TYPES = ("multiple_choice", "generate_until", "loglikelihood_rolling")
+"""lm-eval output types whose per-document results ``score_model`` can report."""
 
 _NOISY_LOGGERS = ("lm_eval", "datasets", "transformers", "accelerate", "huggingface_hub")
 
@@ -89,14 +89,29 @@ def score_model(
         raise RuntimeError("lm-eval returned no results")
     scores = {}
     for name in task_names:
-        output_type = results["configs"][name]["output_type"]
-        if output_type not in SUPPORTED_OUTPUT_TYPES:
-            raise ValueError(_unsupported(name, output_type))
-        own = Path(task_manager.task_index[name].yaml_path).parent == own_dir
-        samples = _first_filter(results["samples"][name])
-        _warn_if_truncated(name, samples, tokenizer, lm)
-        scores[name] = [_row(s, output_type, own) for s in samples]
+        rows = []
+        # A group (mmlu) is its leaf tasks' questions one after another, ids prefixed by
+        # the leaf's name; a task is its own single leaf.
+        leaves = _leaves(name, results.get("group_subtasks", {}))
+        for leaf in leaves:
+            output_type = results["configs"][leaf]["output_type"]
+            if output_type not in SUPPORTED_OUTPUT_TYPES:
+                raise ValueError(_unsupported(leaf, output_type))
+            own = Path(task_manager.task_index[leaf].yaml_path).parent == own_dir
+            samples = _first_filter(results["samples"][leaf])
+            if output_type != "loglikelihood_rolling":  # read in windows, never cut
+                _warn_if_truncated(leaf, samples, tokenizer, lm)
+            prefix = f"{leaf}/" if leaf != name else ""
+            rows += [_row(s, output_type, own, prefix) for s in samples]
+        scores[name] = rows
     return scores
+
+
+def _leaves(name: str, group_subtasks: dict[str, list[str]]) -> list[str]:
+    """The tasks under ``name`` (itself when it is a task), in sorted order."""
+    if name not in group_subtasks:
+        return [name]
+    return [leaf for sub in sorted(group_subtasks[name]) for leaf in _leaves(sub, group_subtasks)]
 
 
 def load_model(model_dir: Path, device: str = "cpu") -> tuple:
@@ -119,8 +134,9 @@ def check_lm_eval_task(name: str, task_paths: Sequence[Path], include_defaults: 
     Looks in ``task_paths`` (folders of task YAMLs) and, with ``include_defaults``,
     lm-eval's registry. Data is read offline, from local files or the local datasets cache,
     so this answers in seconds (indexing the registry takes the most). Raises
-    ``BenchmarkError`` for an unknown name (with close matches), a group or tag, an output
-    type other than multiple_choice or generate_until, or data that cannot be loaded.
+    ``BenchmarkError`` for an unknown name (with close matches), a tag, an output type other
+    than multiple_choice, generate_until or loglikelihood_rolling (a group's tasks must
+    share one), or data that cannot be loaded.
     """
     missing = [str(p) for p in task_paths if not Path(p).is_dir()]
     if missing:
@@ -134,12 +150,13 @@ def check_lm_eval_task(name: str, task_paths: Sequence[Path], include_defaults: 
             f"unknown lm-eval task {name!r} (searched {', '.join(where) or 'nothing'})"
             + _did_you_mean(name, task_manager.all_subtasks)
         )
-    if name in task_manager.all_groups or name in task_manager.all_tags:
+    if name in task_manager.all_tags:
         raise BenchmarkError(
-            f"lm-eval name {name!r} is a group of tasks, not one task; name its tasks one by one"
+            f"lm-eval name {name!r} is a tag over tasks, not a task or group; name its tasks "
+            "one by one"
         )
-    # Refused before any data is read: a perplexity task has no per-question answers.
-    declared = _declared_output_type(entry)
+    # Refused before any data is read.
+    declared = None if name in task_manager.all_groups else _declared_output_type(entry)
     if declared is not None and declared not in SUPPORTED_OUTPUT_TYPES:
         raise BenchmarkError(_unsupported(name, declared))
     try:
@@ -154,16 +171,32 @@ def check_lm_eval_task(name: str, task_paths: Sequence[Path], include_defaults: 
         raise BenchmarkError(
             f"lm-eval task {name!r} could not be loaded: {type(e).__name__}: {e}"
         ) from None
-    output_type = next(iter(loaded.values())).OUTPUT_TYPE
-    if output_type not in SUPPORTED_OUTPUT_TYPES:
+    types = {task.OUTPUT_TYPE for task in _loaded_leaves(loaded)}
+    for output_type in types - set(SUPPORTED_OUTPUT_TYPES):
         raise BenchmarkError(_unsupported(name, output_type))
-    return output_type
+    if len(types) != 1:
+        raise BenchmarkError(f"lm-eval group {name!r} mixes task types {sorted(types)}; a "
+                             "benchmark is scored one way")
+    return types.pop()
 
 
-def _row(sample: dict, output_type: str, own: bool) -> dict:
+def _loaded_leaves(loaded: dict) -> list:
+    """The task objects of ``TaskManager.load(...)["tasks"]``, groups opened."""
+    leaves = []
+    for value in loaded.values():
+        leaves += _loaded_leaves(value) if isinstance(value, dict) else [value]
+    return leaves
+
+
+def _row(sample: dict, output_type: str, own: bool, prefix: str = "") -> dict:
     doc = sample["doc"]
-    row: dict = {"id": str(doc["id"]) if own else str(sample["doc_id"])}
-    if output_type == "multiple_choice":
+    row: dict = {"id": str(doc["id"]) if own else f"{prefix}{sample['doc_id']}"}
+    if output_type == "loglikelihood_rolling":
+        # lm-eval's bits_per_byte is (log-likelihood, UTF-8 bytes) per document, aggregated
+        # as a ratio of sums; the report does the same (and bootstraps it).
+        loglikelihood, n_bytes = sample["bits_per_byte"]
+        row["loglikelihood"], row["bytes"] = float(loglikelihood), int(n_bytes)
+    elif output_type == "multiple_choice":
         row["acc"], row["acc_norm"] = _as_int(sample.get("acc")), _as_int(sample.get("acc_norm"))
     elif own:
         row["exact_match"], row["f1"] = int(sample["exact_match"]), float(sample["f1"])
@@ -224,10 +257,12 @@ def _check_tasks(
             else (f"; found: {sorted(known) or 'none'}")
         )
         raise ValueError(f"unknown task(s) {unknown} in {where}{hint}")
-    groups = [n for n in task_names if n in task_manager.all_groups or n in task_manager.all_tags]
-    if groups:
-        raise ValueError(f"{groups} are groups of lm-eval tasks; name their tasks one by one")
+    tags = [n for n in task_names if n in task_manager.all_tags]
+    if tags:
+        raise ValueError(f"{tags} are tags over lm-eval tasks; name their tasks one by one")
     for name in task_names:
+        if name in task_manager.all_groups:
+            continue  # its tasks' types are checked once lm-eval has built them
         declared = _declared_output_type(index[name])
         if declared is not None and declared not in SUPPORTED_OUTPUT_TYPES:
             raise ValueError(_unsupported(name, declared))
@@ -247,8 +282,8 @@ def _did_you_mean(name: str, known: Sequence[str]) -> str:
 
 def _unsupported(name: str, output_type: str) -> str:
     return (
-        f"lm-eval task {name!r} is a {output_type} task; only multiple_choice and "
-        "generate_until tasks have per-question answers to score"
+        f"lm-eval task {name!r} is a {output_type} task; only multiple_choice, "
+        "generate_until and loglikelihood_rolling (bits per byte) tasks can be scored"
     )
 
 

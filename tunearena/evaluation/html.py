@@ -75,6 +75,8 @@ def render_html(results: dict[str, Any]) -> str:
         "stages": stages,
         "text_columns": _TEXT_COLUMNS,
         "forgetting": _forgetting(results.get("forgetting"), colours),
+        "language": [_language(name, b) for name, b in
+                     (results.get("language_modelling") or {}).items()],
         "retrieval": _tables(results["retrieval"]) if results.get("retrieval") else None,
         "recall_plot": _recall_plot(_as_dict(results.get("retrieval")), list(benchmarks)),
         "cost": _tables(results["cost"]) if results.get("cost") else None,
@@ -158,6 +160,22 @@ def _benchmark(name: str, bench: dict, selected: str | None = None) -> dict:
     return {"name": name, "kind": bench["kind"], "n": bench["n"], "rows": rows, "pairs": pairs,
             "metric": METRIC_LABELS.get(primary, primary),
             "track": bench.get("track", "multiple_choice")}
+
+
+def _language(name: str, bench: dict) -> dict:
+    rows = []
+    for arm, row in bench["arms"].items():
+        has_diff = row.get("diff_vs_base") is not None
+        rows.append({
+            "arm": arm,
+            "value": f"{row['bits_per_byte']:.4f}",
+            "ci": "{:.4f} to {:.4f}".format(*row["ci"]),
+            "diff": f"{row['diff_vs_base']:+.4f}" if has_diff else "—",
+            "diff_ci": "{:+.4f} to {:+.4f}".format(*row["diff_ci"]) if has_diff else "—",
+            "verdict": row["verdict"],
+            "tone": _tone(row["verdict"]),
+        })
+    return {"name": name, "n": bench["n"], "rows": rows}
 
 
 def _tone(verdict: str) -> str:

@@ -7,6 +7,7 @@ tables are percentage points (a fraction x 100), printed with one decimal.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,15 @@ from tunearena.evaluation.config import (
     ReportConfig,
     split_arm,
 )
-from tunearena.evaluation.stats import mean_ci, paired_diff_ci
+from tunearena.evaluation.stats import mean_ci, paired_diff_ci, ratio_ci
 from tunearena.files import write_atomic
 
 BETTER, WORSE, NO_EVIDENCE = "better than base", "worse than base", "no evidence of a difference"
 
 _ARM_LABELS = {"base+rag": "RAG", "base+fewshot": "Few-shot prompting", "ft": "Fine-tuning",
                "ft+rag": "Fine-tuning plus RAG"}
-_OWN_KEYS = ("settings", "arms", "benchmarks", "forgetting", "headline", "decision", "samples")
+_OWN_KEYS = ("settings", "arms", "benchmarks", "language_modelling", "forgetting", "headline",
+             "decision", "samples")
 
 
 def summarise(
@@ -79,7 +81,11 @@ def summarise(
     per_benchmark: dict[str, Any] = {}
     all_scores: dict[str, dict[str, dict[str, list[int]]]] = {}
     all_clusters: dict[str, list[str | None] | None] = {}
+    language: dict[str, Any] = {}
     for bench in benchmarks:
+        if samples and "loglikelihood" in (samples["base"].get(bench.name) or [{}])[0]:
+            language[bench.name] = _bits_per_byte(samples, arms, bench, conf, n_boot)
+            continue
         scores = all_scores[bench.name] = _aligned_scores(samples, arms, bench.name)
         clusters = all_clusters[bench.name] = _clusters(samples["base"][bench.name])
         base_acc = scores["base"]["acc"]
@@ -134,8 +140,10 @@ def summarise(
         },
         "arms": arms,
         "benchmarks": per_benchmark,
+        "language_modelling": language,
         "forgetting": forgetting,
-        "headline": _headline(per_benchmark, arms, forgetting, conf, stages),
+        "headline": _headline(per_benchmark, arms, forgetting, conf, stages)
+        + _language_headline(language, conf),
     }
     results["decision"] = decide(results)
     results["samples"] = samples
@@ -222,6 +230,50 @@ def _aligned_scores(
         primary, secondary = metric_keys(rows)
         out[arm] = {"acc": [r[primary] for r in rows], "acc_norm": [r[secondary] for r in rows]}
     return out
+
+
+def _bits_per_byte(samples: dict[str, dict[str, list[dict]]], arms: list[str],
+                   bench: BenchmarkConfig, conf: float, n_boot: int) -> dict[str, Any]:
+    """A language-modelling benchmark (lm-eval ``loglikelihood_rolling``): per arm, bits per
+    byte over all its documents (lm-eval's definition, a ratio of sums) with a bootstrap CI
+    over documents, and the paired change against base; fewer bits are better."""
+    base_rows = samples["base"][bench.name]
+    ids, n_bytes = [r["id"] for r in base_rows], [r["bytes"] for r in base_rows]
+    bits = {}
+    for arm in arms:
+        rows = samples[arm].get(bench.name)
+        if rows is None or [r["id"] for r in rows] != ids:
+            raise ValueError(f"benchmark {bench.name!r}: arm {arm!r} scored other documents "
+                             "than base")
+        bits[arm] = [-r["loglikelihood"] / math.log(2) for r in rows]
+    out: dict[str, Any] = {}
+    for arm in arms:
+        value, lo, hi = ratio_ci(bits[arm], n_bytes, conf, n_boot)
+        row: dict[str, Any] = {"bits_per_byte": value, "ci": [lo, hi], "diff_vs_base": None,
+                               "diff_ci": None, "verdict": "reference"}
+        if arm != "base":
+            diff, dlo, dhi = ratio_ci([a - b for a, b in zip(bits[arm], bits["base"], strict=True)],
+                                      n_bytes, conf, n_boot)
+            # More bits per byte is worse: the interval's sign is read the other way round.
+            row.update(diff_vs_base=diff, diff_ci=[dlo, dhi], verdict=_verdict(-dhi, -dlo))
+        out[arm] = row
+    return {"kind": bench.kind, "metric": "bits_per_byte", "n": len(ids), "bytes": sum(n_bytes),
+            "arms": out}
+
+
+def _language_headline(language: dict[str, Any], conf: float) -> list[str]:
+    sentences = []
+    for name, bench in language.items():
+        rows = bench["arms"]
+        if "ft" not in rows:
+            continue
+        ft, lo, hi = rows["ft"], *rows["ft"]["diff_ci"]
+        sentences.append(
+            f"Language modelling on {name}: ft {ft['bits_per_byte']:.3f} bits per byte vs base "
+            f"{rows['base']['bits_per_byte']:.3f} ({ft['diff_vs_base']:+.3f}, "
+            f"{_pct_label(conf)} CI {lo:+.3f} to {hi:+.3f}; fewer is better): {ft['verdict']}."
+        )
+    return sentences
 
 
 METRIC_LABELS = {"acc": "accuracy", "acc_norm": "acc_norm", "exact_match": "exact match",
@@ -738,6 +790,18 @@ def render_markdown(results: dict[str, Any]) -> str:
     if forgetting:
         lines += ["## Forgetting", "", forgetting.get("summary", ""), ""]
         lines += [f"- {c['sentence']}." for c in forgetting.get("checks", [])]
+        lines.append("")
+    for name, bench in (results.get("language_modelling") or {}).items():
+        lines += [f"### {name}: bits per byte ({bench['kind']}, {bench['n']} documents; "
+                  "fewer is better)", "",
+                  f"| arm | bits per byte | {ci} | change vs base | {ci} of change | verdict |",
+                  "|---|---:|---:|---:|---:|---|"]
+        for arm, row in bench["arms"].items():
+            change = ("—", "—") if row["diff_vs_base"] is None else (
+                f"{row['diff_vs_base']:+.4f}", "{:+.4f} to {:+.4f}".format(*row["diff_ci"]))
+            lines.append(f"| {arm} | {row['bits_per_byte']:.4f} | "
+                         "{:.4f} to {:.4f}".format(*row["ci"])
+                         + f" | {change[0]} | {change[1]} | {row['verdict']} |")
         lines.append("")
 
     sections = (

@@ -58,23 +58,50 @@ def paired_diff_ci(
     return _bootstrap(xa - xb, confidence, n_boot, seed, clusters)
 
 
+def ratio_ci(
+    numerators: Sequence[float] | np.ndarray,
+    denominators: Sequence[float] | np.ndarray,
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``sum(numerators) / sum(denominators)`` and its percentile-bootstrap interval over
+    items (documents), each resample a ratio of its sums: ``(ratio, lo, hi)``.
+
+    Bits per byte is such a ratio (a document's bits over its bytes), and so is a paired
+    difference of two models' bits per byte (the difference of their bits over the bytes).
+    """
+    num, den = _as_1d(numerators, "numerators"), _as_1d(denominators, "denominators")
+    if num.shape != den.shape:
+        raise ValueError(f"numerators and denominators differ in length: {num.size} vs {den.size}")
+    if np.any(den <= 0):
+        raise ValueError("denominators must be positive")
+    return _bootstrap(num / den, confidence, n_boot, seed, weights=den)
+
+
 def _bootstrap(
     x: np.ndarray,
     confidence: float,
     n_boot: int,
     seed: int,
     clusters: Sequence[str | None] | None = None,
+    weights: np.ndarray | None = None,
 ) -> tuple[float, float, float]:
+    """The (weighted) mean of ``x`` and its interval; ``weights`` and ``clusters`` exclude
+    each other."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     codes = None if clusters is None else _cluster_codes(clusters, x.size)
-    mean = float(x.mean())
+    mean = float(x.mean()) if weights is None else float((x * weights).sum() / weights.sum())
     if np.all(x == x[0]):  # every resample has the same mean; skip float round-off
         return mean, mean, mean
     rng = np.random.default_rng(seed)
-    if codes is None or codes.max() + 1 == x.size:
+    if weights is not None:
+        # A resample's ratio of sums: each item brings its weighted value and its weight.
+        sums, sizes = x * weights, weights
+    elif codes is None or codes.max() + 1 == x.size:
         # No cluster holds two values: resample values, so singletons match the plain case.
         sums, sizes = x, None
     else:

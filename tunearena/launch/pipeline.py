@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import statistics
 import subprocess
@@ -101,9 +102,16 @@ def _read_json(path: Path) -> Any:
 
 
 def _primary_mean(rows: list[dict]) -> float:
-    """The mean of a benchmark's primary score: accuracy, or exact match when generative."""
+    """A benchmark's primary score: accuracy, exact match when generative, or bits per byte
+    for language modelling."""
+    if "loglikelihood" in rows[0]:
+        return -sum(r["loglikelihood"] for r in rows) / math.log(2) / sum(r["bytes"] for r in rows)
     key = "acc" if "acc" in rows[0] else "exact_match"
     return sum(r[key] for r in rows) / len(rows)
+
+
+def _is_accuracy(rows: list[dict]) -> bool:
+    return "acc" in rows[0] or "exact_match" in rows[0]
 
 
 def _retrieval_effect(samples: dict) -> dict[str, dict]:
@@ -113,6 +121,8 @@ def _retrieval_effect(samples: dict) -> dict[str, dict]:
         return {}
     effect: dict[str, dict] = {}
     for name, base_rows in samples["base"].items():
+        if not _is_accuracy(base_rows):
+            continue
         key = "acc" if "acc" in base_rows[0] else "exact_match"
         rag = {r["id"]: r[key] for r in samples["base+rag"].get(name, [])}
         hurt = [r["id"] for r in base_rows if r[key] and rag.get(r["id"]) == 0]
@@ -296,9 +306,12 @@ class Pipeline:
         from tunearena.evaluation.selection import select_stage
 
         def acc(arm: str) -> dict[str, float]:
-            return {b: _primary_mean(rows) for b, rows in samples[arm].items()}
+            # Bits per byte is no accuracy: it is reported, not chosen by.
+            return {b: _primary_mean(rows) for b, rows in samples[arm].items()
+                    if _is_accuracy(rows)}
 
-        kinds = {b.name: b.kind for b in self.cfg.evaluation.benchmarks}
+        scored = acc("base")
+        kinds = {b.name: b.kind for b in self.cfg.evaluation.benchmarks if b.name in scored}
         if "domain" not in kinds.values():
             last = stages[-1].name
             return {"selected": last, "tolerance": self.cfg.evaluation.forgetting_tolerance,
@@ -647,7 +660,8 @@ class Pipeline:
             manifest.finish(f"evaluate:{job.arm}", {"scores": self._rel(path)}, outputs,
                             result["score_s"])
             samples[job.arm], latency[job.arm] = result["samples"], outputs
-            summary = "  ".join(f"{name} {_primary_mean(rows):.1%}"
+            summary = "  ".join(f"{name} {_primary_mean(rows):.1%}" if _is_accuracy(rows)
+                                else f"{name} {_primary_mean(rows):.3f} bits/byte"
                                 for name, rows in result["samples"].items())
             self.console.print(f"[green]✓ evaluate:{job.arm}[/green] in "
                                f"{result['score_s']:.1f} s: {summary}")
