@@ -246,3 +246,32 @@ def test_prepare_splits_on_chat_learns_only_assistant_tokens(tmp_path, tokenizer
     assert np.array_equal(train.labels[lossy], train.input_ids[lossy])
     runs = [run for row in train.labels for run in labelled_runs(row)]
     assert sorted(decode(tokenizer, run) for run in runs) == sorted(replies)
+
+
+def test_tokenizer_check_round_trips_eos_and_a_chat_reply(tiny_model_dir):
+    from tunearena.training.data import check_tokenizer
+
+    plain = load_tokenizer(tiny_model_dir, None)
+    assert check_tokenizer(plain, {"text", "instruction"}, set()).ok
+    no_template = check_tokenizer(plain, {"chat"}, set())
+    assert not no_template.ok and "no chat template" in no_template.detail
+    # CHATML closes a reply with </s> and a newline: </s> is the EOS, so generation stops.
+    chatml = check_tokenizer(load_tokenizer(tiny_model_dir), {"chat"}, set())
+    assert chatml.ok and "chat reply ends on a stop token" in chatml.detail
+    # A template closing replies with a blank line teaches an ending generation ignores.
+    blank = load_tokenizer(tiny_model_dir, CHATML.replace("</s>\n{% endfor %}", "\n\n{% endfor %}"))
+    ends = check_tokenizer(blank, {"chat"}, set())
+    assert not ends.ok and "which generation does not stop on" in ends.detail
+    assert "generation_config.json" in ends.fix
+    # Unless generation is told to stop on it.
+    newline = blank("\n\n", add_special_tokens=False)["input_ids"][-1]
+    assert check_tokenizer(blank, {"chat"}, {newline}).ok
+
+
+def test_tokenizer_check_needs_an_eos(tiny_model_dir):
+    from tunearena.training.data import check_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir, None)
+    tok.eos_token = None
+    check = check_tokenizer(tok, {"text"}, set())
+    assert not check.ok and "no EOS token" in check.detail and "eos_token" in check.fix

@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config and its input files, print it resolved")
     check.add_argument("config", type=Path)
     common(check)
+    preflight = sub.add_parser("preflight", help="check a config against its cluster before "
+                               "running it: resources, storage, collective, memory, batch, "
+                               "tokenizer; prints a table with fixes")
+    preflight.add_argument("config", type=Path)
+    common(preflight)
     sub.add_parser("reference", help="print the config reference (Markdown)")
     report = sub.add_parser("report", help="re-render report.md and report.html from a run's "
                             "results.json (recomputes nothing)")
@@ -97,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     config_path = DEMO_CONFIG if args.command == "demo" else args.config
     try:
         cfg = load_config(config_path, args.overrides)
+        if args.command == "preflight":
+            from tunearena.launch.preflight import run_preflight
+
+            return 0 if run_preflight(cfg, console) else 1
         if args.command == "check":
             check_inputs(cfg)
             console.print(dump_config(cfg), end="")

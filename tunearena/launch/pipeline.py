@@ -110,6 +110,17 @@ def _primary_mean(rows: list[dict]) -> float:
     return sum(r[key] for r in rows) / len(rows)
 
 
+def _stop_ids(model_dir: str) -> set[int]:
+    """The token ids generation stops on, from the model's ``generation_config.json``."""
+    from transformers import GenerationConfig
+
+    try:
+        eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
+    except OSError:  # no generation_config.json: the tokenizer's EOS alone
+        return set()
+    return set(eos) if isinstance(eos, list) else set() if eos is None else {eos}
+
+
 def _is_accuracy(rows: list[dict]) -> bool:
     return "acc" in rows[0] or "exact_match" in rows[0]
 
@@ -425,7 +436,8 @@ class Pipeline:
             checkpoint.clear(storage, ray_name)  # a fresh attempt never restores an old one
         out = self.model_dir(stage.name)
         self._ensure_ray(cluster)
-        self.preflight(training, storage, mixture.epoch_size, first=not self._preflown)
+        self.preflight(training, storage, mixture.epoch_size, first=not self._preflown,
+                       tokenizer=tokenizer)
         self._preflown = True
         summary = run_stage(ray_name, model_dir, training, cfg.cluster, out, storage, data=data,
                             mixture=mixture, init_adapter=init_adapter)
@@ -441,23 +453,30 @@ class Pipeline:
         return {"model": self._rel(out)}, summary
 
     def preflight(self, training: TrainingConfig, storage: str, n_train_sequences: int,
-                  first: bool = True) -> None:
-        """Check a stage fits the cluster before training claims its workers.
+                  first: bool = True, tokenizer: Any = None) -> None:
+        """Check a stage fits the cluster before training claims its workers: print every
+        check (``preflight_checks``) and raise ``PreflightError`` when one failed."""
+        from tunearena.cluster.preflight import PreflightError, format_checks
 
-        The cheap checks (batch arithmetic, resources, memory) go first; storage seen from
-        every node and an all-reduce across the placed workers follow only when those pass,
-        and only before the first stage (the cluster does not change between stages).
+        checks = self.preflight_checks(training, storage, n_train_sequences, first, tokenizer)
+        self.console.print(format_checks(checks), highlight=False, markup=False, soft_wrap=True)
+        if not all(c.ok for c in checks):
+            raise PreflightError(checks)
+
+    def preflight_checks(self, training: TrainingConfig, storage: str, n_train_sequences: int,
+                         first: bool = True, tokenizer: Any = None) -> list:
+        """The preflight checks of one stage, each a pass or a fail with its fix.
+
+        The cheap checks (batch arithmetic, resources, memory, and with ``tokenizer`` the EOS
+        and chat-template round trip) go first; storage seen from every node and an
+        all-reduce across the placed workers follow only when those pass, and only before
+        the first stage (the cluster does not change between stages).
         """
         from transformers import AutoConfig
 
-        from tunearena.cluster.preflight import (
-            PreflightError,
-            check_collective,
-            check_resources,
-            check_storage,
-            format_checks,
-        )
+        from tunearena.cluster.preflight import check_collective, check_resources, check_storage
         from tunearena.cluster.ray_cluster import resolve_use_gpu
+        from tunearena.training.data import check_tokenizer
         from tunearena.training.memory import (
             check_batch,
             check_memory,
@@ -484,11 +503,12 @@ class Pipeline:
                          int(device_memory * min(1.0, cluster.gpus_per_worker)) if device_memory else None,
                          "GPU" if use_gpu else "CPU"),
         ]
+        if tokenizer is not None:
+            checks.append(check_tokenizer(tokenizer, {d.format for d in training.datasets},
+                                          _stop_ids(cfg.model.base)))
         if all(c.ok for c in checks) and first:
             checks += [check_storage(storage), check_collective(cluster, use_gpu, storage)]
-        self.console.print(format_checks(checks), highlight=False, markup=False, soft_wrap=True)
-        if not all(c.ok for c in checks):
-            raise PreflightError(checks)
+        return checks
 
     def training_config(self, training: TrainingConfig) -> TrainingConfig:
         """A stage's training config with tracker locations made absolute (the workers'

@@ -9,11 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tunearena.files import iter_jsonl
 from tunearena.training.config import DatasetConfig
+
+if TYPE_CHECKING:
+    from tunearena.cluster.preflight import Check
 
 IGNORE_INDEX = -100
 """Label value that the causal-LM loss skips (prompt tokens, padding)."""
@@ -244,3 +248,50 @@ def prepare_splits(
             train, val, _ = split_records(records, validation_fraction, 0.0, seed)
         tasks.append(TaskRecords(ds.task, ds.format, train, val))
     return tokenize_tasks(tasks, tokenizer, seq_len, packing)
+
+
+def check_tokenizer(tokenizer, formats: set[str], stop_ids: set[int]) -> Check:
+    """The chat-template and EOS round trip, before a stage trains on ``formats``.
+
+    Text and instruction records end with the tokenizer's EOS, so it must exist, encode to
+    its one id and decode back; chat records end each assistant turn as the chat template
+    closes it, so the template must exist and a rendered reply must end with a token that
+    generation stops on (``stop_ids``: the model's ``generation_config.eos_token_id`` and the
+    tokenizer's EOS). A model trained to end on a token generation never stops on would talk
+    on past its answer.
+    """
+    from tunearena.cluster.preflight import Check
+
+    eos, eos_id = tokenizer.eos_token, tokenizer.eos_token_id
+    if eos is None or eos_id is None:
+        return Check("tokenizer", False, "the tokenizer has no EOS token, so records cannot end",
+                     "set eos_token in the model directory's tokenizer_config.json")
+    encoded = tokenizer(eos, add_special_tokens=False)["input_ids"]
+    if encoded != [eos_id] or tokenizer.decode([eos_id]) != eos:
+        return Check("tokenizer", False,
+                     f"EOS {eos!r} does not round-trip: it encodes to {encoded}, not [{eos_id}]",
+                     "register the EOS as a special token of the tokenizer")
+    details = [f"EOS {eos!r} (id {eos_id}) round-trips"]
+    if "chat" in formats:
+        if getattr(tokenizer, "chat_template", None) is None:
+            return Check("tokenizer", False, "a dataset has format 'chat' but the tokenizer "
+                         "has no chat template",
+                         "add a chat_template to tokenizer_config.json, or use format "
+                         "'instruction'")
+        probe = [{"role": "user", "content": "Ping?"}, {"role": "assistant", "content": "Pong."}]
+        try:
+            ids, labels = _tokenize_chat(probe, tokenizer)
+        except DataError as e:
+            return Check("tokenizer", False, str(e), "use a prefix-consistent chat template")
+        trained = [i for i, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX]
+        stops = stop_ids | {eos_id}
+        # The end-of-turn token, perhaps followed by the template's newline.
+        if not trained or not set(trained[-2:]) & stops:
+            last = tokenizer.decode(trained[-2:]) if trained else "nothing"
+            return Check("tokenizer", False,
+                         f"the chat template ends a reply with {last!r}, which generation does "
+                         f"not stop on (stop ids {sorted(stops)})",
+                         "add the template's end-of-turn token to generation_config.json's "
+                         "eos_token_id")
+        details.append("a chat reply ends on a stop token")
+    return Check("tokenizer", True, "; ".join(details))

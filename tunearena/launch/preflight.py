@@ -1,0 +1,60 @@
+"""``tunearena preflight CONFIG``: every check a run makes before training, without the run.
+
+It reads the inputs, connects to the cluster the config names, and for each stage checks the
+batch arithmetic, the resources, the memory estimate and the tokenizer's EOS and chat-template
+round trip; then, once, storage seen from every node and an all-reduce over the real backend.
+It trains nothing and writes no results (the storage check leaves behind the empty checkpoint
+directory it tested); the table says what to fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from rich.console import Console
+
+from tunearena.launch.config import ExperimentConfig
+from tunearena.launch.pipeline import Pipeline, check_inputs
+
+
+def run_preflight(cfg: ExperimentConfig, console: Console) -> bool:
+    """Print the table of checks; True when every check passed.
+
+    Batch arithmetic counts the sequences of each stage's files as they are, before cleaning
+    and splitting (the run's count is at most that); every stage is tokenised with the base
+    model's tokenizer, which fine-tuning keeps.
+    """
+    from transformers import AutoTokenizer
+
+    from tunearena.cluster.preflight import format_checks
+    from tunearena.cluster.ray_cluster import ray_session
+    from tunearena.training.data import TaskRecords, read_jsonl, tokenize_tasks
+    from tunearena.training.trainer import stage_mixture
+
+    check_inputs(cfg)
+    stages = cfg.resolved_stages()
+    if not stages:
+        console.print("training is not enabled: there is nothing to preflight")
+        return True
+    pipeline = Pipeline(cfg, console)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.base)
+    storage = cfg.cluster.storage_path or str(pipeline.run_dir / "ray")
+    checks = []
+    with ray_session(cfg.cluster):
+        for i, stage in enumerate(stages):
+            t = pipeline.training_config(stage.training)
+            tasks = [TaskRecords(ds.task, ds.format, read_jsonl(ds.path, ds.format, True), [])
+                     for ds in t.datasets]
+            train, _ = tokenize_tasks(tasks, tokenizer, t.seq_len, t.packing)
+            mixture = stage_mixture(t, train, [task.name for task in tasks])
+            stage_checks = pipeline.preflight_checks(t, storage, mixture.epoch_size,
+                                                     first=i == 0, tokenizer=tokenizer)
+            prefix = f"{stage.name}: " if cfg.stages else ""
+            checks += [replace(c, name=prefix + c.name) for c in stage_checks]
+    console.print(format_checks(checks), highlight=False, markup=False, soft_wrap=True)
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        console.print(f"[bold red]{len(failed)} of {len(checks)} checks failed[/bold red]")
+    else:
+        console.print(f"[green]all {len(checks)} checks passed[/green]")
+    return not failed
