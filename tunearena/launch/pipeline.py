@@ -24,6 +24,7 @@ from rich.markup import escape
 import tunearena
 from tunearena.evaluation.benchmarks import QAItem, load_qa
 from tunearena.evaluation.config import split_arm
+from tunearena.evaluation.report import metric_keys
 from tunearena.files import write_atomic
 from tunearena.launch.arms import ArmJob
 from tunearena.launch.config import ExperimentConfig, dump_config
@@ -106,7 +107,7 @@ def _primary_mean(rows: list[dict]) -> float:
     for language modelling."""
     if "loglikelihood" in rows[0]:
         return -sum(r["loglikelihood"] for r in rows) / math.log(2) / sum(r["bytes"] for r in rows)
-    key = "acc" if "acc" in rows[0] else "exact_match"
+    key = metric_keys(rows)[0]
     return sum(r[key] for r in rows) / len(rows)
 
 
@@ -134,7 +135,7 @@ def _retrieval_effect(samples: dict) -> dict[str, dict]:
     for name, base_rows in samples["base"].items():
         if not _is_accuracy(base_rows):
             continue
-        key = "acc" if "acc" in base_rows[0] else "exact_match"
+        key = metric_keys(base_rows)[0]
         rag = {r["id"]: r[key] for r in samples["base+rag"].get(name, [])}
         hurt = [r["id"] for r in base_rows if r[key] and rag.get(r["id"]) == 0]
         helped = [r["id"] for r in base_rows if not r[key] and rag.get(r["id"]) == 1]
@@ -153,6 +154,7 @@ class Pipeline:
         self.run_dir = (cfg.runs_dir / cfg.name).resolve()
         self.benchmarks: dict[str, list[QAItem]] = {}
         self.examples: list[tuple[str, str]] = []
+        self.prompt_tokens: dict[str, dict[str, float]] = {}  # benchmark -> context -> mean
         self.manifest: Manifest | None = None
         self._ray_started = self._preflown = False
 
@@ -600,7 +602,7 @@ class Pipeline:
         task_dir = self.run_dir / "tasks"
         tokenizer = AutoTokenizer.from_pretrained(self.cfg.model.base)
         tasks: dict[str, dict[str, str]] = {}
-        self.prompt_tokens: dict[str, dict[str, float]] = {}
+        self.prompt_tokens = {}
         for bench in self.cfg.evaluation.benchmarks:
             if bench.lm_eval_task is not None:
                 tasks[bench.name] = dict.fromkeys(contexts, bench.lm_eval_task)
