@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,6 +16,38 @@ from tunearena.cluster.config import ClusterConfig
 # Passed through to every worker when the driver has them: offline switches must hold on
 # the workers too, or a worker may try the hub that the driver was told to avoid.
 PASSTHROUGH_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME")
+
+
+class ClusterUnreachable(RuntimeError):
+    """Nothing answers at the cluster address the config or the command line names."""
+
+
+def probe_address(host: str, port: int, what: str, timeout_s: float = 5.0) -> None:
+    """Open (and close) a TCP connection, raising ``ClusterUnreachable`` within ``timeout_s``.
+
+    Ray's clients retry, or wait out the operating system's connect timeout (minutes for an
+    address that drops packets); one bounded connect tells "nobody there" apart in seconds.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return
+    except TimeoutError:
+        why = f"no answer within {timeout_s:g} s"
+    except OSError as err:
+        why = err.strerror or str(err)
+    raise ClusterUnreachable(
+        f"cannot reach {what} at {host}:{port}: {why}. Is the head node up, and is port {port} "
+        f"reachable from this machine (a firewall, a VPN, or an SSH tunnel such as "
+        f"`ray dashboard CLUSTER.yaml`)?")
+
+
+def probe_cluster(address: str) -> None:
+    """Check that a ``HOST:PORT`` or ``ray://HOST:PORT`` cluster address answers."""
+    bare = address.removeprefix("ray://")
+    host, sep, port = bare.rpartition(":")
+    if sep and port.isdigit() and host:
+        what = "the Ray client server" if address.startswith("ray://") else "the Ray head (GCS)"
+        probe_address(host.strip("[]"), int(port), what)
 
 
 def worker_env(cfg: ClusterConfig) -> dict[str, str]:
@@ -69,6 +102,8 @@ def ray_session(cfg: ClusterConfig) -> Iterator[None]:
             log_to_driver=True,
         )
     else:
+        if cfg.address != "auto":
+            probe_cluster(cfg.address)
         ray.init(address=cfg.address, runtime_env=runtime_env)
     try:
         yield

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -41,6 +42,32 @@ def _parser() -> argparse.ArgumentParser:
                                "tokenizer; prints a table with fixes")
     preflight.add_argument("config", type=Path)
     common(preflight)
+    submit = sub.add_parser("submit", help="submit a run as a Ray job to a running cluster "
+                            "(the working dir and config are shipped with it); prints its id")
+    submit.add_argument("config", type=Path, help="experiment YAML, inside the working dir")
+    address_help = ("the cluster's Ray dashboard, http://HEAD:8265 (default: "
+                    "$RAY_API_SERVER_ADDRESS or $RAY_ADDRESS)")
+    submit.add_argument("--address", help=address_help)
+    submit.add_argument("--working-dir", type=Path, default=Path("."),
+                        help="the directory shipped to the cluster (default: the current one)")
+    submit.add_argument("--resume", action="store_true",
+                        help="continue the run directory an earlier job left, reusing its "
+                        "completed steps")
+    submit.add_argument("--follow", action="store_true",
+                        help="stay and print the job's output until it ends")
+    common(submit)
+    status = sub.add_parser("status", help="a submitted job's status, run directory and latest "
+                            "output; without a job id, every tunearena job on the cluster")
+    status.add_argument("job_id", nargs="?", metavar="JOB_ID")
+    status.add_argument("--address", help=address_help)
+    logs = sub.add_parser("logs", help="a submitted job's output")
+    logs.add_argument("job_id", metavar="JOB_ID")
+    logs.add_argument("--address", help=address_help)
+    logs.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+    stop = sub.add_parser("stop", help="stop a submitted job (finished steps are kept for "
+                          "submit --resume)")
+    stop.add_argument("job_id", metavar="JOB_ID")
+    stop.add_argument("--address", help=address_help)
     sub.add_parser("reference", help="print the config reference (Markdown)")
     report = sub.add_parser("report", help="re-render report.md and report.html from a run's "
                             "results.json (recomputes nothing)")
@@ -65,6 +92,28 @@ def _report(run_dir: Path, console, err) -> int:
     return 0
 
 
+def _job_command(args: argparse.Namespace, console, err) -> int:
+    """``status``, ``logs`` and ``stop``: talk to the cluster's job server, nothing else."""
+    from rich.markup import escape
+
+    from tunearena.cluster.jobs import JobError, dashboard_address
+    from tunearena.cluster.ray_cluster import ClusterUnreachable
+    from tunearena.launch import submit
+
+    try:
+        address = dashboard_address(args.address)
+        if args.command == "status":
+            submit.show_status(address, args.job_id, console)
+        elif args.command == "logs":
+            return submit.show_logs(address, args.job_id, args.follow, console)
+        else:
+            submit.stop(address, args.job_id, console)
+        return 0
+    except (JobError, ClusterUnreachable) as e:
+        err.print(f"[bold red]error:[/bold red] {escape(str(e))}", markup=True, soft_wrap=True)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -74,12 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     err = Console(stderr=True, highlight=False)
     if args.command == "report":  # reads one JSON file: no need to import torch and friends
         return _report(args.run_dir, console, err)
+    if args.command in ("status", "logs", "stop"):  # HTTP calls only
+        return _job_command(args, console, err)
     import transformers
     from rich.markup import escape
 
     transformers.utils.logging.disable_progress_bar()
 
+    from tunearena.cluster.jobs import JobError
     from tunearena.cluster.preflight import PreflightError
+    from tunearena.cluster.ray_cluster import ClusterUnreachable
     from tunearena.configbase import ConfigError
     from tunearena.evaluation.benchmarks import BenchmarkError
     from tunearena.launch.config import dump_config, load_config
@@ -92,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Errors that mean "the input or the cluster is wrong": one clear message, no traceback.
     user_errors = (ConfigError, RunDirExists, DataError, CorpusError, BenchmarkError, ModelDirError,
-                   PreflightError, ResumeError, MethodUnavailable, TrackerUnavailable)
+                   PreflightError, ResumeError, MethodUnavailable, TrackerUnavailable, JobError,
+                   ClusterUnreachable)
 
     if args.command == "reference":
         from tunearena.launch.config import config_reference
@@ -101,6 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     config_path = DEMO_CONFIG if args.command == "demo" else args.config
     try:
+        if args.command == "submit":
+            from tunearena.cluster.jobs import dashboard_address
+            from tunearena.launch.submit import show_logs, submit
+
+            address = dashboard_address(args.address)
+            job_id = submit(args.config, args.overrides, address, args.working_dir,
+                            args.resume, console)
+            return show_logs(address, job_id, True, console) if args.follow else 0
         cfg = load_config(config_path, args.overrides)
         if args.command == "preflight":
             from tunearena.launch.preflight import run_preflight
@@ -111,7 +173,13 @@ def main(argv: list[str] | None = None) -> int:
             console.print(dump_config(cfg), end="")
             console.print("[green]config and inputs are valid[/green]")
             return 0
-        Pipeline(cfg, console, resume=args.resume).run()
+        # A stopped Ray job, or a scheduler ending an allocation, sends SIGTERM: unwind as
+        # Ctrl-C does, so the manifest records the step as stopped and Ray shuts down.
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            Pipeline(cfg, console, resume=args.resume).run()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         return 0
     except user_errors as e:
         err.print(f"[bold red]error:[/bold red] {escape(str(e))}", markup=True, soft_wrap=True)

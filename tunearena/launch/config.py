@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -120,17 +121,8 @@ _PATH_FIELDS = (
 )
 
 
-def _resolve_paths(raw: dict, base_dir: Path) -> None:
-    """Make the YAML's relative paths absolute against the YAML file's directory."""
-
-    def fix(value, may_be_hub_id: bool):
-        if not isinstance(value, str) or Path(value).is_absolute():
-            return value
-        candidate = (base_dir / value).resolve()
-        # model.base may be a hub id ("org/name"); only rewrite what names a local path.
-        if may_be_hub_id and not (value.startswith(".") or candidate.exists()):
-            return value
-        return str(candidate)
+def _map_paths(raw: dict, fn: Callable[[str, bool], object]) -> None:
+    """Replace each path field's value in ``raw`` by ``fn(value, may_be_hub_id)``."""
 
     def walk(node, keys: tuple[str, ...], hub: bool) -> None:
         head, rest = keys[0], keys[1:]
@@ -140,11 +132,39 @@ def _resolve_paths(raw: dict, base_dir: Path) -> None:
         elif isinstance(node, dict) and head in node:
             if rest:
                 walk(node[head], rest, hub)
-            else:
-                node[head] = fix(node[head], may_be_hub_id=hub)
+            elif isinstance(node[head], str):
+                node[head] = fn(node[head], hub)
 
     for keys in _PATH_FIELDS:
         walk(raw, keys, hub=keys == ("model", "base"))
+
+
+def _resolve_paths(raw: dict, base_dir: Path) -> None:
+    """Make the YAML's relative paths absolute against the YAML file's directory."""
+
+    def fix(value: str, may_be_hub_id: bool) -> str:
+        if Path(value).is_absolute():
+            return value
+        candidate = (base_dir / value).resolve()
+        # model.base may be a hub id ("org/name"); only rewrite what names a local path.
+        if may_be_hub_id and not (value.startswith(".") or candidate.exists()):
+            return value
+        return str(candidate)
+
+    _map_paths(raw, fix)
+
+
+def input_paths(cfg: ExperimentConfig) -> list[Path]:
+    """The local paths a config reads (data, corpus, benchmarks, the base model's dir)."""
+    found: list[Path] = []
+
+    def collect(value: str, may_be_hub_id: bool) -> str:
+        if Path(value).is_absolute():
+            found.append(Path(value))
+        return value
+
+    _map_paths(cfg.model_dump(mode="json"), collect)
+    return found
 
 
 def apply_override(raw: dict, assignment: str) -> None:
