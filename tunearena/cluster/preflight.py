@@ -369,9 +369,11 @@ def check_collective(
                    "jobs hold, or on an autoscaling cluster raise "
                    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")
         else:
-            fix = ("the workers' nodes must reach each other on any TCP port; set "
-                   "GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME to the interface they share, and "
-                   "see the worker logs above")
+            fix = ("the workers' nodes must reach each other on any TCP port; where a node's "
+                   "hostname does not resolve to the network the nodes share, set "
+                   "GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME to that interface in each node's "
+                   "`ray start` environment (workers inherit it from there), and see the "
+                   "worker logs above")
         return Check("collective", False,
                      f"all-reduce over {cfg.num_workers} workers failed after "
                      f"{time.perf_counter() - t0:.1f} s: {_short(err)}", fix)

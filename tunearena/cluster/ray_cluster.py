@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -62,6 +63,13 @@ def worker_env(cfg: ClusterConfig) -> dict[str, str]:
         "TOKENIZERS_PARALLELISM": "false",
     }
     env |= {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
+    # Ray's helpers inside workers (Ray Train's placement-group cleaner) find their cluster
+    # by scanning the machine's processes, which fails where several clusters share one
+    # machine: name the cluster. (Inside a Ray job, RAY_ADDRESS already holds it.)
+    if cfg.address != "local" and not cfg.address.startswith("ray://"):
+        gcs = os.environ.get("RAY_ADDRESS") if cfg.address == "auto" else cfg.address
+        if gcs:
+            env["RAY_ADDRESS"] = gcs
     return env
 
 
@@ -76,6 +84,12 @@ def quiet_ray_train_logs() -> None:
     logging.getLogger(
         "ray.train.v2._internal.execution.controller.placement_group_cleaner"
     ).setLevel(logging.ERROR)
+    # Ray Train logs every reported result at INFO, once per rank and report, under a logger
+    # named by its file's path; tunearena's own log lines say the same once.
+    with contextlib.suppress(ImportError):
+        from ray.train.v2._internal.execution import context
+
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 @contextmanager
@@ -104,7 +118,13 @@ def ray_session(cfg: ClusterConfig) -> Iterator[None]:
     else:
         if cfg.address != "auto":
             probe_cluster(cfg.address)
-        ray.init(address=cfg.address, runtime_env=runtime_env)
+        try:
+            ray.init(address=cfg.address, runtime_env=runtime_env)
+        except ray.exceptions.AuthenticationError as err:
+            raise ClusterUnreachable(
+                f"the cluster at {cfg.address} refused this driver: {err}. A cluster started "
+                f"with token authentication needs RAY_AUTH_MODE=token and its token "
+                f"(RAY_AUTH_TOKEN, or ~/.ray/auth_token) here too") from None
     try:
         yield
     finally:
