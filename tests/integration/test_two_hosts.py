@@ -229,7 +229,7 @@ def write_experiment(work: Path, model_dir: Path, cluster_address: str) -> Path:
     return path
 
 
-def test_zero3_trains_with_one_rank_on_each_host(ray_on_two_hosts, tiny_model_dir):
+def test_zero3_trains_with_one_rank_on_each_host(ray_on_two_hosts, tiny_model_dir, capsys):
     cluster = ray_on_two_hosts
     h1, h2 = cluster.hosts.h1, cluster.hosts.h2
     config = write_experiment(cluster.work, tiny_model_dir, cluster.address)
@@ -249,9 +249,13 @@ def test_zero3_trains_with_one_rank_on_each_host(ray_on_two_hosts, tiny_model_di
 
     placement = summary["placement"]
     netns = {h1.ip: h1.netns, h2.ip: h2.netns}
-    for w in placement:
-        print(f"rank {w['rank']}: node {w['node_ip']} ({netns.get(w['node_ip'], '?')}, "
-              f"Ray node {w['node_id'][:8]}) pid {w['pid']} {w['device']}")
+    # Shown in the test log even under -q: which host each rank ran on.
+    with capsys.disabled():
+        for w in placement:
+            print(f"\ntwo hosts: rank {w['rank']} on {w['node_ip']} "
+                  f"({netns.get(w['node_ip'], '?')}, Ray node {w['node_id'][:8]}) "
+                  f"pid {w['pid']} {w['device']}", end="")
+        print()
     assert [w["rank"] for w in placement] == [0, 1]
     # STRICT_SPREAD over two hosts: one rank on each, by address and by Ray node.
     assert sorted(w["node_ip"] for w in placement) == sorted([h1.ip, h2.ip])

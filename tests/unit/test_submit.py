@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from tunearena.cluster.jobs import JobError, dashboard_address
-from tunearena.cluster.ray_cluster import ClusterUnreachable, probe_cluster
+from tunearena.cluster.ray_cluster import ClusterConnectionError, probe_cluster
 from tunearena.configbase import ConfigError
 from tunearena.launch.cli import DEMO_CONFIG, main
 from tunearena.launch.config import load_config
@@ -41,6 +41,9 @@ def test_dashboard_address_comes_from_the_environment_or_is_asked_for(monkeypatc
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with pytest.raises(JobError, match="pass --address http://HEAD:8265"):
         dashboard_address(None)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # a GCS address: not the dashboard
+    with pytest.raises(JobError, match="no cluster address"):
+        dashboard_address(None)
     monkeypatch.setenv("RAY_ADDRESS", "http://from-env:8265")
     assert dashboard_address(None) == "http://from-env:8265"
     assert dashboard_address("explicit") == "http://explicit:8265"  # the flag wins
@@ -70,9 +73,9 @@ def test_a_config_outside_the_working_dir_is_refused_before_connecting(tmp_path)
 
 def test_an_unreachable_cluster_address_fails_in_seconds(tmp_path, capsys):
     port = free_port()  # nothing listens on it now
-    with pytest.raises(ClusterUnreachable, match=f"the Ray head \\(GCS\\) at 127.0.0.1:{port}"):
+    with pytest.raises(ClusterConnectionError, match=f"the Ray head \\(GCS\\) at 127.0.0.1:{port}"):
         probe_cluster(f"127.0.0.1:{port}")
-    with pytest.raises(ClusterUnreachable, match="the Ray client server"):
+    with pytest.raises(ClusterConnectionError, match="the Ray client server"):
         probe_cluster(f"ray://127.0.0.1:{port}")
     probe_cluster("auto")  # found by Ray itself, not probed
 

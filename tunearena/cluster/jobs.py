@@ -41,11 +41,16 @@ class JobError(RuntimeError):
 
 
 def dashboard_address(address: str | None) -> str:
-    """The dashboard URL to use: ``address``, else Ray's address variables, normalised.
+    """The dashboard URL to use: ``address``, else an http(s) URL in Ray's address
+    variables, normalised.
 
     ``HEAD`` or ``HEAD:8265`` becomes ``http://HEAD:8265``.
     """
-    address = address or next((os.environ[v] for v in ADDRESS_ENV if os.environ.get(v)), None)
+    if not address:
+        # RAY_ADDRESS often holds a GCS address (HEAD:6379), which is no dashboard.
+        from_env = [os.environ.get("RAY_API_SERVER_ADDRESS"), os.environ.get("RAY_ADDRESS")]
+        address = next((a for a in from_env if a and a.startswith(("http://", "https://"))),
+                       None)
     if not address:
         raise JobError("no cluster address: pass --address http://HEAD:8265 (the Ray "
                        "dashboard of the cluster's head node) or set RAY_API_SERVER_ADDRESS")

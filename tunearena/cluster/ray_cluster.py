@@ -19,12 +19,12 @@ from tunearena.cluster.config import ClusterConfig
 PASSTHROUGH_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME")
 
 
-class ClusterUnreachable(RuntimeError):
-    """Nothing answers at the cluster address the config or the command line names."""
+class ClusterConnectionError(RuntimeError):
+    """Nothing answers at the cluster address given, or the cluster refused this driver."""
 
 
 def probe_address(host: str, port: int, what: str, timeout_s: float = 5.0) -> None:
-    """Open (and close) a TCP connection, raising ``ClusterUnreachable`` within ``timeout_s``.
+    """Open (and close) a TCP connection, raising ``ClusterConnectionError`` within ``timeout_s``.
 
     Ray's clients retry, or wait out the operating system's connect timeout (minutes for an
     address that drops packets); one bounded connect tells "nobody there" apart in seconds.
@@ -36,7 +36,7 @@ def probe_address(host: str, port: int, what: str, timeout_s: float = 5.0) -> No
         why = f"no answer within {timeout_s:g} s"
     except OSError as err:
         why = err.strerror or str(err)
-    raise ClusterUnreachable(
+    raise ClusterConnectionError(
         f"cannot reach {what} at {host}:{port}: {why}. Is the head node up, and is port {port} "
         f"reachable from this machine (a firewall, a VPN, or an SSH tunnel such as "
         f"`ray dashboard CLUSTER.yaml`)?")
@@ -121,7 +121,7 @@ def ray_session(cfg: ClusterConfig) -> Iterator[None]:
         try:
             ray.init(address=cfg.address, runtime_env=runtime_env)
         except ray.exceptions.AuthenticationError as err:
-            raise ClusterUnreachable(
+            raise ClusterConnectionError(
                 f"the cluster at {cfg.address} refused this driver: {err}. A cluster started "
                 f"with token authentication needs RAY_AUTH_MODE=token and its token "
                 f"(RAY_AUTH_TOKEN, or ~/.ray/auth_token) here too") from None

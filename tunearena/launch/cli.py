@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
                             "(the working dir and config are shipped with it); prints its id")
     submit.add_argument("config", type=Path, help="experiment YAML, inside the working dir")
     address_help = ("the cluster's Ray dashboard, http://HEAD:8265 (default: "
-                    "$RAY_API_SERVER_ADDRESS or $RAY_ADDRESS)")
+                    "$RAY_API_SERVER_ADDRESS, or $RAY_ADDRESS if it is an http URL)")
     submit.add_argument("--address", help=address_help)
     submit.add_argument("--working-dir", type=Path, default=Path("."),
                         help="the directory shipped to the cluster (default: the current one)")
@@ -97,7 +97,7 @@ def _job_command(args: argparse.Namespace, console, err) -> int:
     from rich.markup import escape
 
     from tunearena.cluster.jobs import JobError, dashboard_address
-    from tunearena.cluster.ray_cluster import ClusterUnreachable
+    from tunearena.cluster.ray_cluster import ClusterConnectionError
     from tunearena.launch import submit
 
     try:
@@ -109,7 +109,7 @@ def _job_command(args: argparse.Namespace, console, err) -> int:
         else:
             submit.stop(address, args.job_id, console)
         return 0
-    except (JobError, ClusterUnreachable) as e:
+    except (JobError, ClusterConnectionError) as e:
         err.print(f"[bold red]error:[/bold red] {escape(str(e))}", markup=True, soft_wrap=True)
         return 2
 
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tunearena.cluster.jobs import JobError
     from tunearena.cluster.preflight import PreflightError
-    from tunearena.cluster.ray_cluster import ClusterUnreachable
+    from tunearena.cluster.ray_cluster import ClusterConnectionError
     from tunearena.configbase import ConfigError
     from tunearena.evaluation.benchmarks import BenchmarkError
     from tunearena.launch.config import dump_config, load_config
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     # Errors that mean "the input or the cluster is wrong": one clear message, no traceback.
     user_errors = (ConfigError, RunDirExists, DataError, CorpusError, BenchmarkError, ModelDirError,
                    PreflightError, ResumeError, MethodUnavailable, TrackerUnavailable, JobError,
-                   ClusterUnreachable)
+                   ClusterConnectionError)
 
     if args.command == "reference":
         from tunearena.launch.config import config_reference
