@@ -2,7 +2,8 @@
 
 A thin layer over Ray's Job Submission API (``ray.job_submission``) and state API that turns
 their failure modes into one readable ``JobError``: an address nobody answers at fails in
-seconds instead of waiting out TCP's timeouts (``probe_address``), and an unknown job id says how to list jobs.
+seconds instead of waiting out TCP's timeouts (``probe_address``), and an unknown job id
+says how to list the jobs there are.
 """
 
 from __future__ import annotations

@@ -103,14 +103,18 @@ def submit(config_path: Path, overrides: list[str], address: str, working_dir: P
     if resume:
         argv.append("--resume")
     run_dir = cfg.runs_dir / cfg.name
-    job_id = client.submit_job(
-        entrypoint=shlex.join(argv),
-        submission_id=f"tunearena-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-        runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES, "env_vars": JOB_ENV},
-        metadata={METADATA_KEY: "run", "name": cfg.name, "run_dir": str(run_dir),
-                  "config": relative_config, "overrides": shlex.join(overrides),
-                  "resume": str(resume).lower()},
-    )
+    try:
+        job_id = client.submit_job(
+            entrypoint=shlex.join(argv),
+            submission_id=f"tunearena-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES,
+                         "env_vars": JOB_ENV},
+            metadata={METADATA_KEY: "run", "name": cfg.name, "run_dir": str(run_dir),
+                      "config": relative_config, "overrides": shlex.join(overrides),
+                      "resume": str(resume).lower()},
+        )
+    except (RuntimeError, ValueError) as err:  # e.g. a working dir over Ray's upload limit
+        raise JobError(f"the cluster at {address} did not take the job: {err}") from None
     console.print(f"submitted job [bold]{job_id}[/bold] to {address}", soft_wrap=True)
     console.print(f"run directory on the cluster: {run_dir}", soft_wrap=True)
     console.print(f"  tunearena status {job_id} --address {address}\n"
