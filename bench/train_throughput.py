@@ -1,6 +1,9 @@
 """Training throughput of tunearena's Ray + DeepSpeed path on a Llama-shaped model, and MFU.
 
     python bench/train_throughput.py --preset 1b --seq-len 2048 --micro-batch 4 --steps 30
+    # a sweep (every combination, one table), keeping the random model between runs:
+    python bench/train_throughput.py --preset 1b --seq-len 2048 --compile --steps 20 \
+        --model-dir /tmp/llama-1b --zero-stage 1 2 --micro-batch 16 24
 
 Builds a randomly initialised Llama of the chosen size (a locally trained byte-level BPE
 tokenizer, random-word text; nothing downloaded), trains it through ``run_stage`` and prints
@@ -13,6 +16,7 @@ GPU's dense bf16 peak from its name, e.g. 989 TFLOP/s for an H100 SXM).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import sys
@@ -28,11 +32,19 @@ PRESETS = {
 }
 
 
-def make_model_dir(out: Path, arch: dict, seq_len: int) -> int:
+def make_model_dir(out: Path, arch: dict, seq_len: int) -> None:
+    """A random Llama of shape ``arch`` and its tokenizer in ``out``, unless already there."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+    config = LlamaConfig(max_position_embeddings=seq_len, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=0, tie_word_embeddings=False, **arch)
+    if (out / "model.safetensors").is_file():
+        existing = LlamaConfig.from_pretrained(out)
+        if all(getattr(existing, k) == v for k, v in arch.items()) and \
+                existing.max_position_embeddings >= seq_len:
+            return
     # A word-level vocabulary of random words: every word is one token, so token counts are exact.
     words = [f"w{i}" for i in range(arch["vocab_size"] - 3)]
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2} | {w: i + 3 for i, w in enumerate(words)}
@@ -42,30 +54,14 @@ def make_model_dir(out: Path, arch: dict, seq_len: int) -> int:
                                  pad_token="<pad>")
     hf.save_pretrained(out)
     torch.manual_seed(0)
-    config = LlamaConfig(max_position_embeddings=seq_len, bos_token_id=1, eos_token_id=2,
-                         pad_token_id=0, tie_word_embeddings=False, **arch)
     with torch.device("cpu"):
         model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(out)
-    return sum(p.numel() for p in model.parameters())
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=PRESETS, default="tiny")
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--micro-batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--zero-stage", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--method", choices=["full", "lora"], default="full")
-    parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="torch.compile each block")
-    parser.add_argument("--peak-tflops", type=float, help="override the GPU's bf16 peak")
-    parser.add_argument("--json-out", type=Path)
-    args = parser.parse_args()
-
-    import ray
+def run_one(args: argparse.Namespace, model_dir: Path, work: Path, zero_stage: int,
+            micro_batch: int) -> dict:
+    """Train one configuration through ``run_stage``; its steady-state figures."""
     import torch
 
     from tunearena.cluster.config import ClusterConfig
@@ -73,55 +69,99 @@ def main() -> int:
     from tunearena.training.throughput import flops_per_token, peak_tflops
     from tunearena.training.trainer import run_stage
 
-    arch = PRESETS[args.preset]
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        n_params = make_model_dir(work / "model", arch, args.seq_len)
-        rng = random.Random(0)
-        n_seqs = args.micro_batch * args.workers * (args.steps + 1)
-        words = args.seq_len * n_seqs
-        with (work / "text.jsonl").open("w") as f:
-            for _ in range(n_seqs):
-                text = " ".join(f"w{rng.randrange(arch['vocab_size'] - 3)}"
-                                for _ in range(words // n_seqs))
-                f.write(json.dumps({"text": text}) + "\n")
-        cfg = TrainingConfig(datasets=[{"path": work / "text.jsonl"}], seq_len=args.seq_len,
-                             micro_batch_size=args.micro_batch, max_steps=args.steps,
-                             zero_stage=args.zero_stage, validation_fraction=0.0,
-                             log_every_steps=5, eval_every_steps=10**6, lr=1e-4,
-                             method=args.method,
-                             gradient_checkpointing=args.gradient_checkpointing,
-                             compile=args.compile)
-        gpus = torch.cuda.device_count()
-        ray.init(address="local", num_cpus=max(2, args.workers), num_gpus=gpus,
-                 include_dashboard=False,
-                 runtime_env={"worker_process_setup_hook":
-                              "tunearena.cluster.ray_cluster.quiet_ray_train_logs"})
-        try:
-            summary = run_stage("throughput", str(work / "model"), cfg,
-                                ClusterConfig(num_workers=args.workers), work / "out", work / "ray")
-        finally:
-            ray.shutdown()
+    vocab_size = PRESETS[args.preset]["vocab_size"]
+    rng = random.Random(0)
+    n_seqs = micro_batch * args.grad_accum * args.workers * (args.steps + 1)
+    with (work / "text.jsonl").open("w") as f:
+        for _ in range(n_seqs):
+            text = " ".join(f"w{rng.randrange(vocab_size - 3)}" for _ in range(args.seq_len))
+            f.write(json.dumps({"text": text}) + "\n")
+    cfg = TrainingConfig(datasets=[{"path": work / "text.jsonl"}], seq_len=args.seq_len,
+                         micro_batch_size=micro_batch, grad_accum_steps=args.grad_accum,
+                         max_steps=args.steps, zero_stage=zero_stage, validation_fraction=0.0,
+                         log_every_steps=5, eval_every_steps=10**6, lr=1e-4,
+                         method=args.method,
+                         gradient_checkpointing=args.gradient_checkpointing,
+                         compile=args.compile)
+    name = f"z{zero_stage}-mb{micro_batch}"
+    summary = run_stage(name, str(model_dir), cfg, ClusterConfig(num_workers=args.workers),
+                        work / name, work / "ray")
     windows = [h for h in summary["history"] if "tokens_per_s" in h][1:]
     steady = sum(h["tokens_per_s"] for h in windows) / max(len(windows), 1)
+    gpus = torch.cuda.device_count()
     result = {
-        "preset": args.preset, "params": n_params, "seq_len": args.seq_len,
-        "micro_batch_size": args.micro_batch, "workers": args.workers,
-        "zero_stage": args.zero_stage, "method": args.method,
+        "preset": args.preset, "params": summary["parameters"], "seq_len": args.seq_len,
+        "micro_batch_size": micro_batch, "grad_accum_steps": args.grad_accum,
+        "workers": args.workers, "zero_stage": zero_stage, "method": args.method,
         "gradient_checkpointing": args.gradient_checkpointing, "compile": args.compile,
-        "bf16": summary["bf16"],
-        "steps": summary["steps"],
+        "bf16": summary["bf16"], "steps": summary["steps"],
         "steady_tokens_per_s": steady, "time_to_first_step_s": summary["time_to_first_step_s"],
+        # Not written by every version of the loop.
+        "peak_gpu_memory_mb": summary.get("peak_gpu_memory_mb"),
         "device": torch.cuda.get_device_name(0) if gpus else "cpu",
     }
     peak = args.peak_tflops or peak_tflops(result["device"])
     if gpus and peak:
         per_token = flops_per_token(summary["parameters"], summary["trainable_parameters"])
         result["mfu"] = per_token * steady / (peak * 1e12 * args.workers)
-    print(json.dumps(result, indent=1))
-    if args.json_out:
-        args.json_out.write_text(json.dumps(result, indent=1))
-    return 0
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=PRESETS, default="tiny")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--micro-batch", type=int, nargs="+", default=[8])
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--zero-stage", type=int, nargs="+", default=[2])
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--method", choices=["full", "lora"], default="full")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each block")
+    parser.add_argument("--peak-tflops", type=float, help="override the GPU's bf16 peak")
+    parser.add_argument("--model-dir", type=Path,
+                        help="keep the random model here and reuse it (default: a temp dir)")
+    parser.add_argument("--json-out", type=Path, help="one JSON line per configuration")
+    args = parser.parse_args()
+
+    import ray
+    import torch
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model_dir = args.model_dir or work / "model"
+        make_model_dir(model_dir, PRESETS[args.preset], args.seq_len)
+        ray.init(address="local", num_cpus=max(2, args.workers),
+                 num_gpus=torch.cuda.device_count(), include_dashboard=False,
+                 runtime_env={"worker_process_setup_hook":
+                              "tunearena.cluster.ray_cluster.quiet_ray_train_logs"})
+        try:
+            for zero_stage, micro_batch in itertools.product(args.zero_stage, args.micro_batch):
+                try:
+                    result = run_one(args, model_dir, work, zero_stage, micro_batch)
+                except Exception as e:  # e.g. out of memory: the sweep goes on
+                    result = {"zero_stage": zero_stage, "micro_batch_size": micro_batch,
+                              "error": f"{type(e).__name__}: {str(e)[:300]}"}
+                print(json.dumps(result, indent=1), flush=True)
+                results.append(result)
+                if args.json_out:
+                    with args.json_out.open("a") as f:
+                        f.write(json.dumps(result) + "\n")
+        finally:
+            ray.shutdown()
+    print("\nzero  micro  accum  ckpt  compile  tokens/s   MFU    peak GiB")
+    for r in results:
+        if "error" in r:
+            print(f"{r['zero_stage']:>4}  {r['micro_batch_size']:>5}  failed: {r['error'][:80]}")
+            continue
+        mem = r["peak_gpu_memory_mb"]
+        print(f"{r['zero_stage']:>4}  {r['micro_batch_size']:>5}  {r['grad_accum_steps']:>5}  "
+              f"{r['gradient_checkpointing']!s:>4}  {r['compile']!s:>7}  "
+              f"{r['steady_tokens_per_s']:>8.0f}  {r.get('mfu', float('nan')):>5.1%}  "
+              f"{'' if mem is None else f'{mem / 1024:8.1f}'}")
+    return 0 if all("error" not in r for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -177,3 +177,9 @@ def test_linear_and_constant_schedules():
     assert steps == pytest.approx([steps[0]] * len(steps))  # a straight line
     constant = [lr_ratio(s, 2, 12, 0.1, "constant") for s in range(12)]
     assert constant == pytest.approx([0.5] + [1.0] * 11)
+
+
+def test_throughput_timer_is_off():
+    # It synchronises the device at every forward and step; the loop times steps itself.
+    ds = build_ds_config(make_cfg(), 1, 10, bf16=True, cuda=True)  # world 1: see above
+    assert DeepSpeedConfig(ds).timers_config.enabled is False

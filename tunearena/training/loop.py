@@ -82,10 +82,18 @@ def export_tolerance(cfg: TrainingConfig, bf16: bool) -> float:
 
 
 def _to_device(split: dict, rows: np.ndarray, device: torch.device) -> dict:
+    # From pinned memory the copy is queued behind the running kernels; from pageable memory
+    # the CPU would wait for all of them (the previous optimizer step) before going on.
+    pin = device.type == "cuda"
+
+    def put(array: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
+        t = torch.as_tensor(array, dtype=dtype)
+        return (t.pin_memory() if pin else t).to(device, non_blocking=pin)
+
     return {
-        "input_ids": torch.as_tensor(split["input_ids"][rows], dtype=torch.long, device=device),
-        "labels": torch.as_tensor(split["labels"][rows], dtype=torch.long, device=device),
-        "attention_mask": torch.as_tensor(split["attention_mask"][rows], device=device),
+        "input_ids": put(split["input_ids"][rows], torch.long),
+        "labels": put(split["labels"][rows], torch.long),
+        "attention_mask": put(split["attention_mask"][rows]),
     }
 
 
@@ -350,6 +358,8 @@ def train_loop_per_worker(config: dict) -> None:
         "mfu": mfu(total_tokens / train_s, n_params, n_trainable, world_size, device_name)
         if device.type == "cuda" else None,
         "device": device_name,
+        "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda" else None,
         "placement": placement,
         "global_batch_size": plan.global_batch_size,
         "world_size": world_size,
