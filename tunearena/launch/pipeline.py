@@ -794,12 +794,12 @@ class Pipeline:
         results = summarise(samples, benchmarks, cfg.evaluation, cfg.report, extra)
         _json(self.run_dir / "results.json", results)
         write_reports(self.run_dir, results)
-        if not cfg.evaluation.enabled:
-            self.console.print("evaluation is disabled: the report holds training and "
-                               "retrieval only, and gives no verdict")
-            return {"results": "results.json", "report": "report.md", "html": "report.html"}, {}
-        self.console.print(f"[bold]verdict: {results['decision']['verdict']}[/bold] — "
-                           f"{results['decision']['sentence']}")
-        for line in results["headline"]:
-            self.console.print(f"• {line}")
+        if cfg.evaluation.enabled:
+            self.console.print(f"[bold]verdict: {results['decision']['verdict']}[/bold] — "
+                               f"{results['decision']['sentence']}")
+            for line in results["headline"]:
+                self.console.print(f"• {line}")
+        else:
+            self.console.print("evaluation is disabled: no arm was scored, so there is no "
+                               "verdict to give")
         return {"results": "results.json", "report": "report.md", "html": "report.html"}, {}
