@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from tunearena.errors import UserError
+
 
 class StrictModel(BaseModel):
     """A config section: unknown keys are errors, assignments are validated."""
@@ -24,7 +26,7 @@ class StrictModel(BaseModel):
     )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot be used; the message names the source and every bad field."""
 
 

@@ -7,8 +7,9 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from tunearena.evaluation.arm import split_arm
 from tunearena.evaluation.benchmarks import BenchmarkError
-from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig, split_arm
+from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
 from tunearena.evaluation.fewshot import draw_examples, load_pool
 from tunearena.evaluation.latency import percentiles
 from tunearena.evaluation.report import latency_sentence, render_markdown, summarise

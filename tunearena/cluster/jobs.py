@@ -21,6 +21,7 @@ from ray.exceptions import AuthenticationError
 from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient
 
 from tunearena.cluster.ray_cluster import probe_address
+from tunearena.errors import UserError
 
 # Ray's clients let these variables override an explicit address; an explicit --address wins.
 ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
@@ -37,7 +38,7 @@ for _name in ("ray.dashboard.modules.job.sdk", "ray.dashboard.modules.dashboard_
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 
-class JobError(RuntimeError):
+class JobError(UserError, RuntimeError):
     """The cluster could not be reached, or refused or does not know the job."""
 
 

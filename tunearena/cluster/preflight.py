@@ -25,6 +25,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from tunearena.cluster.config import ClusterConfig
 from tunearena.cluster.ray_cluster import scaling_config, worker_env
+from tunearena.errors import UserError
 
 STORAGE_FIX = (
     "on a multi-node cluster cluster.storage_path must be a shared filesystem that every node "
@@ -45,7 +46,7 @@ class Check:
     """What to change when not ok."""
 
 
-class PreflightError(RuntimeError):
+class PreflightError(UserError, RuntimeError):
     """Raised when preflight checks failed; ``checks`` holds all of them, passed or not."""
 
     def __init__(self, checks: Sequence[Check]):

@@ -13,13 +13,14 @@ import ray
 from ray.train import ScalingConfig
 
 from tunearena.cluster.config import ClusterConfig
+from tunearena.errors import UserError
 
 # Passed through to every worker when the driver has them: offline switches must hold on
 # the workers too, or a worker may try the hub that the driver was told to avoid.
 PASSTHROUGH_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME")
 
 
-class ClusterConnectionError(RuntimeError):
+class ClusterConnectionError(UserError, RuntimeError):
     """Nothing answers at the cluster address given, or the cluster refused this driver."""
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunearena.errors import UserError
 from tunearena.files import iter_jsonl
 
 _TRACKS = ("multiple_choice", "generative")
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(UserError, ValueError):
     """A QA file that cannot be used; the message names the file and the line."""
 
 

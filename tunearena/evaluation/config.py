@@ -15,12 +15,6 @@ ARM_PATTERN = r"^(base|ft|ft@[a-z0-9][a-z0-9_-]*)(\+rag|\+fewshot)?$"
 each alone, with ``+rag`` (retrieved passages) or with ``+fewshot`` (solved examples)."""
 
 
-def split_arm(arm: str) -> tuple[str, str]:
-    """``(model, context)``: ``"ft@qa+rag"`` -> ``("ft@qa", "rag")``, ``"base"`` -> ``("base", "")``."""
-    model, _, context = arm.partition("+")
-    return model, context
-
-
 class BenchmarkConfig(StrictModel):
     """One benchmark: a QA JSONL file scored on a track, or a named lm-eval task."""
 

@@ -11,12 +11,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tunearena.evaluation.config import (
-    BenchmarkConfig,
-    EvaluationConfig,
-    ReportConfig,
-    split_arm,
-)
+from tunearena.errors import UserError
+from tunearena.evaluation.arm import split_arm
+from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
 from tunearena.evaluation.stats import mean_ci, paired_diff_ci, ratio_ci
 from tunearena.files import write_atomic
 
@@ -669,7 +666,7 @@ def _confidence(
     return " ".join(parts)
 
 
-class ResultsError(ValueError):
+class ResultsError(UserError, ValueError):
     """A run's results.json is missing or is not a results dict."""
 
 

@@ -80,11 +80,12 @@ def _report(run_dir: Path, console, err) -> int:
     """Re-render a finished run's reports from its results.json alone."""
     from rich.markup import escape
 
-    from tunearena.evaluation.report import ResultsError, load_results, write_reports
+    from tunearena.errors import UserError
+    from tunearena.evaluation.report import load_results, write_reports
 
     try:
         results = load_results(run_dir / "results.json")
-    except ResultsError as e:
+    except UserError as e:
         err.print(f"[bold red]error:[/bold red] {escape(str(e))}", markup=True, soft_wrap=True)
         return 2
     for path in write_reports(run_dir, results):
@@ -96,8 +97,8 @@ def _job_command(args: argparse.Namespace, console, err) -> int:
     """``status``, ``logs`` and ``stop``: talk to the cluster's job server, nothing else."""
     from rich.markup import escape
 
-    from tunearena.cluster.jobs import JobError, dashboard_address
-    from tunearena.cluster.ray_cluster import ClusterConnectionError
+    from tunearena.cluster.jobs import dashboard_address
+    from tunearena.errors import UserError
     from tunearena.launch import submit
 
     try:
@@ -109,7 +110,7 @@ def _job_command(args: argparse.Namespace, console, err) -> int:
         else:
             submit.stop(address, args.job_id, console)
         return 0
-    except (JobError, ClusterConnectionError) as e:
+    except UserError as e:
         err.print(f"[bold red]error:[/bold red] {escape(str(e))}", markup=True, soft_wrap=True)
         return 2
 
@@ -130,23 +131,9 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers.utils.logging.disable_progress_bar()
 
-    from tunearena.cluster.jobs import JobError
-    from tunearena.cluster.preflight import PreflightError
-    from tunearena.cluster.ray_cluster import ClusterConnectionError
-    from tunearena.configbase import ConfigError
-    from tunearena.evaluation.benchmarks import BenchmarkError
+    from tunearena.errors import UserError
     from tunearena.launch.config import dump_config, load_config
-    from tunearena.launch.pipeline import Pipeline, RunDirExists, check_inputs
-    from tunearena.rag.corpus import CorpusError
-    from tunearena.training.checkpoint import ResumeError
-    from tunearena.training.data import DataError
-    from tunearena.training.tracking import TrackerUnavailable
-    from tunearena.training.trainer import MethodUnavailable, ModelDirError
-
-    # Errors that mean "the input or the cluster is wrong": one clear message, no traceback.
-    user_errors = (ConfigError, RunDirExists, DataError, CorpusError, BenchmarkError, ModelDirError,
-                   PreflightError, ResumeError, MethodUnavailable, TrackerUnavailable, JobError,
-                   ClusterConnectionError)
+    from tunearena.launch.pipeline import Pipeline, check_inputs
 
     if args.command == "reference":
         from tunearena.launch.config import config_reference
@@ -181,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             signal.signal(signal.SIGTERM, previous)
         return 0
-    except user_errors as e:
+    except UserError as e:  # the input or the cluster is wrong: its message, no traceback
         err.print(f"[bold red]error:[/bold red] {escape(str(e))}", markup=True, soft_wrap=True)
         return 2
     except KeyboardInterrupt:

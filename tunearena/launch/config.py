@@ -17,7 +17,8 @@ from pydantic import Field, ValidationError, model_validator
 
 from tunearena.cluster.config import ClusterConfig
 from tunearena.configbase import ConfigError, StrictModel, format_validation_error, reference_rows
-from tunearena.evaluation.config import EvaluationConfig, ReportConfig, split_arm
+from tunearena.evaluation.arm import split_arm
+from tunearena.evaluation.config import EvaluationConfig, ReportConfig
 from tunearena.rag.config import RagConfig
 from tunearena.training.config import (
     ModelConfig,

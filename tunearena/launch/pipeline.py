@@ -22,8 +22,9 @@ from rich.console import Console
 from rich.markup import escape
 
 import tunearena
+from tunearena.errors import UserError
+from tunearena.evaluation.arm import split_arm
 from tunearena.evaluation.benchmarks import QAItem, load_qa
-from tunearena.evaluation.config import split_arm
 from tunearena.evaluation.report import metric_keys
 from tunearena.files import write_atomic
 from tunearena.launch.arms import ArmJob
@@ -32,7 +33,7 @@ from tunearena.launch.manifest import Manifest
 from tunearena.training.config import Stage, TrainingConfig
 
 
-class RunDirExists(RuntimeError):
+class RunDirExists(UserError, RuntimeError):
     """Refusing to overwrite an earlier run's results."""
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunearena.errors import UserError
 from tunearena.files import iter_jsonl
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """A corpus file that cannot be used; the message names the file and, where known, the line."""
 
 

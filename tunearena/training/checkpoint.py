@@ -15,13 +15,15 @@ from pathlib import Path
 
 import torch
 
+from tunearena.errors import UserError
+
 STATE_FILE = "tunearena_state.json"
 DEEPSPEED_TAG = "deepspeed"
 # Ray Train V2's record of the run's checkpoints, next to them in storage.
 RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 
 
-class ResumeError(RuntimeError):
+class ResumeError(UserError, RuntimeError):
     """A checkpoint this attempt cannot continue from; the message says why and what to do."""
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tunearena.errors import UserError
 from tunearena.files import iter_jsonl
 from tunearena.training.config import DatasetConfig
 
@@ -27,7 +28,7 @@ REQUIRED_FIELDS = {"text": ("text",), "instruction": ("prompt", "response")}
 CHAT_ROLES = ("system", "user", "assistant")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A training file that cannot be used; the message names the file and line."""
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
 
+from tunearena.errors import UserError
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from torch.utils.tensorboard import SummaryWriter
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     from tunearena.training.config import TrackingConfig
 
 
-class TrackerUnavailable(ImportError):
+class TrackerUnavailable(UserError, ImportError):
     """A tracker named in the config cannot be imported."""
 
 

@@ -15,6 +15,7 @@ from ray.train.torch import TorchTrainer
 
 from tunearena.cluster.config import ClusterConfig
 from tunearena.cluster.ray_cluster import resolve_use_gpu, scaling_config, worker_env
+from tunearena.errors import UserError
 from tunearena.training import checkpoint as ckpt
 from tunearena.training.config import TrainingConfig
 from tunearena.training.data import TokenizedSplit, prepare_splits
@@ -22,11 +23,11 @@ from tunearena.training.loop import EXPORT_MARKER, train_loop_per_worker
 from tunearena.training.mixture import Mixture, build_mixture
 
 
-class ModelDirError(ValueError):
+class ModelDirError(UserError, ValueError):
     """A base model that cannot be loaded; the message says what is missing."""
 
 
-class MethodUnavailable(RuntimeError):
+class MethodUnavailable(UserError, RuntimeError):
     """A training method this cluster or installation cannot run (QLoRA without CUDA)."""
 
 

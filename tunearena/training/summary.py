@@ -1,0 +1,114 @@
+"""What one training stage hands the next steps: a typed summary, not a dict to guess at.
+
+Rank 0 fills ``TrainingSummary`` at the end of ``train_loop_per_worker`` and writes it beside
+the exported model; ``run_stage`` reads it back; the runner adds where the stage started and
+what data it read; ``results.json`` carries it under ``training`` and ``stages``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Record(BaseModel):
+    """Unknown keys are an error: a renamed field must fail where it is read, not later."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExportCheck(_Record):
+    """The exported weights reloaded and scored on one fixed sequence against the trained ones."""
+
+    what: str
+    """``model`` (full weights or merged adapter) or ``adapter``."""
+    trained_loss: float
+    reloaded_loss: float
+    abs_diff: float
+    tolerance: float
+    """Allowed relative difference."""
+
+
+class WorkerPlacement(_Record):
+    """Where one rank ran."""
+
+    rank: int
+    node_ip: str
+    node_id: str
+    pid: int
+    device: str
+
+
+class TaskMix(_Record):
+    """The stage's mixture over its tasks: asked for, realised, and sequences drawn."""
+
+    target: dict[str, float]
+    realised: dict[str, float]
+    sequences: dict[str, int]
+
+
+class ReplaySummary(_Record):
+    fraction: float
+    """Share of each batch drawn from replayed tasks."""
+    sources: list[str]
+    """The replayed tasks, ``<stage>/<task>`` or a replay dataset's task."""
+
+
+class TrainingSummary(_Record):
+    """One stage's training: its length, speed, losses, mixture and verified export."""
+
+    steps: int
+    """Optimizer steps run (fewer than ``planned_steps`` when stopped early)."""
+    planned_steps: int
+    stopped_early_at: int | None = None
+    resumed_from_step: int = 0
+    """The checkpoint's step this attempt continued from (0: a fresh start)."""
+    method: str
+    parameters: int
+    trainable_parameters: int
+    train_tokens: int
+    """Tokens in the trained batches (padding excluded)."""
+    train_s: float
+    """Wall time of the training steps, over every attempt."""
+    time_to_first_step_s: float | None = None
+    step_time_s: list[float] = []
+    tokens_per_s: float
+    tokens_per_s_per_worker: float
+    mfu: float | None = None
+    """Model FLOPs utilisation on CUDA; ``None`` on CPU."""
+    device: str
+    peak_gpu_memory_mb: float | None = None
+    placement: list[WorkerPlacement] = []
+    global_batch_size: int
+    world_size: int
+    bf16: bool
+    use_gpu: bool
+    train_sequences: int
+    val_sequences: int
+    train_loss_tokens: int
+    """Tokens that carry loss in an epoch of training sequences."""
+    final_train_loss: float | None = None
+    final_val_loss: float | None = None
+    val_loss_by_task: dict[str, float] = {}
+    mix: TaskMix
+    history: list[dict[str, float]] = []
+    """Logged metrics by step: ``step``, ``train_loss``, ``val_loss``, ``tokens_per_s``, ..."""
+    export_check: list[ExportCheck] = []
+    # Added by the runner, which knows where the stage started and what it read.
+    start_from: str | None = None
+    """``base`` or the stage whose weights this one continued."""
+    lora_init: str | None = None
+    replay: ReplaySummary | None = None
+    data: dict[str, Any] = {}
+    """The prepare step's report per task: records read, kept, dropped, split."""
+
+    @property
+    def median_step_s(self) -> float:
+        ordered = sorted(self.step_time_s) or [0.0]
+        return ordered[len(ordered) // 2]
+
+    @property
+    def p90_step_s(self) -> float:
+        ordered = sorted(self.step_time_s) or [0.0]
+        return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
