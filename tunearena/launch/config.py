@@ -226,12 +226,24 @@ def dump_config(cfg: ExperimentConfig) -> str:
 
 
 def config_reference() -> str:
-    """The config reference as a Markdown table (the README embeds this text verbatim)."""
+    """The config reference as a Markdown page: a title, how to read it, and one table row per
+    key. ``docs/config-reference.md`` is this text verbatim (a unit test keeps it so)."""
 
     def cell(text: str) -> str:
         return " ".join(text.split()).replace("``", "`").replace("|", "\\|")
 
-    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    lines = [
+        "# Config reference",
+        "",
+        "Every key of an experiment YAML: its type, its default and what it means. A dotted key",
+        "is a section's field (`training.lr`); `[]` marks a list of such entries",
+        "(`training.datasets[].path`). Any key can be overridden on the command line with",
+        "`--set KEY=VALUE`. Generated from the config models' field docs by `tunearena reference`",
+        "(`tunearena reference > docs/config-reference.md` rewrites this page).",
+        "",
+        "| key | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
     rows = reference_rows(ExperimentConfig)
     # A stage also takes every training key; one row says so rather than repeating them all.
     at = max(i for i, row in enumerate(rows) if row[0].startswith("stages[]")) + 1
