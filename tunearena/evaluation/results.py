@@ -283,7 +283,7 @@ class MatrixCell(_Model):
 class Stages(_Model):
     order: list[str] = []
     selection: Selection | None = None
-    stages: dict[str, StageRecord] = {}
+    stages: dict[str, StageRecord | None] = {}
     matrix: dict[str, dict[str, MatrixCell | None]] = {}
 
 
@@ -391,7 +391,7 @@ def load_results(path: Path) -> Results:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ResultsError(f"{path}: not valid JSON: {e}") from None
-    return parse_results(data, path.name)
+    return parse_results(data, str(path))
 
 
 def _path(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:

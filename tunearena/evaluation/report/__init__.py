@@ -21,6 +21,16 @@ from tunearena.evaluation.results import Results, ResultsError, load_results
 from tunearena.files import write_atomic
 
 
+def markdown_report(results: Results) -> str:
+    """The report of ``results`` as Markdown."""
+    return render_markdown(build_view(results))
+
+
+def html_report(results: Results) -> str:
+    """The report of ``results`` as one self-contained HTML page."""
+    return render_html(build_view(results), results)
+
+
 def write_reports(run_dir: Path, results: Results) -> list[Path]:
     """Write ``report.md`` and ``report.html`` for ``results`` into ``run_dir``, atomically;
     returns their paths."""
@@ -42,7 +52,9 @@ __all__ = [
     "Results",
     "ResultsError",
     "decide",
+    "html_report",
     "load_results",
+    "markdown_report",
     "primary_score",
     "render_html",
     "render_markdown",

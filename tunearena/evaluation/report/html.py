@@ -62,6 +62,6 @@ def render_html(view: ReportView, results: Results) -> str:
         "latency_sentence": view.latency_sentence,
         "latency": sections.get("latency"),
         "training": training,
-        "run": sections.get("run"),
+        "run": sections.get("provenance"),
     }
     return _ENV.get_template("report.html.j2").render(**context)

@@ -39,7 +39,8 @@ class ReportView:
     forgetting: dict[str, Any] | None
     language: list[dict[str, Any]]
     sections: dict[str, list[Table]]
-    """``training``, ``cost``, ``retrieval``, ``latency``, ``run``: present ones only."""
+    """``training``, ``cost``, ``retrieval``, ``latency``, ``run`` and ``provenance`` (the run
+    with the statistics' settings): present ones only."""
     history: list[dict[str, float]]
     latency_sentence: str | None
     cost_sentence: str | None
@@ -179,7 +180,8 @@ def _sections(results: Results, training: dict[str, Any]) -> dict[str, list[Tabl
         "cost": dumped(results.cost) if results.cost else None,
         "retrieval": dumped(results.retrieval) if results.retrieval else None,
         "latency": dumped(results.latency) if results.latency else None,
-        "run": {**run, **{f"settings.{k}": v for k, v in settings.items()}},
+        "run": run,
+        "provenance": {**run, **{f"settings.{k}": v for k, v in settings.items()}},
     }
     return {key: tables(value) for key, value in values.items() if value}
 
