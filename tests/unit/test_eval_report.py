@@ -713,6 +713,20 @@ def test_markdown_stages_with_sparse_stage_records():
     assert "| ft (=" not in md
 
 
+def test_a_stage_entry_may_be_the_whole_training_summary():
+    samples, stages = _stage_world()
+    stages["stages"]["b"] = {**TRAINING, "steps": 80, "planned_steps": 80, "start_from": "a",
+                             "method": "lora", "stopped_early_at": None,
+                             "data": stages["stages"]["a"]["data"]}
+    del stages["stages"]["b"]["stage"], stages["stages"]["b"]["median_step_s"]
+    del stages["stages"]["b"]["p90_step_s"]
+    results = _summarise_stages(samples, stages)
+    assert results["stages"]["stages"]["b"]["parameters"] == 1000
+    md = render_markdown(results)
+    assert "| b | a | lora | 80 | no | 12.5 | 1.235 | — |" in md
+    assert md.count("| docs_train | 510 | 3 | 17 | 6 | 4 (dom: 4) | 480 | 456 | 24 | 0 |") == 2
+
+
 def test_markdown_without_stages_has_no_stages_section():
     md = render_markdown(_summarise())
     assert "## Stages" not in md and "**Warning:**" not in md and "(= ft@" not in md

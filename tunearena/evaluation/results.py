@@ -251,6 +251,12 @@ class StageRecord(_Model):
     export_check: list[ExportCheck] | None = None
 
 
+class StageSummary(TrainingSummary):
+    """A stage's whole training summary, as ``run_stage`` returns it, its data report typed."""
+
+    data: dict[str, TaskData] = {}
+
+
 class Candidate(_Model):
     stage: str
     domain_gain: float
@@ -283,7 +289,8 @@ class MatrixCell(_Model):
 class Stages(_Model):
     order: list[str] = []
     selection: Selection | None = None
-    stages: dict[str, StageRecord | None] = {}
+    stages: dict[str, StageSummary | StageRecord | None] = {}
+    """Per stage, its whole training summary, or the part of it the report shows."""
     matrix: dict[str, dict[str, MatrixCell | None]] = {}
 
 

@@ -8,7 +8,16 @@ from typing import Any
 from tunearena.evaluation.report import formats as fmt
 from tunearena.evaluation.report.formats import NONE
 from tunearena.evaluation.report.table import Table
-from tunearena.evaluation.results import MatrixCell, Results, StageCost, StageRecord, TaskData
+from tunearena.evaluation.results import (
+    MatrixCell,
+    Results,
+    StageCost,
+    StageRecord,
+    StageSummary,
+    TaskData,
+)
+
+Stage = StageSummary | StageRecord
 
 _TEXT_COLUMNS = ("stage", "starts from", "method", "stopped early", "task")
 _TRAINING_COLUMNS = ("stage", "starts from", "method", "steps", "stopped early", "train time (s)",
@@ -80,11 +89,11 @@ def stages_view(results: Results) -> dict[str, Any] | None:
     }
 
 
-def _starts(record: StageRecord | None) -> str:
+def _starts(record: Stage | None) -> str:
     return (record.start_from if record else None) or NONE
 
 
-def _training_row(stage: str, s: StageRecord | None, cost: StageCost | None) -> list[str]:
+def _training_row(stage: str, s: Stage | None, cost: StageCost | None) -> list[str]:
     s = s or StageRecord()
     method = s.method or NONE
     if s.lora_init:
@@ -135,7 +144,7 @@ def _stage_cell(cell: MatrixCell | None) -> dict[str, Any]:
     return out
 
 
-def _stage_detail(stage: str, info: StageRecord) -> dict[str, Any]:
+def _stage_detail(stage: str, info: Stage) -> dict[str, Any]:
     mix = info.mix
     target, realised = (mix.target, mix.realised) if mix else ({}, {})
     sequences, val = (mix.sequences if mix else {}), info.val_loss_by_task or {}
