@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -13,6 +14,8 @@ from tunearena.evaluation.report import (
     decide,
     load_results,
     markdown_report,
+    primary_score,
+    sample_track,
     summarise,
 )
 from tunearena.evaluation.report.verdict import RULE_IN_FULL
@@ -487,6 +490,19 @@ def test_generative_rows_name_exact_match_and_older_files_are_upgraded():
     for arm, r in old["benchmarks"]["dom"]["arms"].items():
         old["benchmarks"]["dom"]["arms"][arm] = {renamed.get(k, k): v for k, v in r.items()}
     assert parse_results(old).to_json() == saved
+
+
+def test_a_benchmarks_track_and_primary_score_come_from_its_rows():
+    choice, generative = _scores(4, 3, "q"), _generative(4, 1, "q")
+    rolling = [{"id": "0", "loglikelihood": -8 * math.log(2), "bytes": 4, "doc_id": None},
+               {"id": "1", "loglikelihood": -4 * math.log(2), "bytes": 8, "doc_id": None}]
+    own = [{"id": "0", "prediction": "x", "bleu": 0.3, "doc_id": None}]
+    assert [sample_track(r) for r in (choice, generative, rolling, own)] == [
+        "multiple_choice", "generative", "language_modelling", None]
+    assert primary_score(choice) == 0.75 and primary_score(generative) == 0.25
+    assert primary_score(rolling) == pytest.approx(1.0)  # 12 bits over 12 bytes
+    with pytest.raises(ValueError, match="no score the report knows"):
+        primary_score(own)
 
 
 # -- sequential stages -----------------------------------------------------------------------

@@ -17,7 +17,7 @@ from tunearena.evaluation.report.markdown import render_markdown
 from tunearena.evaluation.report.numbers import primary_score, sample_track
 from tunearena.evaluation.report.verdict import decide
 from tunearena.evaluation.report.view import build_view
-from tunearena.evaluation.results import Results, ResultsError, load_results
+from tunearena.evaluation.results import PRIMARY_METRIC, Results, ResultsError, load_results
 from tunearena.files import write_atomic
 
 
@@ -49,6 +49,7 @@ def write_results(run_dir: Path, results: Results) -> Path:
 
 
 __all__ = [
+    "PRIMARY_METRIC",
     "Results",
     "ResultsError",
     "decide",

@@ -30,14 +30,17 @@ Samples = dict[str, dict[str, list[dict]]]
 """``samples[arm][benchmark]``: the per-question rows of ``score_model``."""
 
 
-def sample_track(rows: list[dict]) -> str:
+def sample_track(rows: list[dict]) -> str | None:
     """The scoring track of a benchmark's per-question rows: ``language_modelling`` (a
-    log-likelihood per document), ``generative`` (exact match and token F1) or
-    ``multiple_choice`` (accuracy and its length-normalised variant). lm-eval registry tasks
-    define their own track, so the rows are the one place it is written down."""
+    log-likelihood per document), ``generative`` (exact match and token F1),
+    ``multiple_choice`` (accuracy and its length-normalised variant), or None (an lm-eval
+    task's own metrics, which the report does not score). lm-eval registry tasks define their
+    own track, so the rows are where it is written down."""
     if "loglikelihood" in rows[0]:
         return "language_modelling"
-    return "generative" if "exact_match" in rows[0] else "multiple_choice"
+    if "exact_match" in rows[0]:
+        return "generative"
+    return "multiple_choice" if "acc" in rows[0] else None
 
 
 def primary_score(rows: list[dict]) -> float:
@@ -46,8 +49,14 @@ def primary_score(rows: list[dict]) -> float:
     track = sample_track(rows)
     if track == "language_modelling":
         return -sum(r["loglikelihood"] for r in rows) / math.log(2) / sum(r["bytes"] for r in rows)
-    key = PRIMARY_METRIC[track]
-    return sum(r[key] for r in rows) / len(rows)
+    return sum(r[_primary_key(track, rows)] for r in rows) / len(rows)
+
+
+def _primary_key(track: str | None, rows: list[dict]) -> str:
+    if track not in PRIMARY_METRIC:
+        raise ValueError(f"rows hold no score the report knows (acc, exact_match or "
+                         f"loglikelihood): {sorted(rows[0])}")
+    return PRIMARY_METRIC[track]
 
 
 def verdict(lo: float, hi: float, better: str = BETTER, worse: str = WORSE) -> str:
@@ -64,8 +73,9 @@ class Scores:
 
     def __init__(self, samples: Samples, arms: list[str], name: str, conf: float, n_boot: int):
         self.name, self.conf, self.n_boot = name, conf, n_boot
-        self.track = sample_track(samples["base"][name])
-        primary = PRIMARY_METRIC[self.track]
+        track = sample_track(samples["base"][name])
+        primary = _primary_key(track, samples["base"][name])
+        self.track = track
         secondary = {"acc": "acc_norm", "exact_match": "f1"}[primary]
         base_ids: list[str] | None = None
         self.primary: dict[str, list[float]] = {}
