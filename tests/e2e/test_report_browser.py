@@ -148,6 +148,7 @@ def run_dir(tmp_path_factory) -> Path:
             "bf16": False,
             "use_gpu": False,
             "history": history,
+            "stage": "ft",
             "median_step_s": 0.49,
             "p90_step_s": 0.61,
         },

@@ -27,6 +27,7 @@ TRAINING = {
     "bf16": False, "use_gpu": False, "train_sequences": 40, "val_sequences": 4,
     "train_loss_tokens": 900,
     "mix": {"target": {"docs": 1.0}, "realised": {"docs": 1.0}, "sequences": {"docs": 160}},
+    "stage": "ft", "median_step_s": 0.4, "p90_step_s": 0.5,
 }
 """A training summary as the runner hands it to the report (without its history)."""
 

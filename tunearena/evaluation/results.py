@@ -196,17 +196,18 @@ class Decision(_Model):
 
 
 with warnings.catch_warnings():
-    # The summary's median_step_s / p90_step_s properties are computed from step_time_s,
-    # which results leave out; here they are stored values, read only through to_json().
+    # TrainingSummary computes median_step_s and p90_step_s from step_time_s, which results
+    # leave out; here they are stored fields. The parent's properties still answer attribute
+    # reads, so the stored values are read through to_json() only.
     warnings.simplefilter("ignore", UserWarning)
 
     class TrainingResult(TrainingSummary):
         """The selected stage's training summary, without its step times and data report,
         with the stage's name and its median and 90th-percentile step time."""
 
-        stage: str | None = None
-        median_step_s: float | None = None
-        p90_step_s: float | None = None
+        stage: str
+        median_step_s: float  # type: ignore[assignment]
+        p90_step_s: float  # type: ignore[assignment]
 
 
 class TaskData(_Open):
