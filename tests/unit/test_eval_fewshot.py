@@ -12,7 +12,9 @@ from tunearena.evaluation.benchmarks import BenchmarkError
 from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
 from tunearena.evaluation.fewshot import draw_examples, load_pool
 from tunearena.evaluation.latency import percentiles
-from tunearena.evaluation.report import latency_sentence, render_markdown, summarise
+from tunearena.evaluation.report import markdown_report, summarise
+from tunearena.evaluation.report.sentences import latency_sentence
+from tunearena.evaluation.results import ArmLatency
 
 
 def _write(path, rows):
@@ -103,14 +105,14 @@ def test_generative_rows_are_summarised_as_exact_match_and_f1():
     results = summarise(samples, [bench], EvaluationConfig(
         benchmarks=[bench], arms=["base", "base+fewshot"], fewshot={"path": "p.jsonl"},
         bootstrap_samples=500), ReportConfig())
-    dom = results["benchmarks"]["dom"]
-    assert dom["track"] == "generative" and dom["metrics"] == ["exact_match", "f1"]
-    assert dom["arms"]["base"]["acc"] == 0.25
-    assert dom["arms"]["base"]["acc_norm"] == pytest.approx(0.25 + 0.75 * 0.25)
-    assert dom["arms"]["base+fewshot"]["diff_vs_base"] == pytest.approx(0.5)
-    markdown = render_markdown(results)
+    dom = results.benchmarks["dom"]
+    assert dom.track == "generative" and dom.metrics == ("exact_match", "f1")
+    assert dom.arms["base"].exact_match == 0.25
+    assert dom.arms["base"].f1 == pytest.approx(0.25 + 0.75 * 0.25)
+    assert dom.arms["base+fewshot"].diff_vs_base == pytest.approx(0.5)
+    markdown = markdown_report(results)
     assert "| arm | exact_match | 95% CI | f1 |" in markdown
-    assert any(s.startswith("Few-shot prompting helps on dom") for s in results["headline"])
+    assert any(s.startswith("Few-shot prompting helps on dom") for s in results.headline)
 
 
 def test_headline_weighs_fine_tuning_against_few_shot_prompting():
@@ -123,7 +125,7 @@ def test_headline_weighs_fine_tuning_against_few_shot_prompting():
     results = summarise(samples, [bench], EvaluationConfig(
         benchmarks=[bench], arms=["base", "base+fewshot", "ft"], fewshot={"path": "p.jsonl"},
         bootstrap_samples=500), ReportConfig())
-    said = [s for s in results["headline"] if s.startswith("Fine-tuning against few-shot")]
+    said = [s for s in results.headline if s.startswith("Fine-tuning against few-shot")]
     assert said and "prompting alone does better" in said[0] and "-33.3 points" in said[0]
 
 
@@ -135,9 +137,9 @@ def test_latency_sentence():
         "base+fewshot": {"latency_p50_ms": 25.0, "latency_p95_ms": 33.0,
                          "prompt_tokens_added": 80.4},
     }
-    sentence = latency_sentence(latency)
+    sentence = latency_sentence({arm: ArmLatency(**row) for arm, row in latency.items()})
     assert sentence is not None
     assert "base 12 ms (p95 20), base+rag 30 ms (p95 41)" in sentence
     assert "Retrieved passages add 200 prompt tokens per question; few-shot examples add 80" \
         in sentence
-    assert latency_sentence({"base": {"score_s": 1.0}}) is None
+    assert latency_sentence({"base": ArmLatency(score_s=1.0)}) is None

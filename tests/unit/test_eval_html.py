@@ -11,8 +11,8 @@ import pytest
 from matplotlib.image import imread
 
 from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
-from tunearena.evaluation.html import render_html
-from tunearena.evaluation.report import render_markdown, summarise
+from tunearena.evaluation.report import html_report, markdown_report, summarise
+from tunearena.evaluation.results import parse_results
 from tunearena.launch.cli import main
 
 BENCHMARKS = [
@@ -20,6 +20,25 @@ BENCHMARKS = [
     BenchmarkConfig(name="world_facts", path="w.jsonl", kind="general"),
 ]
 SECTIONS = ["verdict", "scores", "forgetting", "retrieval", "cost", "training", "provenance"]
+TRAINING = {
+    "steps": 30, "planned_steps": 30, "method": "full", "parameters": 1000,
+    "trainable_parameters": 1000, "train_tokens": 5000, "train_s": 12.5, "tokens_per_s": 400.0,
+    "tokens_per_s_per_worker": 200.0, "device": "cpu", "global_batch_size": 8, "world_size": 2,
+    "bf16": False, "use_gpu": False, "train_sequences": 40, "val_sequences": 4,
+    "train_loss_tokens": 900,
+    "mix": {"target": {"docs": 1.0}, "realised": {"docs": 1.0}, "sequences": {"docs": 160}},
+    "stage": "ft", "median_step_s": 0.4, "p90_step_s": 0.5,
+}
+"""A training summary as the runner hands it to the report (without its history)."""
+
+
+def render_html(results: dict) -> str:
+    """The HTML report of results as results.json holds them."""
+    return html_report(parse_results(results))
+
+
+def render_markdown(results: dict) -> str:
+    return markdown_report(parse_results(results))
 
 
 def _scores(n: int, n_correct: int, prefix: str) -> list[dict]:
@@ -43,14 +62,11 @@ def _results(extra: dict | None = None, run_name: str = "demo") -> dict:
                 "seed": 0,
             },
             "latency": {
-                arm: {"score_s": 1.5, "ms_per_question": 12.5, "model": f"/m/{arm}"}
+                arm: {"model": f"/m/{arm}", "score_s": 1.5, "ms_per_question": 12.5}
                 for arm in right
             },
             "training": {
-                "steps": 30,
-                "train_s": 12.5,
-                "world_size": 2,
-                "use_gpu": False,
+                **TRAINING,
                 "history": [
                     {"step": s, "train_loss": 4 - s / 10, "lr": 1e-4}
                     | ({"val_loss": 3.9 - s / 12} if s % 10 == 0 else {})
@@ -70,7 +86,7 @@ def _results(extra: dict | None = None, run_name: str = "demo") -> dict:
             },
         }
     cfg = EvaluationConfig(benchmarks=BENCHMARKS, bootstrap_samples=500)
-    return json.loads(json.dumps(summarise(samples, BENCHMARKS, cfg, ReportConfig(), extra)))
+    return summarise(samples, BENCHMARKS, cfg, ReportConfig(), extra).to_json()
 
 
 class _Page(HTMLParser):
@@ -184,9 +200,9 @@ def test_forgetting_retrieval_cost_training_and_provenance_tables(page):
     )
     cost, latency = generic["cost"]
     assert ["device hours", "0.0069"] in cost
-    assert latency[0] == ["", "score (s)", "ms per question", "model"]
-    assert latency[4] == ["ft+rag", "1.5", "12.5", "/m/ft+rag"]
-    (training,) = generic["training"]
+    assert latency[0] == ["", "model", "score (s)", "ms per question"]
+    assert latency[4] == ["ft+rag", "/m/ft+rag", "1.5", "12.5"]
+    training = generic["training"][0]  # then the mixture
     assert ["steps", "30"] in training and ["use gpu", "no"] in training
     assert not any("history" in row[0] for row in training)
     (provenance,) = generic["provenance"]
@@ -236,11 +252,10 @@ def test_missing_sections_are_skipped():
     assert len([t for t, _ in page.tags if t == "img"]) == 2
     del bare["decision"]  # a results.json written before the verdict existed
     assert _Page(render_html(bare)).sections[:2] == ["summary", "scores"]
-    assert _Page(render_html({})).sections == []
 
 
 def test_training_without_history_has_no_loss_plot(results):
-    no_history = {**results, "training": {"steps": 3}}
+    no_history = {**results, "training": TRAINING}
     page = _Page(render_html(no_history))
     assert "training" in page.sections
     assert len([t for t, _ in page.tags if t == "img"]) == 2
@@ -308,6 +323,28 @@ def test_cli_report_without_usable_results_exits_2_naming_the_path(
     err = " ".join(capsys.readouterr().err.split())
     assert f"error: {path}: {message}" in err and "Traceback" not in err
     assert not (tmp_path / "report.md").exists() and not (tmp_path / "report.html").exists()
+
+
+def test_cli_report_names_a_wrong_field_and_exits_2(tmp_path, capsys, results):
+    broken = json.loads(json.dumps(results))
+    broken["benchmarks"]["products"]["arms"]["base"]["acc"] = "high"
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(broken))
+    assert main(["report", str(tmp_path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"error: {path}: benchmarks.products.arms.base.acc: Input should be a valid number" \
+        in err and "Traceback" not in err
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_cli_report_renders_a_results_file_of_the_first_schema(tmp_path, results):
+    """Before schema_version existed, the training summary also counted its tensors."""
+    old = json.loads(json.dumps(results))
+    del old["schema_version"]
+    old["training"]["tensors"] = 39
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    assert main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "report.html").read_text() == render_html(results)
 
 
 # -- sequential stages -----------------------------------------------------------------------
@@ -398,7 +435,7 @@ def _stage_results(warning: str | None = WARNING) -> dict:
     }
     arms = ["base", "base+rag", "ft@docs", "ft@qa", "ft", "ft+rag"]
     cfg = EvaluationConfig(benchmarks=BENCHMARKS, arms=arms, bootstrap_samples=500)
-    return json.loads(json.dumps(summarise(samples, BENCHMARKS, cfg, ReportConfig(), extra)))
+    return summarise(samples, BENCHMARKS, cfg, ReportConfig(), extra).to_json()
 
 
 @pytest.fixture(scope="module")

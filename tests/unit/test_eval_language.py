@@ -7,8 +7,7 @@ import math
 import pytest
 
 from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
-from tunearena.evaluation.html import render_html
-from tunearena.evaluation.report import render_markdown, summarise
+from tunearena.evaluation.report import html_report, markdown_report, summarise
 from tunearena.evaluation.stats import mean_ci, ratio_ci
 
 
@@ -40,18 +39,18 @@ def test_bits_per_byte_benchmark_is_reported_apart_from_accuracy():
     }
     results = summarise(samples, [acc, bpb], EvaluationConfig(
         benchmarks=[acc, bpb], arms=["base", "ft"], bootstrap_samples=500), ReportConfig())
-    assert list(results["benchmarks"]) == ["dom"]  # no accuracy, no forgetting check
-    assert [c["benchmark"] for c in results["forgetting"]["checks"]] == []
-    wiki = results["language_modelling"]["wiki"]
-    assert wiki["n"] == 30 and wiki["bytes"] == sum(n_bytes)
-    assert wiki["arms"]["base"]["bits_per_byte"] == pytest.approx(1.0)
-    ft = wiki["arms"]["ft"]
+    assert list(results.benchmarks) == ["dom"]  # no accuracy, no forgetting check
+    assert results.forgetting is not None and results.forgetting.checks == []
+    wiki = results.language_modelling["wiki"]
+    assert wiki.n == 30 and wiki.bytes == sum(n_bytes)
+    assert wiki.arms["base"].bits_per_byte == pytest.approx(1.0)
+    ft = wiki.arms["ft"]
     # 20% more bits on every document: +0.2 bits per byte, an interval above zero: worse.
-    assert ft["bits_per_byte"] == pytest.approx(1.2) and ft["diff_vs_base"] == pytest.approx(0.2)
-    assert ft["diff_ci"][0] > 0 and ft["verdict"] == "worse than base"
+    assert ft.bits_per_byte == pytest.approx(1.2) and ft.diff_vs_base == pytest.approx(0.2)
+    assert ft.diff_ci is not None and ft.diff_ci[0] > 0 and ft.verdict == "worse than base"
     assert any(s.startswith("Language modelling on wiki: ft 1.200 bits per byte vs base 1.000")
-               and s.endswith("worse than base.") for s in results["headline"])
+               and s.endswith("worse than base.") for s in results.headline)
     assert "### wiki: bits per byte (general, 30 documents; fewer is better)" in (
-        render_markdown(results))
-    page = render_html(results)
+        markdown_report(results))
+    page = html_report(results)
     assert 'id="language-modelling"' in page and "1.2000" in page

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
 
 from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
 from tunearena.evaluation.report import (
-    RULE_IN_FULL,
     ResultsError,
     decide,
     load_results,
-    render_markdown,
+    markdown_report,
+    primary_score,
+    sample_track,
     summarise,
 )
+from tunearena.evaluation.report.verdict import RULE_IN_FULL
+from tunearena.evaluation.results import Results, parse_results
 from tunearena.evaluation.stats import mean_ci, paired_diff_ci
 
 BENCHMARKS = [
@@ -38,21 +42,37 @@ SAMPLES = {
     "ft": {"dom": _scores(40, 10, "d"), "gen": _scores(100, 60, "g")},
     "ft+rag": {"dom": _scores(40, 20, "d"), "gen": _scores(100, 79, "g")},
 }
+TRAINING = {
+    "steps": 20, "planned_steps": 20, "method": "full", "parameters": 1000,
+    "trainable_parameters": 1000, "train_tokens": 5000, "train_s": 12.5, "tokens_per_s": 400.0,
+    "tokens_per_s_per_worker": 200.0, "device": "cpu", "global_batch_size": 8, "world_size": 2,
+    "bf16": False, "use_gpu": False, "train_sequences": 40, "val_sequences": 4,
+    "train_loss_tokens": 900, "final_train_loss": 1.23456,
+    "mix": {"target": {"docs": 1.0}, "realised": {"docs": 1.0}, "sequences": {"docs": 160}},
+    "stage": "ft", "median_step_s": 0.5, "p90_step_s": 0.8,
+}
+"""A training summary as the runner hands it to the report."""
 EXTRA = {
-    "training": {"stages": [{"name": "domain", "steps": 20, "loss": 1.23456}], "gpu_hours": 0.5},
+    "training": TRAINING,
     "retrieval": {"index": "Flat", "recall@5": 0.9},
     "run": {"name": "demo", "code_version": "abc123"},
 }
 
 
-def _summarise(samples=SAMPLES, extra=EXTRA, **evaluation):
+def _summarise(samples=SAMPLES, extra=EXTRA, **evaluation) -> dict:
+    """The results as results.json holds them."""
     return summarise(
         samples,
         BENCHMARKS,
         EvaluationConfig(benchmarks=BENCHMARKS, bootstrap_samples=1000, **evaluation),
         ReportConfig(),
         extra,
-    )
+    ).to_json()
+
+
+def render_markdown(results: dict | Results) -> str:
+    """The Markdown report of results, typed or as results.json holds them."""
+    return markdown_report(results if isinstance(results, Results) else parse_results(results))
 
 
 def test_per_arm_scores_and_verdicts():
@@ -127,9 +147,10 @@ def test_render_markdown_tables_and_sections():
     )
     assert "| ft | 25.0% |" in md and "| +0.0 | +0.0 to +0.0 | no evidence of a difference |" in md
     assert "## Forgetting" in md and "- ft lost 20.0 points on gen (95% CI" in md
-    assert "## Training" in md and "| domain | 20 | 1.235 |" in md
-    assert "- **recall@5**: 0.9" in md
-    assert "- **code_version**: abc123" in md
+    assert "## Training" in md and "- **steps**: 20" in md
+    assert "- **final train loss**: 1.235" in md
+    assert "- **recall@5**: 90.0%" in md
+    assert "- **code version**: abc123" in md
 
 
 def test_render_markdown_without_optional_sections():
@@ -200,7 +221,7 @@ def test_only_some_arms_and_no_general_benchmark():
         EvaluationConfig(benchmarks=BENCHMARKS[:1]),
         ReportConfig(),
         {},
-    )
+    ).to_json()
     assert list(results["benchmarks"]["dom"]["arms"]) == ["base", "ft"]
     assert results["forgetting"]["checks"] == []
     assert "forgetting was not measured" in results["headline"][-1]
@@ -259,7 +280,7 @@ def test_pairs_with_two_arms_are_empty():
     samples = {"base": {"dom": _scores(40, 10, "d")}, "ft": {"dom": _scores(40, 20, "d")}}
     results = summarise(
         samples, BENCHMARKS[:1], EvaluationConfig(benchmarks=BENCHMARKS[:1]), ReportConfig(), {}
-    )
+    ).to_json()
     assert results["benchmarks"]["dom"]["pairs"] == {}
 
 
@@ -298,7 +319,7 @@ def test_verdict_fine_tune_not_blocked_by_an_unscored_rag_arm():
     samples = {"base": {"dom": _scores(40, 10, "d")}, "ft": {"dom": _scores(40, 30, "d")}}
     results = summarise(
         samples, BENCHMARKS[:1], EvaluationConfig(benchmarks=BENCHMARKS[:1]), ReportConfig(), {}
-    )
+    ).to_json()
     d = results["decision"]
     assert d["verdict"] == "fine-tune"
     assert "both does not hold (ft+rag was not scored)" in d["rule"]
@@ -337,7 +358,7 @@ def test_verdict_neither_without_a_domain_benchmark():
     samples = {"base": {"gen": _scores(10, 5, "g")}, "ft": {"gen": _scores(10, 9, "g")}}
     results = summarise(
         samples, BENCHMARKS[1:], EvaluationConfig(benchmarks=BENCHMARKS[1:]), ReportConfig(), {}
-    )
+    ).to_json()
     d = results["decision"]
     assert (d["verdict"], d["evidence"]) == ("neither", [])
     assert "no domain benchmark was scored" in d["rule"]
@@ -354,13 +375,19 @@ def _row(diff, lo, hi):
     }
 
 
-def test_decide_reads_only_the_results_dict_and_zero_is_not_above_zero():
+def _check(arm: str, benchmark: str, status: str) -> dict:
+    return {"arm": arm, "benchmark": benchmark, "change": -0.03, "ci": [-0.08, 0.01],
+            "status": status, "sentence": ""}
+
+
+def test_decide_reads_only_the_results_and_zero_is_not_above_zero():
     results = {
-        "settings": {"confidence": 0.9, "forgetting_tolerance": 0.05},
+        "settings": {"confidence": 0.9, "bootstrap_samples": 100, "forgetting_tolerance": 0.05},
         "arms": ["base", "base+rag", "ft"],
         "benchmarks": {
             "a": {
                 "kind": "domain",
+                "track": "multiple_choice",
                 "n": 50,
                 "arms": {
                     "base": {**_row(None, 0, 0), "diff_ci": None},
@@ -370,18 +397,19 @@ def test_decide_reads_only_the_results_dict_and_zero_is_not_above_zero():
                 "pairs": {"ft - base+rag": {"diff": 0.1, "ci": [-0.1, 0.3], "verdict": ""}},
             },
         },
-        "forgetting": {"checks": [{"arm": "ft", "benchmark": "g", "status": "inconclusive"}]},
+        "forgetting": {"tolerance": 0.05, "summary": "",
+                       "checks": [_check("ft", "g", "inconclusive")]},
     }
-    d = decide(results)
-    assert d["verdict"] == "fine-tune"
-    assert d["rule_in_full"] == list(RULE_IN_FULL)
-    assert "(though some intervals reach past it)" in d["rule"]
-    assert d["confidence"].startswith("Based on 50 domain questions, at 90% confidence.")
-    assert "Spanning zero (no evidence of a difference): ft - base+rag on a" in d["confidence"]
-    assert "cannot be ruled out for ft on g." in d["confidence"]
+    d = decide(parse_results(results))
+    assert d.verdict == "fine-tune"
+    assert d.rule_in_full == list(RULE_IN_FULL)
+    assert "(though some intervals reach past it)" in d.rule
+    assert d.confidence.startswith("Based on 50 domain questions, at 90% confidence.")
+    assert "Spanning zero (no evidence of a difference): ft - base+rag on a" in d.confidence
+    assert "cannot be ruled out for ft on g." in d.confidence
     results["benchmarks"]["a"]["arms"]["base+rag"] = _row(0.1, 0.01, 0.2)
     results["forgetting"]["checks"][0]["status"] = "forgetting"
-    assert decide(results)["verdict"] == "RAG"
+    assert decide(parse_results(results)).verdict == "RAG"
 
 
 def test_markdown_puts_the_verdict_first():
@@ -403,7 +431,78 @@ def test_load_results_errors_name_the_path(tmp_path):
     with pytest.raises(ResultsError, match="expected a JSON object, got list"):
         load_results(path)
     path.write_text(json.dumps(_summarise()))
-    assert load_results(path)["decision"]["verdict"] == "RAG"
+    assert load_results(path).decision.verdict == "RAG"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r["benchmarks"]["dom"]["arms"]["ft"].update(acc="high"),
+         "benchmarks.dom.arms.ft.acc: Input should be a valid number"),
+        (lambda r: r["benchmarks"]["gen"]["arms"]["base"].pop("acc_ci"),
+         "benchmarks.gen.arms.base.acc_ci: Field required"),
+        (lambda r: r["decision"].update(verdict="maybe"),
+         "decision.verdict: Input should be 'fine-tune', 'RAG', 'both' or "
+         "'neither'"),
+        (lambda r: r["training"].pop("steps"), "training.steps: Field required"),
+        (lambda r: r["settings"].update(confidence=None),
+         "settings.confidence: Input should be a valid number"),
+    ],
+)
+def test_a_wrong_field_is_named_by_its_path(tmp_path, change, message):
+    results = _summarise()
+    change(results)
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    with pytest.raises(ResultsError) as e:
+        load_results(path)
+    assert any(line.startswith(f"{path}: {message}") for line in str(e.value).splitlines())
+
+
+def test_results_round_trip_and_declare_their_schema():
+    results = _summarise()
+    assert results["schema_version"] == 2
+    assert parse_results(results).to_json() == results
+    assert [b["track"] for b in results["benchmarks"].values()] == ["multiple_choice"] * 2
+
+
+def _generative(n: int, n_right: int, prefix: str) -> list[dict]:
+    return [{"id": f"{prefix}{i}", "exact_match": int(i < n_right),
+             "f1": 1.0 if i < n_right else 0.25, "prediction": "x", "doc_id": None}
+            for i in range(n)]
+
+
+def test_generative_rows_name_exact_match_and_older_files_are_upgraded():
+    samples = {"base": {"dom": _generative(20, 5, "d")}, "ft": {"dom": _generative(20, 15, "d")}}
+    bench = [BenchmarkConfig(name="dom", path="dom.jsonl", kind="domain", track="generative")]
+    results = summarise(samples, bench, EvaluationConfig(benchmarks=bench), ReportConfig(), {})
+    row = results.benchmarks["dom"].arms["ft"]
+    assert (row.exact_match, row.f1, row.score) == (0.75, 0.8125, 0.75)
+    saved = results.to_json()
+    assert set(saved["benchmarks"]["dom"]["arms"]["ft"]) == {
+        "exact_match", "exact_match_ci", "f1", "diff_vs_base", "diff_ci", "verdict"}
+    assert saved["benchmarks"]["dom"]["metrics"] == ["exact_match", "f1"]
+    assert "| arm | exact_match | 95% CI | f1 |" in render_markdown(results)
+    # Schema 1 kept the generative scores under acc, acc_ci and acc_norm.
+    renamed = {"exact_match": "acc", "exact_match_ci": "acc_ci", "f1": "acc_norm"}
+    old = json.loads(json.dumps(saved))
+    del old["schema_version"]
+    for arm, r in old["benchmarks"]["dom"]["arms"].items():
+        old["benchmarks"]["dom"]["arms"][arm] = {renamed.get(k, k): v for k, v in r.items()}
+    assert parse_results(old).to_json() == saved
+
+
+def test_a_benchmarks_track_and_primary_score_come_from_its_rows():
+    choice, generative = _scores(4, 3, "q"), _generative(4, 1, "q")
+    rolling = [{"id": "0", "loglikelihood": -8 * math.log(2), "bytes": 4, "doc_id": None},
+               {"id": "1", "loglikelihood": -4 * math.log(2), "bytes": 8, "doc_id": None}]
+    own = [{"id": "0", "prediction": "x", "bleu": 0.3, "doc_id": None}]
+    assert [sample_track(r) for r in (choice, generative, rolling, own)] == [
+        "multiple_choice", "generative", "language_modelling", None]
+    assert primary_score(choice) == 0.75 and primary_score(generative) == 0.25
+    assert primary_score(rolling) == pytest.approx(1.0)  # 12 bits over 12 bytes
+    with pytest.raises(ValueError, match="no score the report knows"):
+        primary_score(own)
 
 
 # -- sequential stages -----------------------------------------------------------------------
@@ -487,7 +586,8 @@ def _stage_world(selected: str = "a", warning: str | None = None) -> tuple[dict,
 
 def _summarise_stages(samples, stages, **extra):
     cfg = EvaluationConfig(benchmarks=BENCHMARKS, arms=STAGE_ARMS, bootstrap_samples=1000)
-    return summarise(samples, BENCHMARKS, cfg, ReportConfig(), {"stages": stages, **extra})
+    return summarise(samples, BENCHMARKS, cfg, ReportConfig(),
+                     {"stages": stages, **extra}).to_json()
 
 
 def test_stage_matrix_accuracy_diff_and_change_vs_start_exactly():
@@ -627,6 +727,20 @@ def test_markdown_stages_with_sparse_stage_records():
     assert "| a | — | 50.0% (+25.0 vs base) | 78.0% (-2.0 vs base) |" in md
     assert "| b | a | 75.0% (+50.0 vs base, +25.0 vs start) |" in md
     assert "| ft (=" not in md
+
+
+def test_a_stage_entry_may_be_the_whole_training_summary():
+    samples, stages = _stage_world()
+    stages["stages"]["b"] = {**TRAINING, "steps": 80, "planned_steps": 80, "start_from": "a",
+                             "method": "lora", "stopped_early_at": None,
+                             "data": stages["stages"]["a"]["data"]}
+    del stages["stages"]["b"]["stage"], stages["stages"]["b"]["median_step_s"]
+    del stages["stages"]["b"]["p90_step_s"]
+    results = _summarise_stages(samples, stages)
+    assert results["stages"]["stages"]["b"]["parameters"] == 1000
+    md = render_markdown(results)
+    assert "| b | a | lora | 80 | no | 12.5 | 1.235 | — |" in md
+    assert md.count("| docs_train | 510 | 3 | 17 | 6 | 4 (dom: 4) | 480 | 456 | 24 | 0 |") == 2
 
 
 def test_markdown_without_stages_has_no_stages_section():

@@ -77,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _report(run_dir: Path, console, err) -> int:
-    """Re-render a finished run's reports from its results.json alone."""
+    """Re-render a finished run's reports from its results.json alone; a file that is missing,
+    not JSON, or has a wrong field (named by its path) is a ``ResultsError``: exit 2."""
     from rich.markup import escape
 
     from tunearena.errors import UserError

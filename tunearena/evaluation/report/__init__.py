@@ -1,0 +1,66 @@
+"""Per-question scores -> typed results (the source of truth) -> verdict -> Markdown and HTML.
+
+``numbers`` computes scores, intervals and forgetting; ``verdict`` the recommendation;
+``sentences`` words them; ``view`` formats every number once; ``markdown`` and ``html`` lay the
+view out, ``plots`` draws for the HTML page. Every score is a fraction in [0, 1] in the
+results; "points" in sentences and tables are percentage points, printed with one decimal.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tunearena.evaluation.report.build import summarise
+from tunearena.evaluation.report.html import render_html
+from tunearena.evaluation.report.markdown import render_markdown
+from tunearena.evaluation.report.numbers import primary_score, sample_track
+from tunearena.evaluation.report.verdict import decide
+from tunearena.evaluation.report.view import build_view
+from tunearena.evaluation.results import PRIMARY_METRIC, Results, ResultsError, load_results
+from tunearena.files import write_atomic
+
+
+def markdown_report(results: Results) -> str:
+    """The report of ``results`` as Markdown."""
+    return render_markdown(build_view(results))
+
+
+def html_report(results: Results) -> str:
+    """The report of ``results`` as one self-contained HTML page."""
+    return render_html(build_view(results), results)
+
+
+def write_reports(run_dir: Path, results: Results) -> list[Path]:
+    """Write ``report.md`` and ``report.html`` for ``results`` into ``run_dir``, atomically;
+    returns their paths."""
+    view = build_view(results)
+    paths = [run_dir / "report.md", run_dir / "report.html"]
+    for path, text in zip(paths, (render_markdown(view), render_html(view, results)), strict=True):
+        write_atomic(path, text)
+    return paths
+
+
+def write_results(run_dir: Path, results: Results) -> Path:
+    """Write ``results.json`` (see ``Results.to_json``) into ``run_dir``, atomically."""
+    path = run_dir / "results.json"
+    write_atomic(path, json.dumps(results.to_json(), indent=1) + "\n")
+    return path
+
+
+__all__ = [
+    "PRIMARY_METRIC",
+    "Results",
+    "ResultsError",
+    "decide",
+    "html_report",
+    "load_results",
+    "markdown_report",
+    "primary_score",
+    "render_html",
+    "render_markdown",
+    "sample_track",
+    "summarise",
+    "write_reports",
+    "write_results",
+]

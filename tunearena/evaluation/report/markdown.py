@@ -1,0 +1,139 @@
+"""The report view as Markdown: verdict, headline, scores, stages, forgetting, then the
+sections other steps filled (training, cost, retrieval, latency, run)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunearena.evaluation.report.table import Table
+from tunearena.evaluation.report.view import ReportView, tables
+
+_SECTIONS = (
+    ("training", "Training"),
+    ("cost", "Cost"),
+    ("retrieval", "Retrieval"),
+    ("latency", "Latency and evaluation time per arm"),
+    ("run", "Run"),
+)
+
+
+def render_markdown(view: ReportView) -> str:
+    """The report as Markdown; a section the view does not hold is left out."""
+    lines = [f"# {view.title}", ""]
+    if view.decision:
+        d = view.decision
+        lines += [f"## Verdict: {d['verdict']}", "", f"**{d['sentence']}**", "",
+                  f"- **Rule**: {d['rule']}", f"- **Confidence**: {d['confidence']}", ""]
+    if view.stages and view.stages["warning"]:
+        lines += [f"**Warning:** {view.stages['warning']}", ""]
+    lines += ["## Headline", "", *(f"- {s}" for s in view.headline), ""]
+    lines += ["## Scores", ""]
+    for bench in view.benchmarks:
+        lines += _scores(bench, view.ci)
+    lines.append("Differences are in percentage points, paired question by question.\n")
+    if view.stages:
+        lines += _stages(view.stages)
+    if view.forgetting:
+        lines += ["## Forgetting", "", view.forgetting["summary"], ""]
+        lines += [f"- {c['sentence']}." for c in view.forgetting["checks"]]
+        lines.append("")
+    for bench in view.language:
+        lines += _language(bench, view.ci)
+    for key, title in _SECTIONS:
+        if key in view.sections:
+            lines += [f"## {title}", ""]
+            if key == "latency" and view.latency_sentence:
+                lines += [view.latency_sentence, ""]
+            for table in view.sections[key]:
+                lines += [*table_lines(table), ""]
+            if key == "training" and view.history:
+                lines += [*table_lines(_history(view.history)), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def table_lines(table: Table) -> list[str]:
+    """One table as Markdown: a pipe table under its title; a table without column names
+    (a key/value table) as a bullet list."""
+    lines = [f"#### {table.title}", ""] if table.title else []
+    if not table.columns:
+        return lines + [f"- **{row[0]}**: {_cell(row[1])}" if len(row) > 1 else _cell(row[0])
+                        for row in table.rows]
+    numeric = table.numeric or [False] * len(table.columns)
+    rule = "".join("---:|" if n else "---|" for n in numeric)
+    lines += ["| " + " | ".join(map(_cell, table.columns)) + " |", "|" + rule]
+    lines += ["| " + " | ".join(map(_cell, row)) + " |" for row in table.rows]
+    return lines
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _scores(bench: dict[str, Any], ci: str) -> list[str]:
+    lines = [f"### {bench['name']} ({bench['kind']}, n = {bench['n']})", ""]
+    if bench["n_clusters"] is not None:
+        lines += [f"CIs resample the {bench['n_clusters']} source documents, not single "
+                  "questions, because questions on one document are correlated.", ""]
+    scores = Table(
+        ["arm", bench["primary"], ci, bench["secondary"], "diff vs base", f"{ci} of diff",
+         "verdict"],
+        [[r["arm"], r["score"], r["score_ci"], r["secondary"], r["diff"], r["diff_ci"],
+          r["verdict"]] for r in bench["rows"]],
+        numeric=[False, True, True, True, True, True, False])
+    lines += [*table_lines(scores), ""]
+    if bench["pairs"]:
+        pairs = Table(["between arms", "diff", f"{ci} of diff", "verdict"],
+                      [[p["comparison"], p["diff"], p["ci"], p["verdict"]] for p in bench["pairs"]],
+                      numeric=[False, True, True, False])
+        lines += [*table_lines(pairs), ""]
+    return lines
+
+
+def _language(bench: dict[str, Any], ci: str) -> list[str]:
+    table = Table(
+        ["arm", "bits per byte", ci, "change vs base", f"{ci} of change", "verdict"],
+        [[r["arm"], r["value"], r["ci"], r["diff"], r["diff_ci"], r["verdict"]]
+         for r in bench["rows"]],
+        numeric=[False, True, True, True, True, False])
+    return [f"### {bench['name']}: bits per byte ({bench['kind']}, {bench['n']} documents; "
+            "fewer is better)", "", *table_lines(table), ""]
+
+
+def _stages(view: dict[str, Any]) -> list[str]:
+    lines = ["## Stages", "", view["intro"], ""]
+    if view["rule"]:
+        lines += [f"- **How ft was chosen**: {view['rule']}", ""]
+    if view["candidates"]:
+        candidates = Table(
+            ["stage", "domain gain (points)", "largest general drop (points)",
+             f"within the {view['tolerance']} tolerance"],
+            [[f"**{c['stage']}** (ft)" if c["selected"] else c["stage"], c["gain"],
+              c["forgetting"], c["within"]] for c in view["candidates"]],
+            numeric=[False, True, True, False])
+        lines += [*table_lines(candidates), "", view["candidates_note"], ""]
+    lines += ["### Accuracy after each stage", "", view["matrix_note"], "", view["bt_note"], ""]
+    names = [f"{b['name']} ({b['kind']})" for b in view["benchmarks"]]
+    matrix = Table(["stage", "starts from", *names],
+                   [[f"**{row['stage']}** (ft)" if row["selected"] else row["stage"],
+                     row["start"], *map(_matrix_cell, row["cells"])] for row in view["matrix"]],
+                   numeric=[False, False, *[True] * len(names)])
+    lines += [*table_lines(matrix), ""]
+    if view["training"].rows:
+        lines += ["### Training per stage", "", *table_lines(view["training"]), ""]
+    for detail in view["details"]:
+        lines += [f"### Stage {detail['stage']}: data", "", f"Replay: {detail['replay']}.", ""]
+        for table in (detail["tasks"], detail["data"]):
+            if table.rows:
+                lines += [*table_lines(table), ""]
+    return lines
+
+
+def _matrix_cell(cell: dict[str, Any]) -> str:
+    changes = [f"{cell[k]} {k.replace('_', ' ')}" for k in ("vs_base", "vs_start") if cell[k]]
+    return cell["acc"] + (f" ({', '.join(changes)})" if changes else "")
+
+
+def _history(history: list[dict[str, float]]) -> Table:
+    (table,) = tables({"history": history})
+    return table
+

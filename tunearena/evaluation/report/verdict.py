@@ -1,0 +1,223 @@
+"""The recommendation rule: fine-tune, RAG, both, or neither, from the typed results."""
+
+from __future__ import annotations
+
+from tunearena.evaluation.report.formats import pct_label, points, signed
+from tunearena.evaluation.results import Decision, Evidence, ForgettingCheck, Results
+
+VERDICTS = ("fine-tune", "RAG", "both", "neither")
+
+RULE_IN_FULL = (
+    "An arm helps when, on every domain benchmark, the confidence interval of its "
+    "question-by-question difference against the base model lies above zero.",
+    "Fine-tuning is acceptable when no forgetting check of a fine-tuned arm (ft, ft+rag) finds "
+    "a drop on a general benchmark beyond the forgetting tolerance.",
+    "both: ft+rag helps, the intervals of ft+rag minus base+rag and of ft+rag minus ft lie "
+    "above zero on every domain benchmark, and fine-tuning is acceptable.",
+    "fine-tune: ft helps, fine-tuning is acceptable, and the interval of ft minus base+rag "
+    "lies below zero on no domain benchmark.",
+    "RAG: base+rag helps, and neither rule above applies.",
+    "neither: no rule above applies.",
+)
+"""The decision rule, checked in this order; the first clause that holds gives the verdict."""
+
+_SENTENCES = {
+    "both": "Use both: fine-tune the model and give it retrieved passages (RAG).",
+    "fine-tune": "Fine-tune the model: it beats the base model, and RAG is not shown to do better.",
+    "RAG": "Use retrieval (RAG) with the base model: it beats the base model, and fine-tuning "
+    "is not shown to be worth it.",
+    "neither": "Neither: no option is shown to be worth it on these questions; keep the base "
+    "model, or score more questions to settle it.",
+}
+
+Comparison = tuple[str, str]  # (a, b): the interval of a minus b, paired question by question
+Condition = tuple[bool, str, list[Comparison]]  # holds?, why not, the intervals it read
+
+
+class _Intervals:
+    """The paired intervals the rule reads, each remembered for the evidence table."""
+
+    def __init__(self, results: Results, domain: list[str]):
+        self.results, self.domain = results, domain
+        self.seen: dict[tuple[str, str, str], tuple[float, float, float]] = {}
+
+    def get(self, a: str, b: str, name: str) -> tuple[float, float, float] | None:
+        bench = self.results.benchmarks[name]
+        if b == "base":
+            row = bench.arms.get(a)
+            if row is None or row.diff_ci is None or row.diff_vs_base is None:
+                return None
+            value = (row.diff_vs_base, *row.diff_ci)
+        else:
+            pair = bench.pairs.get(f"{a} - {b}")
+            if pair is None:
+                return None
+            value = (pair.diff, *pair.ci)
+        self.seen[(a, b, name)] = value
+        return value
+
+    def beats(self, a: str, b: str) -> Condition:
+        """Whether a - b lies above zero on every domain benchmark."""
+        missing = [arm for arm in (a, b) if arm not in self.results.arms]
+        if missing:
+            return False, f"{missing[0]} was not scored", []
+        values = [self.get(a, b, name) for name in self.domain]
+        ok = bool(values) and all(v is not None and v[1] > 0 for v in values)
+        return ok, f"{a} is not shown to beat {b}", [(a, b)]
+
+    def not_worse(self, a: str, b: str) -> Condition:
+        """Whether a - b lies below zero on no domain benchmark (trivially, b unscored)."""
+        if a not in self.results.arms or b not in self.results.arms:
+            return True, "", []
+        values = [self.get(a, b, name) for name in self.domain]
+        ok = not any(v is not None and v[2] < 0 for v in values)
+        return ok, f"{a} is worse than {b}", [(a, b)]
+
+
+def decide(results: Results) -> Decision:
+    """The recommendation the results support: fine-tune, RAG, both, or neither.
+
+    The rule (``RULE_IN_FULL``), checked in this order, the first clause that holds wins:
+
+    - an arm *helps* when, on every domain benchmark, the confidence interval of its paired
+      difference against base lies above zero;
+    - fine-tuning is *acceptable* when no forgetting check of a fine-tuned arm (ft, ft+rag)
+      has status ``forgetting`` (its whole interval past ``evaluation.forgetting_tolerance``);
+    - **both**: ft+rag helps, the intervals of ft+rag - base+rag and ft+rag - ft lie above
+      zero on every domain benchmark, and fine-tuning is acceptable;
+    - **fine-tune**: ft helps, fine-tuning is acceptable, and the interval of ft - base+rag
+      lies below zero on no domain benchmark (an unscored base+rag cannot block it);
+    - **RAG**: base+rag helps;
+    - **neither**: otherwise (also when no domain benchmark was scored).
+
+    Reads ``settings``, ``arms``, ``benchmarks`` with their ``pairs`` and ``forgetting``.
+    The decision's ``rule`` says the clause that produced it and why the earlier clauses did
+    not hold, ``confidence`` which intervals decided it and which of them span zero, and
+    ``evidence`` every interval the rule read.
+    """
+    tol = results.settings.forgetting_tolerance
+    domain = [name for name, b in results.benchmarks.items() if b.kind == "domain"]
+    intervals = _Intervals(results, domain)
+    # Only the chosen fine-tuned model counts; a stage not chosen cannot block fine-tuning.
+    checks = results.forgetting.checks if results.forgetting else []
+    ft_checks = [c for c in checks if c.arm in ("ft", "ft+rag")]
+    forgot = [f"{c.arm} on {c.benchmark}" for c in ft_checks if c.status == "forgetting"]
+    acceptable: Condition = (
+        not forgot,
+        f"fine-tuning forgets beyond the {points(tol)} tolerance ({', '.join(forgot)})",
+        [],
+    )
+    # Every condition is evaluated (no short cut), so the evidence lists every interval.
+    conditions = {
+        "both": [intervals.beats("ft+rag", "base"), intervals.beats("ft+rag", "base+rag"),
+                 intervals.beats("ft+rag", "ft"), acceptable],
+        "fine-tune": [intervals.beats("ft", "base"), acceptable,
+                      intervals.not_worse("ft", "base+rag")],
+        "RAG": [intervals.beats("base+rag", "base")],
+    }
+    failures = {
+        name: next(((reason, comps) for ok, reason, comps in conds if not ok), None)
+        for name, conds in conditions.items()
+    }
+    verdict, rule, decisive = _rule(domain, conditions, failures,
+                                    _kept(ft_checks, forgot, acceptable[1], tol))
+    decisive = list(dict.fromkeys(decisive))
+    evidence = [
+        Evidence(comparison=f"{a} - {b}", benchmark=name, diff=diff, ci=(lo, hi),
+                 position="above zero" if lo > 0 else "below zero" if hi < 0 else "spans zero",
+                 decisive=(a, b) in decisive)
+        for (a, b, name), (diff, lo, hi) in intervals.seen.items()
+    ]
+    # The intervals that decided it first, in the order the rule names them.
+    rank = {f"{a} - {b}": i for i, (a, b) in enumerate(decisive)}
+    evidence.sort(key=lambda e: rank.get(e.comparison, len(rank)))
+    return Decision(
+        verdict=verdict,  # type: ignore[arg-type]
+        sentence=_SENTENCES[verdict],
+        rule=rule,
+        confidence=_confidence(evidence, ft_checks, domain, results),
+        rule_in_full=list(RULE_IN_FULL),
+        evidence=evidence,
+    )
+
+
+def _kept(ft_checks: list[ForgettingCheck], forgot: list[str], forgets: str, tol: float) -> str:
+    """What the forgetting checks say about the fine-tuned arms, as a clause."""
+    if forgot:
+        return forgets
+    if any(c.status == "inconclusive" for c in ft_checks):
+        return (f"no general benchmark shows forgetting beyond the {points(tol)} tolerance "
+                "(though some intervals reach past it)")
+    if ft_checks:
+        return f"no general benchmark shows forgetting beyond the {points(tol)} tolerance"
+    return "forgetting was not measured, so it cannot block fine-tuning"
+
+
+def _rule(
+    domain: list[str],
+    conditions: dict[str, list[Condition]],
+    failures: dict[str, tuple[str, list[Comparison]] | None],
+    kept: str,
+) -> tuple[str, str, list[Comparison]]:
+    """The verdict, the rule's sentence, and the comparisons that decided it."""
+
+    def why_not(*names: str) -> str:
+        reasons = dict.fromkeys(f[0] for f in (failures[n] for n in names) if f is not None)
+        return "; ".join(reasons)
+
+    if not domain:
+        return ("neither",
+                "neither: no domain benchmark was scored, so no arm can be shown to help.", [])
+    if failures["both"] is None:
+        return ("both",
+                "both: ft+rag beats base, base+rag and ft on every domain benchmark (each "
+                f"interval lies above zero), and {kept}.",
+                [c for _, _, comps in conditions["both"] for c in comps])
+    if failures["fine-tune"] is None:
+        return ("fine-tune",
+                "fine-tune: ft beats base on every domain benchmark (the interval lies above "
+                f"zero), is not shown to be worse than base+rag, and {kept}; both does not "
+                f"hold ({why_not('both')}).",
+                [c for _, _, comps in conditions["fine-tune"] for c in comps])
+    if failures["RAG"] is None:
+        return ("RAG",
+                "RAG: base+rag beats base on every domain benchmark (the interval lies above "
+                f"zero), and fine-tuning does not win ({why_not('fine-tune', 'both')}).",
+                [("base+rag", "base"), *failures["fine-tune"][1], *failures["both"][1]])
+    return ("neither", f"neither: {why_not('RAG', 'fine-tune', 'both')}.",
+            [c for n in ("RAG", "fine-tune", "both") for c in (failures[n] or ("", []))[1]])
+
+
+def _confidence(evidence: list[Evidence], ft_checks: list[ForgettingCheck], domain: list[str],
+                results: Results) -> str:
+    """Which intervals decided the verdict, which of them span zero, and what forgetting
+    could not settle, in plain sentences."""
+    if not domain:
+        return "No domain benchmark was scored, so there is no evidence either way."
+    tol = results.settings.forgetting_tolerance
+
+    def said(e: Evidence) -> str:
+        return (f"{e.comparison} on {e.benchmark} ({signed(e.diff)} points, "
+                f"CI {signed(e.ci[0])} to {signed(e.ci[1])})")
+
+    decisive = [e for e in evidence if e.decisive]
+    n = sum(results.benchmarks[name].n for name in domain)
+    parts = [f"Based on {n} domain question{'s' if n != 1 else ''}, at "
+             f"{pct_label(results.settings.confidence)} confidence."]
+    if decisive:
+        parts.append("Decided by: " + "; ".join(said(e) for e in decisive) + ".")
+    spanning = [e for e in decisive if e.position == "spans zero"]
+    if spanning and len(spanning) == len(decisive) > 1:
+        parts.append("All of them span zero: no evidence of a difference.")
+    elif spanning:
+        parts.append("Spanning zero (no evidence of a difference): "
+                     + "; ".join(said(e) for e in spanning) + ".")
+    elif decisive:
+        parts.append("None of these intervals spans zero.")
+    unsure = [c for c in ft_checks if c.status == "inconclusive"]
+    if not ft_checks:
+        parts.append("Forgetting was not measured for a fine-tuned arm.")
+    elif unsure:
+        parts.append(f"Forgetting beyond the {points(tol)} tolerance cannot be ruled out for "
+                     + ", ".join(f"{c.arm} on {c.benchmark}" for c in unsure) + ".")
+    return " ".join(parts)

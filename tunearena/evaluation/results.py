@@ -1,0 +1,437 @@
+"""The typed ``results.json``: what ``summarise`` builds and every report renderer reads.
+
+Every score is a fraction in [0, 1]. A benchmark row declares its scoring track (``track``)
+instead of leaving the reader to guess it from the keys it holds. ``Results.to_json()`` writes
+exactly the keys a run set (``exclude_unset``), so a results file loaded and written again is
+unchanged; ``load_results`` upgrades older files (see ``SCHEMA_VERSION``) and turns a wrong
+field into a ``ResultsError`` that names its path.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tunearena.errors import UserError
+from tunearena.training.summary import ExportCheck, ReplaySummary, TrainingSummary
+
+SCHEMA_VERSION = 2
+"""1 (no ``schema_version`` key): a generative benchmark's exact match, its interval and its
+token F1 sat under ``acc``, ``acc_ci`` and ``acc_norm``, and the training summary also held
+``tensors``; 2: they sit under ``exact_match``, ``exact_match_ci`` and ``f1``."""
+
+Interval = tuple[float, float]
+"""A confidence interval ``(lo, hi)``; a two-element list in JSON."""
+Track = Literal["multiple_choice", "generative"]
+
+
+class _Model(BaseModel):
+    """A section the report computes: unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Open(BaseModel):
+    """A section other steps fill (run, latency, cost, retrieval): the known keys are typed,
+    new ones are kept and shown as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Settings(_Model):
+    confidence: float
+    bootstrap_samples: int
+    forgetting_tolerance: float
+    limit: int | None = None
+
+
+class ChoiceRow(_Model):
+    """Multiple choice on one arm: accuracy (the choice of highest log-likelihood) and its
+    length-normalised variant. In every row, ``diff_vs_base`` and ``diff_ci`` are the paired
+    difference against base (None for base itself) and ``verdict`` is ``reference`` for base,
+    else better than / worse than / no evidence of a difference."""
+
+    acc: float
+    acc_ci: Interval
+    acc_norm: float | None = None
+    diff_vs_base: float | None
+    diff_ci: Interval | None
+    verdict: str
+
+    @property
+    def score(self) -> float:
+        return self.acc
+
+    @property
+    def score_ci(self) -> Interval:
+        return self.acc_ci
+
+    @property
+    def secondary(self) -> float | None:
+        return self.acc_norm
+
+
+class GenerativeRow(_Model):
+    """A generated answer on one arm: exact match after normalisation, and token F1."""
+
+    exact_match: float
+    exact_match_ci: Interval
+    f1: float
+    diff_vs_base: float | None
+    diff_ci: Interval | None
+    verdict: str
+
+    @property
+    def score(self) -> float:
+        return self.exact_match
+
+    @property
+    def score_ci(self) -> Interval:
+        return self.exact_match_ci
+
+    @property
+    def secondary(self) -> float | None:
+        return self.f1
+
+
+class Pair(_Model):
+    """``A - B`` between two non-base arms, paired question by question."""
+
+    diff: float
+    ci: Interval
+    verdict: str
+
+
+class ChoiceBenchmark(_Model):
+    """A multiple-choice benchmark: a row per arm, and ``pairs`` between non-base arms.
+    CIs resample source documents (``clustered_by``) when questions share one."""
+
+    kind: Literal["domain", "general"]
+    track: Literal["multiple_choice"]
+    metrics: tuple[Literal["acc"], Literal["acc_norm"]] = ("acc", "acc_norm")
+    n: int
+    clustered_by: Literal["doc_id"] | None = None
+    n_clusters: int | None = None
+    arms: dict[str, ChoiceRow]
+    pairs: dict[str, Pair] = {}
+
+
+class GenerativeBenchmark(_Model):
+    """A generative benchmark, as ``ChoiceBenchmark`` with its own rows."""
+
+    kind: Literal["domain", "general"]
+    track: Literal["generative"]
+    metrics: tuple[Literal["exact_match"], Literal["f1"]] = ("exact_match", "f1")
+    n: int
+    clustered_by: Literal["doc_id"] | None = None
+    n_clusters: int | None = None
+    arms: dict[str, GenerativeRow]
+    pairs: dict[str, Pair] = {}
+
+
+Benchmark = Annotated[ChoiceBenchmark | GenerativeBenchmark, Field(discriminator="track")]
+PRIMARY_METRIC: dict[str, str] = {"multiple_choice": "acc", "generative": "exact_match"}
+"""A per-question sample's primary score key, per track."""
+
+
+class BitsRow(_Model):
+    """Language modelling on one arm: bits per byte (fewer is better) and the change
+    against base."""
+
+    bits_per_byte: float
+    ci: Interval
+    diff_vs_base: float | None
+    diff_ci: Interval | None
+    verdict: str
+
+
+class LanguageBenchmark(_Model):
+    kind: Literal["domain", "general"]
+    metric: Literal["bits_per_byte"]
+    n: int
+    bytes: int
+    arms: dict[str, BitsRow]
+
+
+class ForgettingCheck(_Model):
+    arm: str
+    benchmark: str
+    change: float
+    ci: Interval
+    status: Literal["forgetting", "none", "inconclusive"]
+    sentence: str
+
+
+class Forgetting(_Model):
+    tolerance: float
+    summary: str
+    checks: list[ForgettingCheck]
+
+
+class Evidence(_Model):
+    """One interval the decision rule read."""
+
+    comparison: str
+    benchmark: str
+    diff: float
+    ci: Interval
+    position: Literal["above zero", "below zero", "spans zero"]
+    decisive: bool = False
+
+
+Verdict = Literal["fine-tune", "RAG", "both", "neither"]
+
+
+class Decision(_Model):
+    verdict: Verdict
+    sentence: str
+    rule: str
+    confidence: str
+    rule_in_full: list[str] = []
+    evidence: list[Evidence] = []
+
+
+with warnings.catch_warnings():
+    # TrainingSummary computes median_step_s and p90_step_s from step_time_s, which results
+    # leave out; here they are stored fields. The parent's properties still answer attribute
+    # reads, so the stored values are read through to_json() only.
+    warnings.simplefilter("ignore", UserWarning)
+
+    class TrainingResult(TrainingSummary):
+        """The selected stage's training summary, without its step times and data report,
+        with the stage's name and its median and 90th-percentile step time."""
+
+        stage: str
+        median_step_s: float  # type: ignore[assignment]
+        p90_step_s: float  # type: ignore[assignment]
+
+
+class TaskData(_Open):
+    """The prepare step's report on one task's records."""
+
+    task: str | None = None
+    read: int | None = None
+    empty_or_garbled: int | None = None
+    exact_duplicates: int | None = None
+    near_duplicates: int | None = None
+    leaked: int | None = None
+    leaked_by_benchmark: dict[str, int] = {}
+    kept: int | None = None
+    train: int | None = None
+    validation: int | None = None
+    test: int | None = None
+
+
+class StageMix(_Model):
+    target: dict[str, float] = {}
+    realised: dict[str, float] = {}
+    sequences: dict[str, int] = {}
+
+
+class StageRecord(_Model):
+    """What the report shows of one stage's training; any key may be missing or null."""
+
+    start_from: str | None = None
+    method: str | None = None
+    lora_init: str | None = None
+    steps: int | None = None
+    planned_steps: int | None = None
+    stopped_early_at: int | None = None
+    train_s: float | None = None
+    final_train_loss: float | None = None
+    final_val_loss: float | None = None
+    val_loss_by_task: dict[str, float] | None = None
+    mix: StageMix | None = None
+    replay: ReplaySummary | None = None
+    data: dict[str, TaskData] | None = None
+    history: list[dict[str, float]] | None = None
+    export_check: list[ExportCheck] | None = None
+
+
+class StageSummary(TrainingSummary):
+    """A stage's whole training summary, as ``run_stage`` returns it, its data report typed."""
+
+    data: dict[str, TaskData] = {}
+
+
+class Candidate(_Model):
+    stage: str
+    domain_gain: float
+    forgetting: float
+    within_tolerance: bool
+
+
+class Selection(_Model):
+    """Which stage ``ft`` is, and why (``tunearena.evaluation.selection.select_stage``)."""
+
+    selected: str
+    tolerance: float | None = None
+    rule: str | None = None
+    candidates: list[Candidate] = []
+    warning: str | None = None
+
+
+class MatrixCell(_Model):
+    """The ``ft@<stage>`` arm on one benchmark, and how far the stage moved it from the
+    model it started from (None where that model was not scored)."""
+
+    acc: float
+    acc_ci: Interval
+    diff_vs_base: float | None
+    diff_ci: Interval | None
+    change_vs_start: float | None = None
+    change_ci: Interval | None = None
+
+
+class Stages(_Model):
+    order: list[str] = []
+    selection: Selection | None = None
+    stages: dict[str, StageSummary | StageRecord | None] = {}
+    """Per stage, its whole training summary, or the part of it the report shows."""
+    matrix: dict[str, dict[str, MatrixCell | None]] = {}
+
+
+class ArmLatency(_Open):
+    """One arm's scoring time and single-question answer time."""
+
+    model: str | None = None
+    score_s: float | None = None
+    ms_per_question_scored: float | None = None
+    questions_timed: int | None = None
+    retrieval_p50_ms: float | None = None
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    prompt_tokens: float | None = None
+    prompt_tokens_added: float | None = None
+
+
+class StageCost(_Model):
+    device_hours: float
+    usd: float
+
+
+class Cost(_Open):
+    device: str | None = None
+    device_hours: float | None = None
+    usd: float | None = None
+    usd_per_device_hour: float | None = None
+    per_stage: dict[str, StageCost] = {}
+
+
+class BenchmarkRetrieval(_Open):
+    """Retrieval on one benchmark's questions: top k, search time, gold-document recall,
+    and the questions retrieval turned right or wrong."""
+
+    k: int | None = None
+    search_ms_per_question: float | None = None
+    recall_at_k: float | None = None
+    recall_curve: dict[str, float] = {}
+
+
+class RunInfo(_Open):
+    name: str | None = None
+    run_dir: str | None = None
+    base_model: str | None = None
+    config_hash: str | None = None
+    code_version: str | None = None
+    python: str | None = None
+    seed: int | None = None
+
+
+class Results(_Model):
+    """The whole ``results.json``."""
+
+    schema_version: int = SCHEMA_VERSION
+    settings: Settings
+    arms: list[str]
+    benchmarks: dict[str, Benchmark]
+    language_modelling: dict[str, LanguageBenchmark] = {}
+    forgetting: Forgetting | None = None
+    headline: list[str] = []
+    decision: Decision | None = None
+    samples: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    run: RunInfo | None = None
+    latency: dict[str, ArmLatency] | None = None
+    training: TrainingResult | None = None
+    cost: Cost | None = None
+    stages: Stages | None = None
+    retrieval: dict[str, BenchmarkRetrieval | float | int | str | None] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object ``results.json`` holds: the keys that were set, the schema
+        version always."""
+        return {"schema_version": self.schema_version,
+                **self.model_dump(mode="json", exclude_unset=True)}
+
+    @property
+    def selected_stage(self) -> str | None:
+        selection = self.stages.selection if self.stages else None
+        return selection.selected if selection else None
+
+
+class ResultsError(UserError, ValueError):
+    """A run's results.json is missing, is not JSON, or has a field that is wrong."""
+
+
+def parse_results(data: Any, source: str = "results") -> Results:
+    """``data`` (a results.json object, of this or an older schema) as ``Results``;
+    ``ResultsError`` naming ``source`` and the field path when a field is wrong."""
+    if not isinstance(data, dict):
+        raise ResultsError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    try:
+        return Results.model_validate(_upgrade(data))
+    except ValidationError as e:
+        lines = [f"{source}: {'.'.join(map(str, _path(err['loc'])))}: {err['msg']}"
+                 for err in e.errors()]
+        raise ResultsError("\n".join(lines)) from None
+
+
+def load_results(path: Path) -> Results:
+    """Read and check a run's ``results.json``; ``ResultsError`` (naming the path, and the
+    field) if it is missing, not JSON, or has a wrong field."""
+    if not path.is_file():
+        raise ResultsError(f"{path}: results not found (a finished `tunearena run` writes it)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ResultsError(f"{path}: not valid JSON: {e}") from None
+    return parse_results(data, str(path))
+
+
+def _path(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """A field's path in the file: without the track pydantic names a benchmark row by."""
+    if len(loc) > 2 and loc[0] == "benchmarks" and loc[2] in PRIMARY_METRIC:
+        return loc[:2] + loc[3:]
+    return loc
+
+
+_V1_GENERATIVE = {"acc": "exact_match", "acc_ci": "exact_match_ci", "acc_norm": "f1"}
+
+
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 results object in schema 2's names (a copy; ``data`` is kept)."""
+    if data.get("schema_version", 1) != 1:
+        return data
+    data = {**data, "schema_version": SCHEMA_VERSION}
+    training = data.get("training")
+    if isinstance(training, dict):
+        # Schema 1's loop also counted the exported tensors; the training summary does not.
+        data["training"] = {k: v for k, v in training.items() if k != "tensors"}
+    benchmarks = data.get("benchmarks")
+    if not isinstance(benchmarks, dict):
+        return data
+    upgraded = {}
+    for name, bench in benchmarks.items():
+        if isinstance(bench, dict) and bench.get("track") == "generative":
+            arms = {arm: {_V1_GENERATIVE.get(k, k): v for k, v in row.items()}
+                    if isinstance(row, dict) else row
+                    for arm, row in (bench.get("arms") or {}).items()}
+            bench = {**bench, "arms": arms}
+        elif isinstance(bench, dict):
+            bench = {"track": "multiple_choice", **bench}
+        upgraded[name] = bench
+    return {**data, "benchmarks": upgraded}
