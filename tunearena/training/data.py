@@ -26,6 +26,7 @@ from tunearena.training.formats import (
 if TYPE_CHECKING:
     from tunearena.cluster.preflight import Check
 
+
 def tokenize_record(record: dict, fmt: str, tokenizer) -> Tokens:
     """(input ids, labels) for one record; ``text`` and ``instruction`` records end with EOS,
     ``chat`` records as the chat template ends them (see ``formats.tokenize_chat``)."""

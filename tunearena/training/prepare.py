@@ -1,7 +1,8 @@
 """Training files read, cleaned and split before tokenisation: drop what would teach the wrong
 thing, count it.
 
-Each record is checked for its format's fields as it is read (``read_jsonl``). Each training file goes through four steps, each counted in the report:
+Each record is checked for its format's fields as it is read (``read_jsonl``); then each
+training file goes through four steps, each counted in the report:
 
 1. **Empty or garbled records** are dropped: a blank field, or text that is mostly replacement
    and control characters or has almost no letters (a decoding accident, a binary blob), which
