@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from tunearena.cluster.config import ClusterConfig
 from tunearena.training.config import TrainingConfig
 from tunearena.training.export import ADAPTER_DIR
+from tunearena.training.summary import TrainingSummary
 from tunearena.training.trainer import run_stage
 
 pytestmark = pytest.mark.slow
@@ -35,6 +36,8 @@ def make_cfg(data_path: Path, zero_stage: int, **overrides) -> TrainingConfig:
         "log_every_steps": 1,
         "eval_every_steps": 100,
         "seed": 0,
+        # TINY_TEXT repeats each text four times on purpose: the repeats are kept.
+        "data_prep": {"deduplicate": False, "near_duplicate_threshold": None},
         "method": "lora",
         # Dropout 0 so that runs differing only in partitioning give the same numbers.
         "lora": {"rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
@@ -45,10 +48,10 @@ def make_cfg(data_path: Path, zero_stage: int, **overrides) -> TrainingConfig:
 @pytest.fixture(scope="module")
 def trained(ray_local, tiny_model_dir, tiny_text_file, tmp_path_factory):
     """``trained(key, stage, **overrides)`` -> (summary, export dir), each key trained once."""
-    runs: dict[str, tuple[dict, Path]] = {}
+    runs: dict[str, tuple[TrainingSummary, Path]] = {}
     root = tmp_path_factory.mktemp("runs")
 
-    def get(key: str, stage: int, **overrides) -> tuple[dict, Path]:
+    def get(key: str, stage: int, **overrides) -> tuple[TrainingSummary, Path]:
         if key not in runs:
             out_dir = root / key
             summary = run_stage(
@@ -76,9 +79,9 @@ def test_lora_trains_and_exports_a_loadable_adapter_and_merged_model(stage, trai
     from transformers import AutoModelForCausalLM
 
     summary, out_dir = trained(f"lora{stage}", stage)
-    assert summary["method"] == "lora"
-    assert 0 < summary["trainable_parameters"] < summary["parameters"] / 5
-    losses = [h["train_loss"] for h in summary["history"] if "train_loss" in h]
+    assert summary.method == "lora"
+    assert 0 < summary.trainable_parameters < summary.parameters / 5
+    losses = [h["train_loss"] for h in summary.history if "train_loss" in h]
     # Rank-4 adapters on a random model learn slowly: a fall, not a plunge.
     assert len(losses) == 8 and losses[-1] < losses[0] - 0.1, losses
 
@@ -104,9 +107,9 @@ def test_lora_trains_and_exports_a_loadable_adapter_and_merged_model(stage, trai
     assert float(merged_out.loss) < base_loss  # it learnt the training text
 
     # The export was verified against the trained engine before the stage completed.
-    checks = {c["what"]: c for c in summary["export_check"]}
+    checks = {c.what: c for c in summary.export_check}
     assert set(checks) == {"adapter", "model"}
-    assert all(c["abs_diff"] <= 1e-3 * max(1.0, c["trained_loss"]) for c in checks.values())
+    assert all(c.abs_diff <= 1e-3 * max(1.0, c.trained_loss) for c in checks.values())
 
 
 def test_lora_is_the_same_under_zero2_and_zero3(trained):
@@ -129,10 +132,10 @@ def test_gradient_checkpointing_changes_memory_not_the_numbers(trained, tmp_path
     tracking = {"tensorboard_dir": tracked / "tb", "mlflow_tracking_uri": f"file:{tracked}/ml",
                 "mlflow_experiment": "lora"}
     recomputed, _ = trained("lora3-gc", 3, gradient_checkpointing=True, tracking=tracking)
-    assert recomputed["final_train_loss"] == pytest.approx(plain["final_train_loss"], abs=1e-5)
+    assert recomputed.final_train_loss == pytest.approx(plain.final_train_loss, abs=1e-5)
 
     # Rank 0 alone logged every step: one event file, one MLflow run.
-    train_losses = [h["train_loss"] for h in recomputed["history"] if "train_loss" in h]
+    train_losses = [h["train_loss"] for h in recomputed.history if "train_loss" in h]
     events = EventAccumulator(str(tracked / "tb" / "lora3-gc"))
     events.Reload()
     assert [e.value for e in events.Scalars("train_loss")] == pytest.approx(train_losses)
@@ -151,5 +154,5 @@ def test_gradient_checkpointing_changes_memory_not_the_numbers(trained, tmp_path
 def test_cpu_offload_gives_the_same_full_fine_tune(stage, offload, trained):
     plain, _ = trained(f"full{stage}", stage, method="full")
     offloaded, out_dir = trained(f"full{stage}-offload", stage, method="full", **offload)
-    assert offloaded["final_train_loss"] == pytest.approx(plain["final_train_loss"], abs=1e-5)
+    assert offloaded.final_train_loss == pytest.approx(plain.final_train_loss, abs=1e-5)
     assert (out_dir / "model.safetensors").is_file()

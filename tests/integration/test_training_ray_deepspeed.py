@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from tunearena.cluster.config import ClusterConfig
 from tunearena.training.config import TrainingConfig
 from tunearena.training.loop import EXPORT_MARKER
+from tunearena.training.summary import TrainingSummary
 from tunearena.training.trainer import run_stage
 
 pytestmark = pytest.mark.slow
@@ -43,16 +44,18 @@ def make_cfg(data_path: Path, zero_stage: int) -> TrainingConfig:
         log_every_steps=1,
         eval_every_steps=100,  # validation once, at the end
         seed=0,
+        # TINY_TEXT repeats each text four times on purpose: the repeats are kept.
+        data_prep={"deduplicate": False, "near_duplicate_threshold": None},
     )
 
 
 @pytest.fixture(scope="module")
 def trained(ray_local, tiny_model_dir, tiny_text_file, tmp_path_factory):
     """``trained(stage)`` -> (summary, export dir), training each ZeRO stage at most once."""
-    runs: dict[int, tuple[dict, Path]] = {}
+    runs: dict[int, tuple[TrainingSummary, Path]] = {}
     root = tmp_path_factory.mktemp("runs")
 
-    def get(stage: int) -> tuple[dict, Path]:
+    def get(stage: int) -> tuple[TrainingSummary, Path]:
         if stage not in runs:
             out_dir = root / f"zero{stage}"
             summary = run_stage(
@@ -78,9 +81,9 @@ def test_run_stage_exports_a_trained_model(stage, trained, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     summary, out_dir = trained(stage)
-    assert summary["steps"] == 8 and summary["world_size"] == 2
-    assert summary["global_batch_size"] == 8
-    assert summary["bf16"] is False and summary["use_gpu"] is False
+    assert summary.steps == 8 and summary.world_size == 2
+    assert summary.global_batch_size == 8
+    assert summary.bf16 is False and summary.use_gpu is False
     assert (out_dir / EXPORT_MARKER).is_file()
 
     # Loads as a plain Hugging Face model, with the tokenizer beside it.
@@ -96,17 +99,17 @@ def test_run_stage_exports_a_trained_model(stage, trained, tiny_model_dir):
         assert not torch.equal(tensor, initial[name]), f"{name} did not change"
     assert model.model.embed_tokens.weight.shape == initial["model.embed_tokens.weight"].shape
 
-    train_losses = [h["train_loss"] for h in summary["history"] if "train_loss" in h]
+    train_losses = [h["train_loss"] for h in summary.history if "train_loss" in h]
     assert len(train_losses) == 8  # log_every_steps=1
-    assert summary["final_train_loss"] == train_losses[-1]
+    assert summary.final_train_loss == train_losses[-1]
     assert train_losses[-1] < train_losses[0] - 1.0, train_losses
-    assert summary["final_val_loss"] is not None and summary["final_val_loss"] > 0
-    assert summary["tokens_per_s"] > 0 and summary["mfu"] is None  # MFU is a GPU figure
-    assert len(summary["step_time_s"]) == 8 and len(summary["placement"]) == 2
-    assert summary["export_check"][0]["abs_diff"] <= 1e-3
+    assert summary.final_val_loss is not None and summary.final_val_loss > 0
+    assert summary.tokens_per_s > 0 and summary.mfu is None  # MFU is a GPU figure
+    assert len(summary.step_time_s) == 8 and len(summary.placement) == 2
+    assert summary.export_check[0].abs_diff <= 1e-3
     # The logged epoch counts passes completed after the step.
-    steps_per_epoch = summary["train_sequences"] // summary["global_batch_size"]
-    assert summary["history"][-1]["epoch"] == pytest.approx(8 / steps_per_epoch)
+    steps_per_epoch = summary.train_sequences // summary.global_batch_size
+    assert summary.history[-1]["epoch"] == pytest.approx(8 / steps_per_epoch)
 
 
 @pytest.mark.parametrize("stage", [0, 1, 3])
@@ -116,11 +119,11 @@ def test_every_zero_stage_gives_the_weights_of_zero2(stage, trained):
     w2, w = weights(dir2), weights(other)
     for name in w2:
         torch.testing.assert_close(w[name], w2[name], rtol=0, atol=1e-4, msg=name)
-    assert s["final_train_loss"] == pytest.approx(s2["final_train_loss"], abs=1e-4)
+    assert s.final_train_loss == pytest.approx(s2.final_train_loss, abs=1e-4)
 
 
 def test_zero2_final_loss_matches_the_recorded_value(trained):
     """Proof of value: a numerics-preserving refactor must reproduce this loss."""
     summary, _ = trained(2)
-    print("zero2 final_train_loss", repr(summary["final_train_loss"]))
-    assert summary["final_train_loss"] == pytest.approx(RECORDED_ZERO2_FINAL_TRAIN_LOSS, abs=1e-4)
+    print("zero2 final_train_loss", repr(summary.final_train_loss))
+    assert summary.final_train_loss == pytest.approx(RECORDED_ZERO2_FINAL_TRAIN_LOSS, abs=1e-4)

@@ -23,6 +23,7 @@ import pytest
 from tunearena.cluster.config import ClusterConfig
 from tunearena.training import checkpoint as ckpt
 from tunearena.training.config import TrainingConfig
+from tunearena.training.summary import TrainingSummary
 from tunearena.training.trainer import run_stage
 
 pytestmark = pytest.mark.slow
@@ -38,6 +39,8 @@ def cfg(tiny_text_file) -> TrainingConfig:
         micro_batch_size=2, grad_accum_steps=1, max_steps=TOTAL_STEPS, lr=5e-3, warmup_steps=4,
         zero_stage=2, precision="fp32", log_every_steps=1, eval_every_steps=1000,
         checkpoint_every_steps=4, checkpoint_keep=2, seed=0,
+        # TINY_TEXT repeats each text four times on purpose: the repeats are kept.
+        data_prep={"deduplicate": False, "near_duplicate_threshold": None},
     )
 
 
@@ -47,13 +50,13 @@ def storage(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(ray_local, tiny_model_dir, cfg, storage, tmp_path_factory) -> dict:
+def uninterrupted(ray_local, tiny_model_dir, cfg, storage, tmp_path_factory) -> TrainingSummary:
     return run_stage("uninterrupted", str(tiny_model_dir), cfg, CLUSTER,
                      tmp_path_factory.mktemp("out") / "model", storage)
 
 
-def losses(summary: dict) -> list[float]:
-    return [h["train_loss"] for h in summary["history"] if "train_loss" in h]
+def losses(summary: TrainingSummary) -> list[float]:
+    return [h["train_loss"] for h in summary.history if "train_loss" in h]
 
 
 def wait_for_checkpoint(storage: Path, name: str, min_step: int, timeout_s: float = 120) -> tuple:
@@ -88,14 +91,14 @@ def test_a_killed_worker_is_restarted_from_its_checkpoint(uninterrupted, tiny_mo
     summary = result["summary"]
 
     # It restarted from a checkpoint, not from scratch, and finished every step.
-    assert 4 <= summary["resumed_from_step"] < TOTAL_STEPS
-    assert summary["steps"] == TOTAL_STEPS
+    assert 4 <= summary.resumed_from_step < TOTAL_STEPS
+    assert summary.steps == TOTAL_STEPS
     # The new worker group has new processes.
-    assert victim["pid"] not in {w["pid"] for w in summary["placement"]}
+    assert victim["pid"] not in {w.pid for w in summary.placement}
     # The loss continues where it left off: the whole curve is the uninterrupted one.
     assert losses(summary) == pytest.approx(losses(uninterrupted), abs=1e-5)
-    assert summary["final_train_loss"] == pytest.approx(uninterrupted["final_train_loss"],
-                                                         abs=1e-5)
+    assert summary.final_train_loss == pytest.approx(uninterrupted.final_train_loss,
+                                                      abs=1e-5)
 
 
 def test_a_stopped_run_resumes_to_the_same_final_loss(uninterrupted, ray_local, tiny_model_dir,
@@ -131,15 +134,15 @@ def test_a_stopped_run_resumes_to_the_same_final_loss(uninterrupted, ray_local, 
 
     summary = run_stage("stopped", str(tiny_model_dir), cfg, CLUSTER, tmp_path / "model",
                         storage)
-    assert summary["resumed_from_step"] == stopped_at[1]["step"]
+    assert summary.resumed_from_step == stopped_at[1]["step"]
     assert losses(summary) == pytest.approx(losses(uninterrupted), abs=1e-5)
-    assert summary["final_train_loss"] == pytest.approx(uninterrupted["final_train_loss"],
-                                                         abs=1e-5)
+    assert summary.final_train_loss == pytest.approx(uninterrupted.final_train_loss,
+                                                      abs=1e-5)
     # Only the newest checkpoints are kept (checkpoint_keep: 2, the export among them).
     kept = sorted(p.name for p in (storage / "stopped").iterdir() if p.is_dir())
     assert len(kept) == 2 and "export" in kept, kept
 
     # Asked again, the finished stage is collected from its export without training.
     again = run_stage("stopped", str(tiny_model_dir), cfg, CLUSTER, tmp_path / "again", storage)
-    assert again["final_train_loss"] == summary["final_train_loss"]
+    assert again.final_train_loss == summary.final_train_loss
     assert (tmp_path / "again" / "model.safetensors").is_file()

@@ -10,16 +10,29 @@ import pytest
 from conftest import TINY_TEXT
 from transformers import AutoTokenizer
 
-from tunearena.training.config import DatasetConfig
+from tunearena.training.config import DataPrepConfig, DatasetConfig, Stage, TrainingConfig
 from tunearena.training.data import (
     IGNORE_INDEX,
     DataError,
     pack,
     pad,
-    prepare_splits,
-    read_jsonl,
     tokenize_record,
 )
+from tunearena.training.prepare import read_jsonl
+from tunearena.training.stage_data import prepare_stage_data
+
+RAW = DataPrepConfig(deduplicate=False, near_duplicate_threshold=None, drop_garbled=False,
+                     leak_check="off")
+
+
+def prepare_splits(datasets, tokenizer, seq_len, packing, validation_fraction, seed):
+    """(train, validation) of ``datasets`` as a stage prepares them, cleaning off: the files
+    as they stand (cleaning has its own tests in test_prepare.py)."""
+    cfg = TrainingConfig(datasets=datasets, seq_len=seq_len, packing=packing,
+                         validation_fraction=validation_fraction, seed=seed,
+                         data_prep=RAW)
+    data = prepare_stage_data(Stage("stage", "base", cfg), tokenizer)
+    return data.train, data.validation
 
 
 @pytest.fixture(scope="module")

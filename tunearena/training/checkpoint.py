@@ -11,6 +11,8 @@ starts again: after a worker failure (``max_failures``) and on ``--resume``.
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,12 +29,49 @@ class ResumeError(UserError, RuntimeError):
     """A checkpoint this attempt cannot continue from; the message says why and what to do."""
 
 
+@dataclass
+class TrainState:
+    """Where a stage stands after ``step`` optimizer steps: what a resumed attempt continues
+    from, saved and restored as one."""
+
+    world_size: int
+    global_batch_size: int
+    """The batch the steps were counted in; with ``world_size``, what a resume must match."""
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    """Logged metrics by step."""
+    train_s: float = 0.0
+    """Wall time of the training steps, over every attempt before this one."""
+    train_tokens: int = 0
+    """Tokens in the trained batches (padding excluded), over every attempt."""
+    mlflow_run_id: str | None = None
+    """The tracker's run, continued on resume."""
+    placement: list[dict] = field(default_factory=list)
+    """Where each rank ran when the checkpoint was written."""
+    task_counts: list[int] = field(default_factory=list)
+    """Sequences drawn per task so far."""
+    best_val: float = math.inf
+    """Best validation loss so far, and validations since it (early stopping)."""
+    bad_evals: int = 0
+
+    def add_task_counts(self, counts) -> None:
+        """Count the sequences a step drew from each task."""
+        self.task_counts = [n + int(c) for n, c in zip(self.task_counts, counts, strict=True)]
+
+    def observe_validation(self, val_loss: float, min_delta: float) -> None:
+        """Count a validation towards early stopping: a new best, or one more that is not."""
+        if val_loss < self.best_val - min_delta:
+            self.best_val, self.bad_evals = val_loss, 0
+        else:
+            self.bad_evals += 1
+
+
 def checkpoint_dir_name(step: int) -> str:
     """Sortable dir names, so the storage listing reads in training order."""
     return f"step_{step:07d}"
 
 
-def save(engine, directory: Path, rank: int, state: dict, exclude_frozen: bool) -> None:
+def save(engine, directory: Path, rank: int, state: TrainState, exclude_frozen: bool) -> None:
     """Write this rank's part of a checkpoint into ``directory`` (a collective).
 
     ``exclude_frozen`` leaves a LoRA run's frozen base weights out: they never change, and
@@ -45,10 +84,10 @@ def save(engine, directory: Path, rank: int, state: dict, exclude_frozen: bool) 
         rng["cuda"] = torch.cuda.get_rng_state()
     torch.save(rng, directory / f"rng_rank{rank}.pt")
     if rank == 0:
-        (directory / STATE_FILE).write_text(json.dumps(state))
+        (directory / STATE_FILE).write_text(json.dumps(asdict(state)))
 
 
-def load(engine, directory: Path, rank: int, world_size: int, exclude_frozen: bool) -> dict:
+def load(engine, directory: Path, rank: int, world_size: int, exclude_frozen: bool) -> TrainState:
     """Restore engine, optimizer, lr schedule and RNG from ``directory``; returns the state."""
     state = json.loads((directory / STATE_FILE).read_text())
     check_world_size(state, world_size)
@@ -62,7 +101,7 @@ def load(engine, directory: Path, rank: int, world_size: int, exclude_frozen: bo
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
-    return state
+    return TrainState(**state)
 
 
 def check_world_size(state: dict, world_size: int) -> None:

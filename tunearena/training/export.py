@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+from tunearena.training.summary import ExportCheck, TrainingSummary
+
+if TYPE_CHECKING:
+    from tunearena.training.config import TrainingConfig
+    from tunearena.training.worker import Worker
 
 ADAPTER_DIR = "adapter"
 """Where a LoRA stage's adapter goes inside the export dir (the merged model sits beside it)."""
@@ -119,3 +126,58 @@ def check_losses_match(what: str, trained: float, reloaded: float, tolerance: fl
             f"reload against {trained:.6g} in training (allowed {tolerance:g} relative)"
         )
     return record
+
+
+def export_tolerance(method: str, bf16: bool) -> float:
+    """How far (relative) a reloaded export's loss may stray from the engine's.
+
+    fp32 on the same CPU agrees to rounding; bf16 reloads on the CPU, not the GPU, and a
+    QLoRA adapter trained on a 4-bit base is reloaded on the bf16 base it will be used with.
+    """
+    if method == "qlora":
+        return 0.15
+    return 5e-2 if bf16 else 1e-3
+
+
+def export_verified(engine, cfg: TrainingConfig, worker: Worker, check_batch: dict,
+                    model_dir: str, bf16: bool, summary: TrainingSummary, out: Path,
+                    marker: str):
+    """Export the trained engine to ``out`` and prove the export by reloading it (every rank
+    calls it: it holds collectives); rank 0 returns the export as a Ray ``Checkpoint``, with
+    ``summary`` (its export check filled in) written into ``marker``, the other ranks None.
+
+    Raises ``ExportError`` when a reloaded model's loss on ``check_batch`` strays from the
+    engine's beyond ``export_tolerance``.
+    """
+    import ray.train
+    from transformers import AutoTokenizer
+
+    is_lora = cfg.method != "full"
+    # The loss of the trained engine on one fixed sequence (a collective under ZeRO-3: every
+    # rank runs the same forward); the export must reproduce it when reloaded.
+    trained_loss = batch_loss(engine, check_batch)
+    export(engine, cfg.zero_stage, is_lora, out, worker.rank)  # a collective
+    if not worker.is_main:
+        return None
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    tolerance = export_tolerance(cfg.method, bf16)
+    checks = []
+    if is_lora:
+        checks.append(check_losses_match(
+            "adapter", trained_loss,
+            reload_loss(out / ADAPTER_DIR, check_batch, dtype, model_dir), tolerance))
+        if cfg.lora.merge:
+            merge_adapter(model_dir, out / ADAPTER_DIR, out, dtype)
+    if not is_lora or cfg.lora.merge:
+        checks.append(check_losses_match(
+            "model", trained_loss, reload_loss(out, check_batch, dtype), tolerance))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.save_pretrained(out)
+    if is_lora:
+        tokenizer.save_pretrained(out / ADAPTER_DIR)
+    summary.export_check = [ExportCheck(**c) for c in checks]
+    (out / marker).write_text(summary.model_dump_json())
+    worker.print("export verified: " + ", ".join(
+        f"{c['what']} loss {c['reloaded_loss']:.6g} (trained {c['trained_loss']:.6g})"
+        for c in checks))
+    return ray.train.Checkpoint.from_directory(out)

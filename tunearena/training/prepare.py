@@ -1,6 +1,8 @@
-"""Training files, cleaned before tokenisation: drop what would teach the wrong thing, count it.
+"""Training files read, cleaned and split before tokenisation: drop what would teach the wrong
+thing, count it.
 
-Each training file goes through four steps, each counted in the report:
+Each record is checked for its format's fields as it is read (``read_jsonl``); then each
+training file goes through four steps, each counted in the report:
 
 1. **Empty or garbled records** are dropped: a blank field, or text that is mostly replacement
    and control characters or has almost no letters (a decoding accident, a binary blob), which
@@ -34,9 +36,9 @@ from pathlib import Path
 
 from datasketch import MinHash, MinHashLSH
 
-from tunearena.files import write_atomic
+from tunearena.files import iter_jsonl, write_atomic
 from tunearena.training.config import DataPrepConfig, DatasetConfig
-from tunearena.training.data import DataError, read_jsonl
+from tunearena.training.formats import DataError, get_format
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +68,22 @@ COUNT_KEYS = ("empty_or_garbled", "exact_duplicates", "near_duplicates")
 LEAK_EXAMPLES = 5
 
 
-def _fields(record: dict, fmt: str) -> list[str]:
-    """The strings a record trains on, in order."""
-    if fmt == "chat":
-        return [m["content"] for m in record["messages"]]
-    if fmt == "instruction":
-        return [record["prompt"], record["response"]]
-    return [record["text"]]
+def read_jsonl(path: Path, fmt: str, allow_empty: bool = False) -> list[dict]:
+    """The records of a JSONL file in format ``fmt``, each checked for its fields.
+
+    With ``allow_empty``, a field that is present but an empty string passes (the caller
+    drops and counts such records); a missing field or a wrong type is still an error.
+    """
+    problem = get_format(fmt).problem
+    records = []
+    for where, record in iter_jsonl(path, DataError, "training file"):
+        wrong = problem(record, allow_empty)
+        if wrong:
+            raise DataError(f"{where}: {wrong}")
+        records.append(record)
+    if not records:
+        raise DataError(f"{path}: no records")
+    return records
 
 
 def record_text(record: dict, fmt: str) -> str:
@@ -80,7 +91,7 @@ def record_text(record: dict, fmt: str) -> str:
 
     Parts are joined by newlines so that words never fuse across a boundary.
     """
-    return "\n".join(_fields(record, fmt))
+    return "\n".join(get_format(fmt).texts(record))
 
 
 def _words(text: str) -> list[str]:
@@ -90,7 +101,7 @@ def _words(text: str) -> list[str]:
 
 def _is_empty_or_garbled(record: dict, fmt: str) -> bool:
     """A blank field, or text that fails the bad-character or letter-share limits above."""
-    fields = _fields(record, fmt)
+    fields = get_format(fmt).texts(record)
     if any(not f.strip() for f in fields):
         return True
     text = "\n".join(fields)

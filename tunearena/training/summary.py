@@ -92,7 +92,7 @@ class TrainingSummary(_Record):
     final_val_loss: float | None = None
     val_loss_by_task: dict[str, float] = {}
     mix: TaskMix
-    history: list[dict[str, float]] = []
+    history: list[dict[str, int | float]] = []
     """Logged metrics by step: ``step``, ``train_loss``, ``val_loss``, ``tokens_per_s``, ..."""
     export_check: list[ExportCheck] = []
     # Added by the runner, which knows where the stage started and what it read.

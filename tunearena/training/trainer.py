@@ -8,7 +8,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import ray
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
 from ray.train.torch import TorchTrainer
@@ -17,10 +16,13 @@ from tunearena.cluster.config import ClusterConfig
 from tunearena.cluster.ray_cluster import resolve_use_gpu, scaling_config, worker_env
 from tunearena.errors import UserError
 from tunearena.training import checkpoint as ckpt
-from tunearena.training.config import TrainingConfig
-from tunearena.training.data import TokenizedSplit, prepare_splits
+from tunearena.training.config import Stage, TrainingConfig
+from tunearena.training.data import TokenizedSplit
 from tunearena.training.loop import EXPORT_MARKER, train_loop_per_worker
-from tunearena.training.mixture import Mixture, build_mixture
+from tunearena.training.mixture import Mixture
+from tunearena.training.progress import StageProgress
+from tunearena.training.stage_data import prepare_stage_data, stage_mixture
+from tunearena.training.summary import TrainingSummary
 
 
 class ModelDirError(UserError, ValueError):
@@ -49,29 +51,6 @@ def check_model_dir(model: str) -> None:
         raise ModelDirError(f"model dir {model} has no config.json")
     if not any((path / f).is_file() for f in WEIGHT_FILES):
         raise ModelDirError(f"model dir {model} has no weights (expected one of {', '.join(WEIGHT_FILES)})")
-
-
-def prepare_data(model_dir: str, cfg: TrainingConfig) -> tuple[TokenizedSplit, TokenizedSplit | None]:
-    """Tokenise the stage's datasets with the model's tokenizer (on the driver, fail-fast)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return prepare_splits(
-        cfg.datasets, tokenizer, cfg.seq_len, cfg.packing, cfg.validation_fraction, cfg.seed
-    )
-
-
-def stage_mixture(cfg: TrainingConfig, train: TokenizedSplit, task_names: list[str],
-                  replay_fraction: float = 0.0) -> Mixture:
-    """The mixture of a stage whose training rows are tagged with ``task_names``' indices:
-    the first ``len(cfg.datasets)`` are the stage's own tasks, the rest replayed data."""
-    task = train.task if train.task is not None else np.zeros(len(train), dtype=np.int16)
-    sizes = np.bincount(task, minlength=len(task_names)).tolist()
-    n_own = len(cfg.datasets)
-    weights = {ds.task: ds.weight for ds in cfg.datasets}
-    return build_mixture(dict(zip(task_names[:n_own], sizes[:n_own], strict=True)), weights,
-                         cfg.mixture_temperature,
-                         dict(zip(task_names[n_own:], sizes[n_own:], strict=True)), replay_fraction)
 
 
 def uses_bf16(cfg: TrainingConfig, use_gpu: bool) -> bool:
@@ -105,7 +84,7 @@ def run_stage(
     data: tuple[TokenizedSplit, TokenizedSplit | None] | None = None,
     mixture: Mixture | None = None,
     init_adapter: Path | None = None,
-) -> dict:
+) -> TrainingSummary:
     """Train ``model_dir`` on ``cfg``'s data with ``cluster.num_workers`` DeepSpeed ranks.
 
     Ray must be initialised. ``name`` names the Ray Train run under ``storage_path``: when a
@@ -115,8 +94,10 @@ def run_stage(
     reloading it, lands in ``out_dir`` (replaced atomically). Returns the training summary.
 
     ``data`` and ``mixture`` come from the caller when it prepared the stage's tasks (replay
-    included); by default ``cfg.datasets`` are read, one task each. ``init_adapter`` starts a
-    LoRA stage from an adapter trained on ``model_dir``.
+    included); by default ``cfg.datasets`` are prepared as a run prepares them (cleaned as
+    ``cfg.data_prep`` says, split, tokenised: ``prepare_stage_data``), one task each.
+    ``init_adapter`` starts a LoRA stage from an adapter trained on ``model_dir``. A terminal
+    shows a progress bar while the stage trains.
     """
     use_gpu = resolve_use_gpu(cluster)
     check_method(cfg, use_gpu)
@@ -128,22 +109,45 @@ def run_stage(
             return _collect_export(name, Path(exported), out_dir)
     if latest is not None:
         ckpt.check_world_size(latest[1], cluster.num_workers)  # before claiming any worker
-    train, val = data if data is not None else prepare_data(model_dir, cfg)
+    if data is None:
+        from transformers import AutoTokenizer
+
+        prepared = prepare_stage_data(Stage(name, "base", cfg),
+                                      AutoTokenizer.from_pretrained(model_dir))
+        data = (prepared.train, prepared.validation)
+    train, val = data
     if mixture is None:
         mixture = stage_mixture(cfg, train, [ds.task for ds in cfg.datasets])
-    bf16 = uses_bf16(cfg, use_gpu)
+    # The bar follows rank 0's log lines while fit() blocks; it closes however fit() ends.
+    with StageProgress(name) as progress:
+        trainer = _trainer(name, model_dir, cfg, cluster, storage, (train, val), mixture,
+                           init_adapter, use_gpu, progress.queue)
+        result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"stage {name!r} finished without an exported model")
+    with result.checkpoint.as_directory() as exported:
+        return _collect_export(name, Path(exported), out_dir)
+
+
+def _trainer(name: str, model_dir: str, cfg: TrainingConfig, cluster: ClusterConfig, storage: str,
+             data: tuple[TokenizedSplit, TokenizedSplit | None], mixture: Mixture,
+             init_adapter: Path | None, use_gpu: bool, progress) -> TorchTrainer:
+    """The Ray Train trainer of one stage; ``progress`` is the queue rank 0 puts its log
+    lines in (None: rank 0 prints them)."""
+    train, val = data
     data_ref = ray.put({"train": asdict(train), "val": asdict(val) if val is not None else None})
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "training": cfg.model_dump(mode="json"),
             "model_dir": str(Path(model_dir).resolve()) if Path(model_dir).exists() else model_dir,
             "data_ref": data_ref,
-            "bf16": bf16,
+            "bf16": uses_bf16(cfg, use_gpu),
             "run_name": name,
             "launch_time": time.time(),
             "mixture": asdict(mixture),
             "init_adapter": str(init_adapter) if init_adapter is not None else None,
+            "progress": progress,
         },
         scaling_config=scaling_config(cluster, use_gpu),
         # Ray Train V2's RunConfig; type checkers see the V1 class that `ray.train` swaps out.
@@ -157,14 +161,9 @@ def run_stage(
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"stage {name!r} finished without an exported model")
-    with result.checkpoint.as_directory() as exported:
-        return _collect_export(name, Path(exported), out_dir)
 
 
-def _collect_export(name: str, exported: Path, out_dir: Path) -> dict:
+def _collect_export(name: str, exported: Path, out_dir: Path) -> TrainingSummary:
     """Copy an exported checkpoint to ``out_dir`` atomically; returns its summary."""
     if not (exported / EXPORT_MARKER).is_file():
         raise RuntimeError(f"stage {name!r}: the last checkpoint is not an exported model")
@@ -172,7 +171,9 @@ def _collect_export(name: str, exported: Path, out_dir: Path) -> dict:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(exported, tmp)
-    summary = json.loads((tmp / EXPORT_MARKER).read_text())
+    raw = json.loads((tmp / EXPORT_MARKER).read_text())
+    raw.pop("tensors", None)  # a tensor count that exports before the typed summary wrote
+    summary = TrainingSummary.model_validate(raw)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return summary

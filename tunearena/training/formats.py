@@ -1,0 +1,163 @@
+"""Training data formats: one table row per format, saying which fields a record needs, which
+texts it trains on, and how it becomes token ids and a loss mask.
+
+Reading, cleaning and tokenising look a record's format up here instead of branching on its
+name, so a new format is one more ``DataFormat`` in ``FORMATS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tunearena.errors import UserError
+
+IGNORE_INDEX = -100
+"""Label value that the causal-LM loss skips (prompt tokens, padding)."""
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+Tokens = tuple[list[int], list[int]]
+"""(input ids, labels) of one record; labels are ``IGNORE_INDEX`` where no loss falls."""
+
+
+class DataError(UserError, ValueError):
+    """A training file that cannot be used; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class DataFormat:
+    """What one format of training record looks like and how it is trained on."""
+
+    name: str
+    problem: Callable[[dict, bool], str | None]
+    """What is wrong with a record's fields, or None; the flag lets empty strings pass."""
+    texts: Callable[[dict], list[str]]
+    """The strings a record trains on, in order (what cleaning and the leak check read)."""
+    tokenize: Callable[[dict, Any], Tokens]
+    """(input ids, labels) of a record with a tokenizer."""
+    needs_chat_template: bool = False
+
+
+def _string_fields(fmt: str, *keys: str) -> Callable[[dict, bool], str | None]:
+    def problem(record: dict, allow_empty: bool) -> str | None:
+        for key in keys:
+            if not isinstance(record.get(key), str) or not (record[key] or allow_empty):
+                return f"format {fmt!r} needs a non-empty string {key!r}"
+        return None
+
+    return problem
+
+
+def _tokenize_text(record: dict, tokenizer) -> Tokens:
+    ids = tokenizer(record["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return ids, list(ids)
+
+
+def _tokenize_instruction(record: dict, tokenizer) -> Tokens:
+    prompt = tokenizer(record["prompt"], add_special_tokens=False)["input_ids"]
+    response = (tokenizer(record["response"], add_special_tokens=False)["input_ids"]
+                + [tokenizer.eos_token_id])
+    # Loss on the response only: the model is not taught to write the questions.
+    return prompt + response, [IGNORE_INDEX] * len(prompt) + response
+
+
+def _chat_problem(record: dict, allow_empty: bool = False) -> str | None:
+    """What is wrong with a ``chat`` record's messages (numbered from 1), or None."""
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "format 'chat' needs a non-empty list 'messages'"
+    for n, message in enumerate(messages, start=1):
+        if not isinstance(message, dict):
+            return f"message {n} is not an object with 'role' and 'content'"
+        if message.get("role") not in CHAT_ROLES:
+            return (
+                f"message {n} has role {message.get('role')!r}; "
+                f"expected one of {', '.join(CHAT_ROLES)}"
+            )
+        if not isinstance(message.get("content"), str) or not (message["content"] or allow_empty):
+            return f"message {n} needs a non-empty string 'content'"
+    # An opening reply has no prompt to render before it, so its tokens cannot be located.
+    if messages[0]["role"] == "assistant":
+        return "message 1 has role 'assistant'; a conversation opens with a system or user message"
+    if not any(m["role"] == "assistant" for m in messages):
+        return "no message has role 'assistant', so the record teaches nothing"
+    return None
+
+
+def require_chat_template(tokenizer, where: str = "format 'chat'") -> None:
+    """Raise ``DataError`` if the tokenizer cannot render conversations."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise DataError(
+            f"{where}: the model's tokenizer has no chat template to render conversations with; "
+            "use format 'instruction', or add a 'chat_template' to the model directory's "
+            "tokenizer_config.json (or a chat_template.jinja file beside it)"
+        )
+
+
+def tokenize_chat(messages: list[dict], tokenizer) -> Tokens:
+    """(input ids, labels) for a conversation rendered by the tokenizer's chat template.
+
+    Loss falls on each assistant turn: its content and the template's tokens that close it,
+    so the model learns to stop; never on system or user turns or on the generation prompt
+    that opens a reply (``<|im_start|>assistant`` and its newline, say). A turn's tokens are
+    the difference between the conversation before it, rendered with the generation prompt,
+    and the conversation through it; both must be token prefixes of the whole conversation,
+    or ``DataError`` is raised rather than a turn mislabelled.
+    """
+    require_chat_template(tokenizer)
+
+    def render(conversation: list[dict], add_generation_prompt: bool = False) -> list[int]:
+        text = tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        # The template writes its own BOS, if it has one; special tokens added here would
+        # put a second in front.
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # No EOS is appended, unlike text and instruction records: the template closes each turn
+    # with its own end-of-turn token, the one generation stops on, and an extra EOS would
+    # teach a sequence the model never sees when it is served through the same template.
+    ids = render(messages)
+    labels = [IGNORE_INDEX] * len(ids)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = render(messages[:i], add_generation_prompt=True)
+        through = render(messages[: i + 1])
+        if through[: len(prompt)] != prompt or ids[: len(through)] != through:
+            raise DataError(
+                f"the chat template is not prefix-consistent at message {i + 1}: the tokens of "
+                "the conversation before an assistant turn (with the generation prompt) are not "
+                "a prefix of the tokens through it and of the whole, so the turn cannot be "
+                "labelled; use a template that renders earlier turns unchanged, or format "
+                "'instruction'"
+            )
+        labels[len(prompt) : len(through)] = through[len(prompt) :]
+    return ids, labels
+
+
+FORMATS: dict[str, DataFormat] = {
+    f.name: f
+    for f in (
+        # Loss on every token; the record ends with EOS.
+        DataFormat("text", _string_fields("text", "text"), lambda r: [r["text"]], _tokenize_text),
+        # Loss on the response only; the record ends with EOS.
+        DataFormat("instruction", _string_fields("instruction", "prompt", "response"),
+                   lambda r: [r["prompt"], r["response"]], _tokenize_instruction),
+        # Loss on the assistant turns, ended as the chat template ends them.
+        DataFormat("chat", _chat_problem, lambda r: [m["content"] for m in r["messages"]],
+                   lambda r, tokenizer: tokenize_chat(r["messages"], tokenizer),
+                   needs_chat_template=True),
+    )
+}
+"""Every format a dataset's ``format`` may name."""
+
+
+def get_format(name: str) -> DataFormat:
+    """The format called ``name``; ``DataError`` naming the known ones otherwise."""
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise DataError(f"unknown data format {name!r}; known: {', '.join(FORMATS)}") from None
