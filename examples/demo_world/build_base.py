@@ -94,7 +94,7 @@ def build(out: Path, seed: int, reading_examples: int, fact_repeats: int, epochs
     """Write a pretrained base model dir to ``out``; returns its build record."""
     from tunearena.cluster.config import ClusterConfig
     from tunearena.cluster.ray_cluster import ray_session
-    from tunearena.training.config import TrainingConfig
+    from tunearena.training.config import DataPrepConfig, TrainingConfig
     from tunearena.training.trainer import run_stage
 
     world = make_world(seed)
@@ -104,8 +104,12 @@ def build(out: Path, seed: int, reading_examples: int, fact_repeats: int, epochs
         write_jsonl(work / "corpus.jsonl", [{"text": t} for t in texts])
         tokenizer = train_tokenizer(texts, work / "init")
         init_model(tokenizer, work / "init", seed)
+        # The corpus repeats its facts on purpose: cleaning must keep every record.
+        keep_all = DataPrepConfig(deduplicate=False, near_duplicate_threshold=None,
+                                  drop_garbled=False, leak_check="off")
         cfg = TrainingConfig(datasets=[{"path": work / "corpus.jsonl", "format": "text"}],
-                             epochs=epochs, max_steps=max_steps, seed=seed, **PRETRAIN)
+                             epochs=epochs, max_steps=max_steps, seed=seed, data_prep=keep_all,
+                             **PRETRAIN)
         cluster = ClusterConfig(num_workers=num_workers, use_gpu=False)
         with ray_session(ClusterConfig(num_cpus=max(num_workers, 2))):
             summary = run_stage("pretrain", str(work / "init"), cfg, cluster,
@@ -116,8 +120,8 @@ def build(out: Path, seed: int, reading_examples: int, fact_repeats: int, epochs
         "seed": seed, "reading_examples": reading_examples, "fact_repeats": fact_repeats,
         "epochs": epochs, "max_steps": max_steps, "num_workers": num_workers, "arch": ARCH,
         "vocab_size": VOCAB_SIZE, "pretrain": PRETRAIN, "corpus_texts": len(texts),
-        "steps": summary["steps"], "final_train_loss": summary["final_train_loss"],
-        "final_val_loss": summary["final_val_loss"], "train_s": summary["train_s"],
+        "steps": summary.steps, "final_train_loss": summary.final_train_loss,
+        "final_val_loss": summary.final_val_loss, "train_s": summary.train_s,
         "weights_sha256": weights_sha256(out),
     }
     (out / "tunearena_export.json").unlink(missing_ok=True)
