@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from tunearena.evaluation.arm import Arm
+from tunearena.evaluation.arms import ArmFailed, ArmJob, Scoring, run_arms
 from tunearena.evaluation.benchmarks import QAItem
 from tunearena.evaluation.harness import load_model, score_model
 from tunearena.evaluation.latency import time_answers
 from tunearena.evaluation.tasks import write_generative_task, write_mc_task
-from tunearena.launch.arms import ArmFailed, ArmJob, Scoring, run_arms
 
 ITEMS = [QAItem(id=f"q{i}", question=f"What is item {i}?", choices=[f"thing {i}", "other"],
                 answer=i % 2, doc_id=f"d{i // 2}") for i in range(6)]
@@ -30,13 +31,13 @@ def test_arms_as_ray_tasks_match_in_process_scores_and_keep_going_past_a_failure
     scoring = Scoring(task_dir=str(task_dir), batch_size=4)
     timed = [{"prompt": "Question: What is item 1?\nAnswer:", "choices": ["thing 1", "other"]},
              {"prompt": "Question: What is item 2?\nAnswer:", "choices": None}]
-    good = ArmJob("base", str(tiny_model_dir), {"mc": "mc", "gen": "gen"}, {"mc": timed})
-    bad = ArmJob("base+rag", str(tiny_model_dir), {"mc": "no_such_task"})
+    good = ArmJob(Arm.parse("base"), str(tiny_model_dir), {"mc": "mc", "gen": "gen"}, {"mc": timed})
+    bad = ArmJob(Arm.parse("base+rag"), str(tiny_model_dir), {"mc": "no_such_task"})
     done, failed = {}, {}
     with pytest.raises(ArmFailed, match=r"1 arm\(s\) failed \(base\+rag\).*no_such_task"):
         run_arms([bad, good], scoring, use_gpu=False, cpus_per_arm=1,
-                 on_done=lambda job, result: done.update({job.arm: result}),
-                 on_error=lambda job, error: failed.update({job.arm: error}))
+                 on_done=lambda job, result: done.update({str(job.arm): result}),
+                 on_error=lambda job, error: failed.update({str(job.arm): error}))
     assert list(done) == ["base"] and list(failed) == ["base+rag"]
     assert "no_such_task" in str(failed["base+rag"])
     # In a Ray worker the arm gets exactly the scores it gets in this process.

@@ -11,7 +11,7 @@ import ray
 from tunearena.evaluation.benchmarks import BenchmarkError
 from tunearena.launch.cli import main
 from tunearena.launch.config import load_config
-from tunearena.launch.pipeline import check_inputs
+from tunearena.launch.inputs import check_inputs
 from tunearena.rag.corpus import CorpusError
 from tunearena.training.data import DataError
 from tunearena.training.trainer import ModelDirError

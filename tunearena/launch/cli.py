@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from tunearena.errors import UserError
     from tunearena.launch.config import dump_config, load_config
-    from tunearena.launch.pipeline import Pipeline, check_inputs
+    from tunearena.launch.inputs import check_inputs
+    from tunearena.launch.pipeline import Pipeline
 
     if args.command == "reference":
         from tunearena.launch.config import config_reference

@@ -14,7 +14,7 @@ from dataclasses import replace
 from rich.console import Console
 
 from tunearena.launch.config import ExperimentConfig
-from tunearena.launch.pipeline import Pipeline, check_inputs
+from tunearena.launch.inputs import check_inputs
 
 
 def run_preflight(cfg: ExperimentConfig, console: Console) -> bool:
@@ -29,6 +29,7 @@ def run_preflight(cfg: ExperimentConfig, console: Console) -> bool:
     from tunearena.cluster.preflight import format_checks
     from tunearena.cluster.ray_cluster import ray_session
     from tunearena.training.data import TaskRecords, read_jsonl, tokenize_tasks
+    from tunearena.training.stages import preflight_checks, training_config
     from tunearena.training.trainer import stage_mixture
 
     check_inputs(cfg)
@@ -36,19 +37,19 @@ def run_preflight(cfg: ExperimentConfig, console: Console) -> bool:
     if not stages:
         console.print("training is not enabled: there is nothing to preflight")
         return True
-    pipeline = Pipeline(cfg, console)
+    run_dir = (cfg.runs_dir / cfg.name).resolve()
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.base)
-    storage = cfg.cluster.storage_path or str(pipeline.run_dir / "ray")
+    storage = cfg.cluster.storage_path or str(run_dir / "ray")
     checks = []
     with ray_session(cfg.cluster):
         for i, stage in enumerate(stages):
-            t = pipeline.training_config(stage.training)
+            t = training_config(stage.training, run_dir)
             tasks = [TaskRecords(ds.task, ds.format, read_jsonl(ds.path, ds.format, True), [])
                      for ds in t.datasets]
             train, _ = tokenize_tasks(tasks, tokenizer, t.seq_len, t.packing)
             mixture = stage_mixture(t, train, [task.name for task in tasks])
-            stage_checks = pipeline.preflight_checks(t, storage, mixture.epoch_size,
-                                                     first=i == 0, tokenizer=tokenizer)
+            stage_checks = preflight_checks(cfg.model.base, t, cfg.cluster, storage,
+                                            mixture.epoch_size, first=i == 0, tokenizer=tokenizer)
             prefix = f"{stage.name}: " if cfg.stages else ""
             checks += [replace(c, name=prefix + c.name) for c in stage_checks]
     console.print(format_checks(checks), highlight=False, markup=False, soft_wrap=True)

@@ -1,0 +1,376 @@
+"""Score arms side by side: one Ray task per arm, one GPU each when the cluster has GPUs.
+
+Every arm reads the same task files (written once here, with each context the arms use), so
+arms differ only in weights and context. Once their models exist the arms are independent,
+so they run in parallel. Each task scores its model on every benchmark through lm-eval, then
+answers a few questions one at a time for latency. Results come back to the driver as each
+arm finishes, so an arm that fails loses none of the others.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from tunearena.cluster.config import ClusterConfig
+from tunearena.evaluation.arm import Arm
+from tunearena.evaluation.benchmarks import QAItem
+from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What every arm is scored with: the same tasks, scorer settings and device kind."""
+
+    task_dir: str
+    batch_size: int
+    limit: int | None = None
+    extra_task_paths: tuple[str, ...] = ()
+    include_defaults: bool = False
+
+    @classmethod
+    def of(cls, evaluation: EvaluationConfig, task_dir: Path) -> Scoring:
+        """The scoring an evaluation config asks for, over the tasks in ``task_dir``."""
+        return cls(
+            task_dir=str(task_dir), batch_size=evaluation.batch_size, limit=evaluation.limit,
+            extra_task_paths=tuple(str(b.task_dir) for b in evaluation.benchmarks
+                                   if b.task_dir is not None),
+            include_defaults=any(b.lm_eval_task and b.task_dir is None
+                                 for b in evaluation.benchmarks))
+
+
+@dataclass(frozen=True)
+class ArmJob:
+    """One arm: its model, its lm-eval task per benchmark, the questions it times."""
+
+    arm: Arm
+    model_dir: str
+    tasks: dict[str, str]
+    timed: dict[str, list[dict]] = field(default_factory=dict)
+    """Per benchmark, questions (``{"prompt", "choices"?}``) answered one at a time."""
+
+
+class ArmFailed(RuntimeError):
+    """One or more arms failed; the others' results were kept."""
+
+
+def score_arm(job: ArmJob, scoring: Scoring, device: str) -> dict[str, Any]:
+    """Score ``job``'s model: ``{"samples": {benchmark: rows}, "score_s", "answer_ms"}``."""
+    import time
+
+    from tunearena.evaluation.harness import load_model, score_model
+    from tunearena.evaluation.latency import time_answers
+
+    t0 = time.perf_counter()
+    model, tokenizer = load_model(Path(job.model_dir), device)
+    scores = score_model(
+        Path(job.model_dir), Path(scoring.task_dir), list(job.tasks.values()),
+        scoring.batch_size, scoring.limit, device,
+        extra_task_paths=[Path(p) for p in scoring.extra_task_paths],
+        include_defaults=scoring.include_defaults, loaded=(model, tokenizer),
+    )
+    score_s = time.perf_counter() - t0
+    answer_ms = {name: time_answers(model, tokenizer, questions, device)
+                 for name, questions in job.timed.items() if questions}
+    return {"samples": {name: scores[task] for name, task in job.tasks.items()},
+            "score_s": score_s, "answer_ms": answer_ms}
+
+
+def run_arms(
+    jobs: list[ArmJob],
+    scoring: Scoring,
+    use_gpu: bool,
+    cpus_per_arm: int,
+    on_done: Callable[[ArmJob, dict[str, Any]], None],
+    on_error: Callable[[ArmJob, BaseException], None],
+) -> None:
+    """Run ``score_arm`` for every job as a Ray task (Ray must be initialised) and hand each
+    result to ``on_done`` as it arrives, each failure to ``on_error``; then raise
+    ``ArmFailed`` naming the arms that failed, if any did."""
+    import ray
+
+    if not jobs:
+        return
+    # A task asking for more CPUs than any node has would wait forever.
+    cpus = max(1, min(cpus_per_arm, int(ray.cluster_resources().get("CPU", 1))))
+    remote = ray.remote(score_arm).options(num_cpus=cpus, num_gpus=1 if use_gpu else 0,
+                                           max_retries=0)
+    device = "cuda" if use_gpu else "cpu"
+    pending = {remote.remote(job, scoring, device): job for job in jobs}
+    failed: list[tuple[str, BaseException]] = []
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        job = pending.pop(ready[0])
+        try:
+            result = ray.get(ready[0])
+        except ray.exceptions.RayTaskError as e:
+            cause = e.cause if isinstance(e.cause, BaseException) else e
+            failed.append((str(job.arm), cause))
+            on_error(job, cause)
+            continue
+        on_done(job, result)
+    if failed:
+        arm, first = failed[0]
+        raise ArmFailed(
+            f"{len(failed)} arm(s) failed ({', '.join(a for a, _ in failed)}); "
+            f"{arm}: {type(first).__name__}: {first}"
+        ) from first
+
+
+def evaluate_arms(jobs: list[ArmJob], evaluation: EvaluationConfig, cluster: ClusterConfig,
+                  task_dir: Path, console: Console,
+                  on_done: Callable[[ArmJob, dict[str, Any]], None],
+                  on_error: Callable[[ArmJob, BaseException], None]) -> None:
+    """Score ``jobs`` side by side with ``run_arms`` (one GPU each on a GPU cluster), showing
+    each arm's progress and scores on ``console``; raises ``ArmFailed`` as ``run_arms`` does."""
+    from rich.markup import escape
+
+    from tunearena.cluster.ray_cluster import resolve_use_gpu
+
+    use_gpu = resolve_use_gpu(cluster)
+    console.rule(f"[bold]evaluate: {', '.join(str(j.arm) for j in jobs)}")
+    console.print(f"{len(jobs)} arm(s) as Ray tasks, "
+                  + ("one GPU each" if use_gpu else f"{cluster.cpus_per_worker} CPU(s) each"))
+
+    def done(job: ArmJob, result: dict[str, Any]) -> None:
+        on_done(job, result)
+        progress.finish(job.arm, f"done in {result['score_s']:.1f} s")
+        console.print(f"[green]✓ evaluate:{job.arm}[/green] in {result['score_s']:.1f} s: "
+                      f"{scores_line(result['samples'])}")
+
+    def failed(job: ArmJob, error: BaseException) -> None:
+        on_error(job, error)
+        progress.finish(job.arm, "[red]failed[/red]")
+        console.print(f"[bold red]✗ evaluate:{job.arm}: {escape(str(error))}[/bold red]")
+
+    with ArmProgress(console, [j.arm for j in jobs]) as progress:
+        run_arms(jobs, Scoring.of(evaluation, task_dir), use_gpu, cluster.cpus_per_worker,
+                 done, failed)
+
+
+@dataclass
+class ArmScores:
+    """What scoring the arms gives: per arm (by name) its per-question samples and its
+    latency record, and the stage selection when stages were chosen between."""
+
+    samples: dict[str, dict] = field(default_factory=dict)
+    latency: dict[str, dict] = field(default_factory=dict)
+    selection: dict | None = None
+
+    def add(self, arm: Arm, samples: dict, latency: dict) -> None:
+        self.samples[str(arm)], self.latency[str(arm)] = samples, latency
+
+
+def score_in_order(arms: list[Arm], stages: list[str], select: bool,
+                   evaluation: EvaluationConfig, console: Console,
+                   score: Callable[[list[Arm], str | None], ArmScores]) -> ArmScores:
+    """Score ``arms`` with ``score(arms, selected_stage)``: every arm whose model exists now
+    first, side by side; the stage the plain ``ft`` arms use is known only once every stage
+    is scored (chosen by ``choose_stage`` when ``select``, else the last of ``stages``), so
+    they go last. Returns the scores of every arm, with the selection when ``select``."""
+    from rich.markup import escape
+
+    scores = score([a for a in arms if not (a.model == "ft" and a.stage is None)], None)
+    selected = stages[-1] if stages else None
+    if select:
+        scores.selection = choose_stage(scores.samples, stages, evaluation.benchmarks,
+                                        evaluation.forgetting_tolerance)
+        console.print(escape(scores.selection["rule"]))  # "ft is stage <name>: <why>"
+        if scores.selection.get("warning"):
+            console.print(f"[bold red]WARNING: {escape(scores.selection['warning'])}[/bold red]")
+        selected = scores.selection["selected"]
+    later = []
+    for arm in [a for a in arms if a.model == "ft" and a.stage is None]:
+        same = str(arm.at_stage(selected)) if selected else None
+        if same in scores.samples:
+            # The same model as its stage's arm: its scores, not a second scoring.
+            scores.add(arm, scores.samples[same], scores.latency[same])
+        else:
+            later.append(arm)
+    more = score(later, selected)
+    return ArmScores(scores.samples | more.samples, scores.latency | more.latency,
+                     scores.selection)
+
+
+def write_arm_tasks(benchmarks: Sequence[BenchmarkConfig], questions: dict[str, list[QAItem]],
+                    contexts: set[str], task_dir: Path,
+                    passages: dict[str, dict[str, list[str]]] | None = None,
+                    examples: Sequence[tuple[str, str]] = ()) -> dict[str, dict[str, str]]:
+    """Write each QA benchmark's lm-eval task once, and its variant with the retrieved
+    ``passages`` (benchmark -> question id -> passages) and with few-shot ``examples`` when
+    ``contexts`` ask for them. Returns, per benchmark, the task of each context (``""``,
+    ``"rag"``, ``"fewshot"``); a named lm-eval task is the same in every context."""
+    from tunearena.evaluation.tasks import write_generative_task, write_mc_task
+
+    tasks: dict[str, dict[str, str]] = {}
+    for bench in benchmarks:
+        if bench.lm_eval_task is not None:
+            tasks[bench.name] = dict.fromkeys(contexts | {""}, bench.lm_eval_task)
+            continue
+        items = questions[bench.name]
+        write = write_generative_task if bench.track == "generative" else write_mc_task
+        variants = {"": write(task_dir, bench.name, items)}
+        if passages is not None and "rag" in contexts:
+            variants["rag"] = write(task_dir, bench.name, items, passages[bench.name])
+        if "fewshot" in contexts:
+            variants["fewshot"] = write(task_dir, bench.name, items, examples=list(examples))
+        tasks[bench.name] = variants
+    return tasks
+
+
+def task_rows(task_dir: Path, task: str) -> list[dict]:
+    """The rows of a task written by ``write_arm_tasks``."""
+    from tunearena.files import iter_jsonl
+
+    return [row for _, row in iter_jsonl(task_dir / f"{task}.jsonl", ValueError, "task file")]
+
+
+def prompt_tokens(tokenizer_dir: str, task_dir: Path, tasks: dict[str, dict[str, str]],
+                  benchmarks: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per QA benchmark and context, the mean prompt length in the tokenizer's tokens."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return {name: {context: statistics.fmean(len(tokenizer(row["prompt"])["input_ids"])
+                                             for row in task_rows(task_dir, task))
+                   for context, task in tasks[name].items()}
+            for name in benchmarks}
+
+
+def arm_job(arm: Arm, model_dir: Path, tasks: dict[str, dict[str, str]], task_dir: Path,
+            timed_benchmarks: Sequence[str], timed_questions: int) -> ArmJob:
+    """An arm's job: its context's task of every benchmark, and the first
+    ``timed_questions`` prompts of each of ``timed_benchmarks`` to answer one at a time."""
+    timed = {name: [{"prompt": r["prompt"], "choices": r.get("choices")}
+                    for r in task_rows(task_dir, variants[arm.context])][:timed_questions]
+             for name, variants in tasks.items() if name in timed_benchmarks}
+    return ArmJob(arm, str(model_dir), {n: v[arm.context] for n, v in tasks.items()}, timed)
+
+
+def arm_latency(job: ArmJob, result: dict[str, Any], retrieval_ms: dict[str, list[float]],
+                tokens: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """An arm's timing: scoring wall time, then one-question latency p50/p95 (with the
+    single-question search times ``retrieval_ms`` added for a RAG arm) and its prompt length
+    (``tokens``, from ``prompt_tokens``) against the plain prompt's."""
+    from tunearena.evaluation.latency import percentiles
+
+    context = job.arm.context
+    n = sum(len(rows) for rows in result["samples"].values())
+    out: dict[str, Any] = {"model": job.model_dir, "score_s": result["score_s"],
+                           "ms_per_question_scored": 1000 * result["score_s"] / n}
+    answer = [ms for times in result["answer_ms"].values() for ms in times]
+    if answer:
+        out["questions_timed"] = len(answer)
+        total = answer
+        if context == "rag":
+            search = [ms for name, times in result["answer_ms"].items()
+                      for ms in retrieval_ms.get(name, [])[:len(times)]]
+            if len(search) == len(answer):
+                out["retrieval_p50_ms"] = percentiles(search)["p50"]
+                total = [a + b for a, b in zip(answer, search, strict=True)]
+        out |= {f"latency_{k}_ms": v for k, v in percentiles(total).items()}
+    pairs = [(v.get(context), v.get("")) for v in tokens.values()]
+    if pairs and all(t is not None for t, _ in pairs):
+        out["prompt_tokens"] = statistics.fmean(t for t, _ in pairs)  # type: ignore[misc]
+        if context:
+            out["prompt_tokens_added"] = statistics.fmean(
+                t - p for t, p in pairs)  # type: ignore[operator]
+    return out
+
+
+def is_accuracy(rows: list[dict]) -> bool:
+    """Whether a benchmark's rows score right or wrong (not bits per byte)."""
+    return "acc" in rows[0] or "exact_match" in rows[0]
+
+
+def primary_mean(rows: list[dict]) -> float:
+    """A benchmark's primary score: accuracy, exact match when generative, or bits per byte
+    for language modelling."""
+    from tunearena.evaluation.report import metric_keys
+
+    if "loglikelihood" in rows[0]:
+        return -sum(r["loglikelihood"] for r in rows) / math.log(2) / sum(r["bytes"] for r in rows)
+    key = metric_keys(rows)[0]
+    return sum(r[key] for r in rows) / len(rows)
+
+
+def scores_line(samples: dict[str, list[dict]]) -> str:
+    """An arm's primary score per benchmark, for the console."""
+    return "  ".join(f"{name} {primary_mean(rows):.1%}" if is_accuracy(rows)
+                     else f"{name} {primary_mean(rows):.3f} bits/byte"
+                     for name, rows in samples.items())
+
+
+def choose_stage(samples: dict[str, dict], stages: list[str],
+                 benchmarks: Sequence[BenchmarkConfig], tolerance: float) -> dict[str, Any]:
+    """Choose the stage the ``ft`` arms use from the scored ``ft@<stage>`` arms: the largest
+    domain gain within the forgetting tolerance (``select_stage``); the last stage when no
+    domain benchmark was scored."""
+    from tunearena.evaluation.selection import select_stage
+
+    def acc(arm: str) -> dict[str, float]:
+        # Bits per byte is no accuracy: it is reported, not chosen by.
+        return {b: primary_mean(rows) for b, rows in samples[arm].items() if is_accuracy(rows)}
+
+    scored = acc("base")
+    kinds: dict[str, str] = {b.name: b.kind for b in benchmarks if b.name in scored}
+    if "domain" not in kinds.values():
+        return {"selected": stages[-1], "tolerance": tolerance,
+                "rule": f"the last stage, {stages[-1]}: no domain benchmark to choose by",
+                "candidates": [], "warning": None}
+    return select_stage({s: acc(str(Arm("ft", s))) for s in stages}, scored, kinds, tolerance)
+
+
+def retrieval_effect(samples: dict[str, dict]) -> dict[str, dict]:
+    """Per benchmark, the questions base answered right and base+rag wrong (retrieval hurt),
+    and the reverse; empty unless both arms were scored."""
+    from tunearena.evaluation.report import metric_keys
+
+    if "base" not in samples or "base+rag" not in samples:
+        return {}
+    effect: dict[str, dict] = {}
+    for name, base_rows in samples["base"].items():
+        if not is_accuracy(base_rows):
+            continue
+        key = metric_keys(base_rows)[0]
+        rag = {r["id"]: r[key] for r in samples["base+rag"].get(name, [])}
+        hurt = [r["id"] for r in base_rows if r[key] and rag.get(r["id"]) == 0]
+        helped = [r["id"] for r in base_rows if not r[key] and rag.get(r["id"]) == 1]
+        effect[name] = {"hurt_questions": len(hurt), "helped_questions": len(helped),
+                        "hurt_ids": hurt[:20]}
+    return effect
+
+
+class ArmProgress:
+    """The driver's view of arms being scored: one line per arm (running, then done or
+    failed, with its time) under an overall bar. Use as a context manager."""
+
+    def __init__(self, console: Console, arms: Sequence[Arm]):
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+            TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+            console=console, transient=False)
+        self.overall = self.progress.add_task("all arms", total=len(arms), status="")
+        self.lines = {arm: self.progress.add_task(f"  {arm}", total=1, status="running")
+                      for arm in arms}
+
+    def __enter__(self) -> ArmProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def finish(self, arm: Arm, status: str) -> None:
+        """Mark ``arm`` finished with ``status`` (e.g. ``done in 12.3 s``)."""
+        line = self.lines[arm]
+        self.progress.update(line, completed=1, status=status)
+        self.progress.stop_task(line)
+        self.progress.advance(self.overall)

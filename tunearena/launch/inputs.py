@@ -1,0 +1,53 @@
+"""The input check: every file a run reads, read once before any cluster resource is claimed."""
+
+from __future__ import annotations
+
+from tunearena.evaluation.arm import Arm
+from tunearena.evaluation.benchmarks import QAItem, load_qa
+from tunearena.launch.config import ExperimentConfig
+
+
+def check_inputs(cfg: ExperimentConfig) -> tuple[dict[str, list[QAItem]], list]:
+    """Read every input file once, before any cluster resource is claimed.
+
+    A broken benchmark found after an hour of training would waste the hour; here it fails in
+    seconds, naming the file and line. Named lm-eval tasks are resolved and their data loaded,
+    so one that is unknown or unreachable is named now too. Returns the QA benchmarks'
+    questions and the few-shot examples (empty unless a ``+fewshot`` arm is scored).
+    """
+    from tunearena.training.data import read_jsonl
+    from tunearena.training.trainer import check_model_dir
+
+    check_model_dir(cfg.model.base)
+    from tunearena.training.tracking import check_trackers_available
+
+    for stage in cfg.resolved_stages():
+        replayed = stage.replay.datasets if stage.replay else []
+        for ds in [*stage.training.datasets, *replayed]:
+            read_jsonl(ds.path, ds.format, allow_empty=True)
+            if ds.validation_path is not None:
+                read_jsonl(ds.validation_path, ds.format, allow_empty=True)
+        check_trackers_available(stage.training.tracking)
+    if cfg.rag.enabled and cfg.rag.corpus is not None:
+        from tunearena.rag.corpus import load_documents
+
+        load_documents(cfg.rag.corpus)
+    questions = {b.name: load_qa(b.path, b.track) for b in cfg.evaluation.benchmarks
+                 if b.path is not None}
+    external = [b for b in cfg.evaluation.benchmarks if b.lm_eval_task is not None]
+    if external and cfg.evaluation.enabled:
+        from tunearena.evaluation.harness import check_lm_eval_task
+
+        for b in external:
+            check_lm_eval_task(b.lm_eval_task, [b.task_dir] if b.task_dir else [],
+                               include_defaults=b.task_dir is None)
+    examples: list = []
+    if cfg.evaluation.enabled and any(Arm.parse(a).context == "fewshot"
+                                      for a in cfg.evaluation.arms):
+        from tunearena.evaluation.fewshot import draw_examples, load_pool
+
+        fewshot = cfg.evaluation.fewshot
+        assert fewshot.path is not None  # the config refuses +fewshot arms without it
+        asked = {q.question for items in questions.values() for q in items}
+        examples = draw_examples(load_pool(fewshot.path), fewshot.k, cfg.seed, asked)
+    return questions, examples

@@ -1,0 +1,87 @@
+"""Cache keys: what each step's output depends on, as a short hash of the config.
+
+A step whose key is unchanged (and whose artifacts exist) is reused by ``--resume``; each key
+names exactly the settings that step reads, so changing a statistics setting rescores nothing
+and changing a later stage retrains none before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import tunearena
+from tunearena.launch.config import ExperimentConfig
+from tunearena.training.config import Stage, ancestors
+
+
+def digest(data: Any) -> str:
+    """A 16-hex-digit hash of JSON-able ``data`` (keys sorted, so dict order is irrelevant)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def code_version() -> str:
+    """The package version, plus the git commit when run from a checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        return f"{tunearena.__version__}+{commit}"
+    except (OSError, subprocess.SubprocessError):
+        return tunearena.__version__
+
+
+def prepare_key(cfg: ExperimentConfig, stage: Stage) -> str:
+    """What a stage's prepared data depends on: its files, their cleaning and split, and the
+    benchmark questions they are checked against."""
+    t = stage.training
+    return digest({
+        "datasets": [d.model_dump(mode="json") for d in t.datasets],
+        "replay": [d.model_dump(mode="json") for d in (stage.replay.datasets
+                                                       if stage.replay else [])],
+        "data_prep": t.data_prep.model_dump(mode="json"),
+        "split": [t.validation_fraction, t.seed],
+        "benchmarks": [b.model_dump(mode="json") for b in cfg.evaluation.benchmarks],
+    })
+
+
+def stage_key(cfg: ExperimentConfig, stage: Stage, stages: list[Stage]) -> str:
+    """What a stage's model depends on: its own settings, its prepared data and that of the
+    stages it replays, the cluster, and (through its predecessor's key) every stage before
+    it; not the stages after it or beside it."""
+    parent = next((s for s in stages if s.name == stage.start_from), None)
+    sources: list[str] = []
+    if stage.replay is not None:
+        sources = (ancestors(stages, stage.name) if stage.replay.stages == "earlier"
+                   else stage.replay.stages)
+    by_name = {s.name: s for s in stages}
+    return digest({
+        "model": cfg.model.model_dump(mode="json"),
+        "cluster": cfg.cluster.model_dump(mode="json"),
+        "training": stage.training.model_dump(mode="json"),
+        "lora_init": stage.lora_init,
+        "replay": stage.replay.model_dump(mode="json") if stage.replay else None,
+        "data": [prepare_key(cfg, by_name[n]) for n in [stage.name, *sources]],
+        "parent": stage_key(cfg, parent, stages) if parent else None,
+    })
+
+
+def retrieve_key(cfg: ExperimentConfig) -> str:
+    """Retrieval reads the index settings and the questions, not how they are scored."""
+    return digest([cfg.rag.model_dump(mode="json"),
+                   [b.model_dump(mode="json") for b in cfg.evaluation.benchmarks],
+                   cfg.evaluation.latency_questions])
+
+
+def scoring_key(cfg: ExperimentConfig, model_dir: Path) -> str:
+    """What an arm's scores depend on: everything that made its model and its prompts, and
+    the model it scores (which stage ``ft`` is); not the statistics settings."""
+    dumped = cfg.model_dump(mode="json")
+    evaluation = {k: v for k, v in dumped["evaluation"].items() if k not in (
+        "arms", "bootstrap_samples", "confidence", "forgetting_tolerance")}
+    return digest({**{s: dumped[s] for s in ("model", "training", "stages", "cluster", "rag")},
+                   "evaluation": evaluation, "model_dir": str(model_dir)})

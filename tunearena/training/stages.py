@@ -1,0 +1,285 @@
+"""Training stages as the run sees them: prepare a stage's files, load its tasks (replay
+included) from where it starts, check it fits the cluster, train it.
+
+A run directory keeps a stage's prepared files under ``data/<stage>/`` (replay files under
+``data/<stage>/replay/``) and its exported model under ``models/<stage>/``; the functions here
+take those directories rather than the whole run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+
+from tunearena.cluster.config import ClusterConfig
+from tunearena.files import iter_jsonl
+from tunearena.training.config import DatasetConfig, Stage, TrainingConfig, ancestors
+from tunearena.training.data import TaskRecords, TokenizedSplit
+from tunearena.training.mixture import Mixture
+from tunearena.training.summary import ReplaySummary, TrainingSummary
+
+if TYPE_CHECKING:
+    from tunearena.cluster.preflight import Check
+
+# What results.json keeps of each stage's summary when a run has several stages.
+STAGE_RESULT_FIELDS = (
+    "start_from", "method", "lora_init", "steps", "planned_steps", "stopped_early_at",
+    "train_s", "final_train_loss", "final_val_loss", "val_loss_by_task", "mix", "replay",
+    "data", "history", "export_check",
+)
+
+
+def prepare_stage(stage: Stage, questions: dict[str, list[str]], data_dir: Path,
+                  ) -> tuple[dict[str, Path], dict[str, dict]]:
+    """Clean, de-duplicate, leak-check (against the benchmark ``questions``) and split a
+    stage's files and replayed ones into ``data_dir / stage.name``. Returns the written files
+    (``"<task> <split>"`` -> path) and the report of each task."""
+    from tunearena.training.prepare import prepare_dataset, write_prepared
+
+    t = stage.training
+    replayed = stage.replay.datasets if stage.replay else []
+    files, reports = {}, {}
+    for ds, sub in [(d, "") for d in t.datasets] + [(d, "replay") for d in replayed]:
+        prepared = prepare_dataset(ds, t.data_prep, t.validation_fraction, t.seed, questions)
+        written = write_prepared(prepared, data_dir / stage.name / sub)
+        task = f"replay:{ds.task}" if sub else ds.task
+        reports[task] = prepared.report
+        files.update({f"{task} {split}": Path(f) for split, f in written.items()})
+    return files, reports
+
+
+def preparation_lines(stage: str, task: str, r: dict) -> list[str]:
+    """What one task's preparation did, for the console (rich markup)."""
+    dropped = {k: r[k] for k in ("empty_or_garbled", "exact_duplicates", "near_duplicates",
+                                 "leaked") if r.get(k)}
+    lines = [f"{stage}/{task}: {r['read']} records, kept {r['kept']} (train {r['train']}, "
+             f"validation {r['validation']}, test {r['test']})"
+             + ("; dropped " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in dropped.items())
+                if dropped else "")]
+    if r.get("leaked"):
+        verb = "dropped" if r.get("leak_action") == "drop" else "KEPT"
+        lines.append(f"[bold yellow]{stage}/{task}: {r['leaked']} records contain benchmark "
+                     f"questions ({verb})[/bold yellow]")
+    return lines
+
+
+def stage_tasks(stage: Stage, stages: list[Stage], data_dir: Path,
+                ) -> tuple[list[TaskRecords], float]:
+    """The stage's tasks as prepared records: its own, then replayed ones; and the replay
+    fraction."""
+
+    def read(stage_name: str, sub: str, task: str, split: str) -> list[dict]:
+        path = data_dir / stage_name / sub / f"{task}.{split}.jsonl"
+        return [r for _, r in iter_jsonl(path, ValueError, "prepared data")]
+
+    def records(stage_name: str, sub: str, ds: DatasetConfig, name: str = "") -> TaskRecords:
+        return TaskRecords(name or ds.task, ds.format, read(stage_name, sub, ds.task, "train"),
+                           read(stage_name, sub, ds.task, "validation"))
+
+    tasks = [records(stage.name, "", ds) for ds in stage.training.datasets]
+    if stage.replay is None:
+        return tasks, 0.0
+    by_name = {s.name: s for s in stages}
+    sources = (ancestors(stages, stage.name) if stage.replay.stages == "earlier"
+               else stage.replay.stages)
+    for source in sources:
+        # An earlier stage's tasks keep their own format; each is replayed as one task.
+        tasks += [records(source, "", ds, f"replay:{source}/{ds.task}")
+                  for ds in by_name[source].training.datasets]
+    tasks += [records(stage.name, "replay", ds, f"replay:{ds.task}")
+              for ds in stage.replay.datasets]
+    return tasks, stage.replay.fraction
+
+
+def stage_origin(stage: Stage, stages: list[Stage], base: str, models_dir: Path,
+                 ) -> tuple[str, Path | None]:
+    """(model dir the stage loads, adapter it continues or None); a stage's exported model
+    lives in ``models_dir / <stage>``."""
+    if stage.start_from == "base":
+        return base, None
+    parent = next(s for s in stages if s.name == stage.start_from)
+    if stage.lora_init == "continue" and stage.training.method != "full":
+        from tunearena.training.export import ADAPTER_DIR
+
+        parent_base, _ = stage_origin(parent, stages, base, models_dir)
+        return parent_base, models_dir / parent.name / ADAPTER_DIR
+    return str(models_dir / parent.name), None
+
+
+def training_config(training: TrainingConfig, run_dir: Path) -> TrainingConfig:
+    """A stage's training config with tracker locations made absolute (the workers' working
+    directory is not ours): relative ones live in ``run_dir``."""
+    tracking = training.tracking
+    updates: dict[str, Any] = {}
+    if tracking.tensorboard_dir is not None and not tracking.tensorboard_dir.is_absolute():
+        updates["tensorboard_dir"] = run_dir / tracking.tensorboard_dir
+    uri = tracking.mlflow_tracking_uri
+    if uri is not None and uri.startswith("file:") and not uri.startswith("file:/"):
+        updates["mlflow_tracking_uri"] = f"file:{run_dir / uri[len('file:'):]}"
+    return training.model_copy(update={"tracking": tracking.model_copy(update=updates)})
+
+
+def stop_ids(model_dir: str) -> set[int]:
+    """The token ids generation stops on, from the model's ``generation_config.json``."""
+    from transformers import GenerationConfig
+
+    try:
+        eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
+    except OSError:  # no generation_config.json: the tokenizer's EOS alone
+        return set()
+    return set(eos) if isinstance(eos, list) else set() if eos is None else {eos}
+
+
+def preflight_checks(base: str, training: TrainingConfig, cluster: ClusterConfig, storage: str,
+                     n_train_sequences: int, first: bool = True, tokenizer: Any = None,
+                     ) -> list[Check]:
+    """The preflight checks of one stage of fine-tuning ``base``, each a pass or a fail with
+    its fix.
+
+    The cheap checks (batch arithmetic, resources, memory, and with ``tokenizer`` the EOS
+    and chat-template round trip) go first; storage seen from every node and an all-reduce
+    across the placed workers follow only when those pass, and only when ``first`` (the
+    cluster does not change between stages).
+    """
+    from transformers import AutoConfig
+
+    from tunearena.cluster.preflight import check_collective, check_resources, check_storage
+    from tunearena.cluster.ray_cluster import resolve_use_gpu
+    from tunearena.training.data import check_tokenizer
+    from tunearena.training.memory import (
+        check_batch,
+        check_memory,
+        estimate_memory_per_gpu,
+        gpu_memory_bytes,
+        parameter_counts,
+    )
+    from tunearena.training.trainer import check_method, uses_bf16
+
+    use_gpu = resolve_use_gpu(cluster)
+    check_method(training, use_gpu)
+    shape = AutoConfig.from_pretrained(base)
+    total, trainable = parameter_counts(
+        base, training.lora if training.method != "full" else None)
+    estimate = estimate_memory_per_gpu(
+        training, cluster.num_workers, uses_bf16(training, use_gpu), total, trainable,
+        shape.hidden_size, shape.num_hidden_layers, shape.vocab_size)
+    device_memory = gpu_memory_bytes() if use_gpu else None
+    if device_memory:  # a worker may hold a fraction of a GPU
+        device_memory = int(device_memory * min(1.0, cluster.gpus_per_worker))
+    checks = [
+        check_batch(training, cluster.num_workers, n_train_sequences),
+        check_resources(cluster, use_gpu),
+        check_memory(estimate, device_memory, "GPU" if use_gpu else "CPU"),
+    ]
+    if tokenizer is not None:
+        checks.append(check_tokenizer(tokenizer, {d.format for d in training.datasets},
+                                      stop_ids(base)))
+    if all(c.ok for c in checks) and first:
+        checks += [check_storage(storage), check_collective(cluster, use_gpu, storage)]
+    return checks
+
+
+@dataclass(frozen=True)
+class LoadedStage:
+    """A stage ready to train: where it starts, its config, its tokenised tasks and mixture."""
+
+    stage: Stage
+    base: str
+    """The run's base model, whose shape and tokenizer preflight checks."""
+    model_dir: str
+    init_adapter: Path | None
+    training: TrainingConfig
+    tokenizer: Any
+    data: tuple[TokenizedSplit, TokenizedSplit | None]
+    mixture: Mixture
+    replay_sources: list[str]
+    """The replayed tasks, ``<stage>/<task>`` or a replay dataset's task."""
+
+
+def load_stage(stage: Stage, stages: list[Stage], base: str, run_dir: Path) -> LoadedStage:
+    """Read and tokenise a prepared stage from ``run_dir/data``, before any worker is claimed,
+    so a bad record fails in seconds."""
+    from transformers import AutoTokenizer
+
+    from tunearena.training.data import tokenize_tasks
+    from tunearena.training.trainer import stage_mixture
+
+    model_dir, init_adapter = stage_origin(stage, stages, base, run_dir / "models")
+    training = training_config(stage.training, run_dir)
+    tasks, replay_fraction = stage_tasks(stage, stages, run_dir / "data")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    data = tokenize_tasks(tasks, tokenizer, training.seq_len, training.packing)
+    mixture = stage_mixture(training, data[0], [t.name for t in tasks], replay_fraction)
+    replayed = [t.name.removeprefix("replay:") for t in tasks if t.name.startswith("replay:")]
+    return LoadedStage(stage, base, model_dir, init_adapter, training, tokenizer, data, mixture,
+                       replayed)
+
+
+def train_stage(loaded: LoadedStage, cluster: ClusterConfig, run_name: str, storage: str,
+                out_dir: Path, data_report: dict, console: Console, fresh: bool = True,
+                check_cluster: bool = True) -> TrainingSummary:
+    """Check that a loaded stage fits the cluster (printing every check on ``console``, and
+    raising ``PreflightError`` when one failed), then train it as Ray Train run ``run_name``
+    (Ray must be initialised) into ``out_dir``.
+
+    ``fresh`` drops the run's old checkpoints first, so nothing is restored; otherwise the
+    stage continues from them. ``check_cluster`` adds the cluster-wide checks (storage, a
+    collective), needed once per cluster. The summary records where the stage started, what
+    it replayed and ``data_report`` (the prepare step's counts)."""
+    from tunearena.cluster.preflight import PreflightError, format_checks
+    from tunearena.training import checkpoint
+    from tunearena.training.trainer import run_stage
+
+    stage = loaded.stage
+    if fresh:
+        checkpoint.clear(storage, run_name)
+    checks = preflight_checks(loaded.base, loaded.training, cluster, storage,
+                              loaded.mixture.epoch_size, check_cluster, loaded.tokenizer)
+    console.print(format_checks(checks), highlight=False, markup=False, soft_wrap=True)
+    if not all(c.ok for c in checks):
+        raise PreflightError(checks)
+    raw = run_stage(run_name, loaded.model_dir, loaded.training, cluster, out_dir, storage,
+                    data=loaded.data, mixture=loaded.mixture, init_adapter=loaded.init_adapter)
+    summary = TrainingSummary.model_validate(  # until run_stage returns TrainingSummary
+        {k: v for k, v in raw.items() if k != "tensors"})
+    if summary.resumed_from_step:
+        console.print(f"resumed training from step {summary.resumed_from_step}")
+    return summary.model_copy(update={
+        "start_from": stage.start_from,
+        "lora_init": stage.lora_init if stage.training.method != "full" else None,
+        "replay": ReplaySummary(fraction=stage.replay.fraction, sources=loaded.replay_sources)
+        if stage.replay else None,
+        "data": data_report,
+    })
+
+
+def training_results(trained: dict[str, TrainingSummary], chosen: str, order: list[str],
+                     selection: dict | None, usd_per_device_hour: float, per_stage: bool,
+                     ) -> dict[str, Any]:
+    """What ``results.json`` holds of training: ``training`` (the ``chosen`` stage's summary,
+    the one the ``ft`` arms use), ``cost`` (device hours and dollars of every stage) and,
+    with ``per_stage`` (a run of named stages), each stage's cost and ``stages``."""
+    summary = trained[chosen]
+    hours = {name: t.train_s * t.world_size / 3600 for name, t in trained.items()}
+    out: dict[str, Any] = {
+        "training": summary.model_dump(mode="json", exclude={"step_time_s", "data"}) | {
+            "stage": chosen, "median_step_s": summary.median_step_s,
+            "p90_step_s": summary.p90_step_s},
+        "cost": {
+            "device": "GPU" if summary.use_gpu else "CPU worker",
+            "device_hours": sum(hours.values()),
+            "usd": sum(hours.values()) * usd_per_device_hour,
+            "usd_per_device_hour": usd_per_device_hour,
+        },
+    }
+    if per_stage:
+        out["cost"]["per_stage"] = {name: {"device_hours": h, "usd": h * usd_per_device_hour}
+                                    for name, h in hours.items()}
+        kept = set(STAGE_RESULT_FIELDS)
+        out["stages"] = {"order": order, "selection": selection,
+                         "stages": {name: t.model_dump(mode="json", include=kept)
+                                    for name, t in trained.items()}}
+    return out
