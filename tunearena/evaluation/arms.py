@@ -9,7 +9,6 @@ arm finishes, so an arm that fails loses none of the others.
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ from tunearena.cluster.config import ClusterConfig
 from tunearena.evaluation.arm import Arm
 from tunearena.evaluation.benchmarks import QAItem
 from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig
+from tunearena.evaluation.report.numbers import primary_score, sample_track
+from tunearena.evaluation.results import PRIMARY_METRIC
 
 
 @dataclass(frozen=True)
@@ -287,24 +288,13 @@ def arm_latency(job: ArmJob, result: dict[str, Any], retrieval_ms: dict[str, lis
 
 def is_accuracy(rows: list[dict]) -> bool:
     """Whether a benchmark's rows score right or wrong (not bits per byte)."""
-    return "acc" in rows[0] or "exact_match" in rows[0]
-
-
-def primary_mean(rows: list[dict]) -> float:
-    """A benchmark's primary score: accuracy, exact match when generative, or bits per byte
-    for language modelling."""
-    from tunearena.evaluation.report import metric_keys
-
-    if "loglikelihood" in rows[0]:
-        return -sum(r["loglikelihood"] for r in rows) / math.log(2) / sum(r["bytes"] for r in rows)
-    key = metric_keys(rows)[0]
-    return sum(r[key] for r in rows) / len(rows)
+    return sample_track(rows) in PRIMARY_METRIC
 
 
 def scores_line(samples: dict[str, list[dict]]) -> str:
     """An arm's primary score per benchmark, for the console."""
-    return "  ".join(f"{name} {primary_mean(rows):.1%}" if is_accuracy(rows)
-                     else f"{name} {primary_mean(rows):.3f} bits/byte"
+    return "  ".join(f"{name} {primary_score(rows):.1%}" if is_accuracy(rows)
+                     else f"{name} {primary_score(rows):.3f} bits/byte"
                      for name, rows in samples.items())
 
 
@@ -317,7 +307,7 @@ def choose_stage(samples: dict[str, dict], stages: list[str],
 
     def acc(arm: str) -> dict[str, float]:
         # Bits per byte is no accuracy: it is reported, not chosen by.
-        return {b: primary_mean(rows) for b, rows in samples[arm].items() if is_accuracy(rows)}
+        return {b: primary_score(rows) for b, rows in samples[arm].items() if is_accuracy(rows)}
 
     scored = acc("base")
     kinds: dict[str, str] = {b.name: b.kind for b in benchmarks if b.name in scored}
@@ -331,15 +321,13 @@ def choose_stage(samples: dict[str, dict], stages: list[str],
 def retrieval_effect(samples: dict[str, dict]) -> dict[str, dict]:
     """Per benchmark, the questions base answered right and base+rag wrong (retrieval hurt),
     and the reverse; empty unless both arms were scored."""
-    from tunearena.evaluation.report import metric_keys
-
     if "base" not in samples or "base+rag" not in samples:
         return {}
     effect: dict[str, dict] = {}
     for name, base_rows in samples["base"].items():
         if not is_accuracy(base_rows):
             continue
-        key = metric_keys(base_rows)[0]
+        key = PRIMARY_METRIC[sample_track(base_rows)]  # type: ignore[index]
         rag = {r["id"]: r[key] for r in samples["base+rag"].get(name, [])}
         hurt = [r["id"] for r in base_rows if r[key] and rag.get(r["id"]) == 0]
         helped = [r["id"] for r in base_rows if not r[key] and rag.get(r["id"]) == 1]

@@ -15,7 +15,7 @@ def check_inputs(cfg: ExperimentConfig) -> tuple[dict[str, list[QAItem]], list]:
     so one that is unknown or unreachable is named now too. Returns the QA benchmarks'
     questions and the few-shot examples (empty unless a ``+fewshot`` arm is scored).
     """
-    from tunearena.training.data import read_jsonl
+    from tunearena.training.prepare import read_jsonl
     from tunearena.training.trainer import check_model_dir
 
     check_model_dir(cfg.model.base)

@@ -259,7 +259,7 @@ class Pipeline:
 
     def report(self, scores: ArmScores, trained: dict[str, TrainingSummary], stages: list[Stage],
                index: dict, retrieval: dict) -> tuple[dict, dict]:
-        from tunearena.evaluation.report import summarise, write_reports
+        from tunearena.evaluation.report import summarise, write_reports, write_results
         from tunearena.rag.retrieve import retrieval_results
         from tunearena.training.stages import training_results
 
@@ -285,12 +285,12 @@ class Pipeline:
         samples = {arm: scores.samples[arm] for arm in cfg.evaluation.arms
                    if arm in scores.samples}
         results = summarise(samples, benchmarks, cfg.evaluation, cfg.report, extra)
-        _json(self.run_dir / "results.json", results)
+        write_results(self.run_dir, results)
         write_reports(self.run_dir, results)
         if cfg.evaluation.enabled:
-            self.console.print(f"[bold]verdict: {results['decision']['verdict']}[/bold] — "
-                               f"{results['decision']['sentence']}")
-            for line in results["headline"]:
+            self.console.print(f"[bold]verdict: {results.decision.verdict}[/bold] — "
+                               f"{results.decision.sentence}")
+            for line in results.headline:
                 self.console.print(f"• {line}")
         else:
             self.console.print("evaluation is disabled: no arm was scored, so there is no "

@@ -20,19 +20,19 @@ from tunearena.launch.inputs import check_inputs
 def run_preflight(cfg: ExperimentConfig, console: Console) -> bool:
     """Print the table of checks; True when every check passed.
 
-    Batch arithmetic counts the sequences of each stage's files as they are, before cleaning
-    and splitting (the run's count is at most that); every stage is tokenised with the base
-    model's tokenizer, which fine-tuning keeps.
+    Batch arithmetic counts the sequences the run would train on: each stage's files (and
+    what it replays) cleaned, leak-checked, split and tokenised exactly as the run prepares
+    them, with the base model's tokenizer, which fine-tuning keeps.
     """
     from transformers import AutoTokenizer
 
     from tunearena.cluster.preflight import format_checks
     from tunearena.cluster.ray_cluster import ray_session
-    from tunearena.training.data import TaskRecords, read_jsonl, tokenize_tasks
+    from tunearena.training.stage_data import prepare_stage_data
     from tunearena.training.stages import preflight_checks, training_config
-    from tunearena.training.trainer import stage_mixture
 
-    check_inputs(cfg)
+    questions, _ = check_inputs(cfg)
+    asked = {name: [q.question for q in items] for name, items in questions.items()}
     stages = cfg.resolved_stages()
     if not stages:
         console.print("training is not enabled: there is nothing to preflight")
@@ -44,12 +44,10 @@ def run_preflight(cfg: ExperimentConfig, console: Console) -> bool:
     with ray_session(cfg.cluster):
         for i, stage in enumerate(stages):
             t = training_config(stage.training, run_dir)
-            tasks = [TaskRecords(ds.task, ds.format, read_jsonl(ds.path, ds.format, True), [])
-                     for ds in t.datasets]
-            train, _ = tokenize_tasks(tasks, tokenizer, t.seq_len, t.packing)
-            mixture = stage_mixture(t, train, [task.name for task in tasks])
+            data = prepare_stage_data(stage, tokenizer, stages, asked)
             stage_checks = preflight_checks(cfg.model.base, t, cfg.cluster, storage,
-                                            mixture.epoch_size, first=i == 0, tokenizer=tokenizer)
+                                            data.mixture.epoch_size, first=i == 0,
+                                            tokenizer=tokenizer)
             prefix = f"{stage.name}: " if cfg.stages else ""
             checks += [replace(c, name=prefix + c.name) for c in stage_checks]
     console.print(format_checks(checks), highlight=False, markup=False, soft_wrap=True)

@@ -75,7 +75,7 @@ def check_cluster_fits(cfg: ExperimentConfig, address: str) -> str:
 def submit(config_path: Path, overrides: list[str], address: str, working_dir: Path,
            resume: bool, console: Console) -> str:
     """Check, then submit ``tunearena run`` as a Ray job; returns the job's id."""
-    from tunearena.launch.pipeline import check_inputs
+    from tunearena.launch.inputs import check_inputs
 
     working_dir, config_path = working_dir.resolve(), config_path.resolve()
     if not working_dir.is_dir():

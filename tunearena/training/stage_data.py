@@ -99,6 +99,16 @@ def prepare_stage_data(stage: Stage, tokenizer, stages: Sequence[Stage] = (),
             prepared[name] = prepare(ds, t)
             tasks.append(records(name, prepared[name]))
         replay_fraction = stage.replay.fraction
-    train, validation = tokenize_tasks(tasks, tokenizer, t.seq_len, t.packing)
-    mixture = stage_mixture(t, train, [task.name for task in tasks], replay_fraction)
-    return StageData(prepared, tasks, train, validation, mixture)
+    return StageData(prepared, tasks, *tokenize_stage(t, tasks, tokenizer, replay_fraction))
+
+
+def tokenize_stage(training: TrainingConfig, tasks: list[TaskRecords], tokenizer,
+                   replay_fraction: float = 0.0,
+                   ) -> tuple[TokenizedSplit, TokenizedSplit | None, Mixture]:
+    """Tokenise a stage's prepared tasks (its own first, then replayed ones) and mix them:
+    the training split, the validation split, and the mixture that samples the training rows.
+    The run's train step calls this on the files the prepare step wrote; preflight and
+    ``run_stage``'s default call it through ``prepare_stage_data``."""
+    train, validation = tokenize_tasks(tasks, tokenizer, training.seq_len, training.packing)
+    mixture = stage_mixture(training, train, [task.name for task in tasks], replay_fraction)
+    return train, validation, mixture

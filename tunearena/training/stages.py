@@ -204,18 +204,17 @@ def load_stage(stage: Stage, stages: list[Stage], base: str, run_dir: Path) -> L
     so a bad record fails in seconds."""
     from transformers import AutoTokenizer
 
-    from tunearena.training.data import tokenize_tasks
-    from tunearena.training.trainer import stage_mixture
+    from tunearena.training.stage_data import REPLAY_PREFIX, tokenize_stage
 
     model_dir, init_adapter = stage_origin(stage, stages, base, run_dir / "models")
     training = training_config(stage.training, run_dir)
     tasks, replay_fraction = stage_tasks(stage, stages, run_dir / "data")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    data = tokenize_tasks(tasks, tokenizer, training.seq_len, training.packing)
-    mixture = stage_mixture(training, data[0], [t.name for t in tasks], replay_fraction)
-    replayed = [t.name.removeprefix("replay:") for t in tasks if t.name.startswith("replay:")]
-    return LoadedStage(stage, base, model_dir, init_adapter, training, tokenizer, data, mixture,
-                       replayed)
+    train, validation, mixture = tokenize_stage(training, tasks, tokenizer, replay_fraction)
+    replayed = [t.name.removeprefix(REPLAY_PREFIX) for t in tasks
+                if t.name.startswith(REPLAY_PREFIX)]
+    return LoadedStage(stage, base, model_dir, init_adapter, training, tokenizer,
+                       (train, validation), mixture, replayed)
 
 
 def train_stage(loaded: LoadedStage, cluster: ClusterConfig, run_name: str, storage: str,
@@ -241,10 +240,8 @@ def train_stage(loaded: LoadedStage, cluster: ClusterConfig, run_name: str, stor
     console.print(format_checks(checks), highlight=False, markup=False, soft_wrap=True)
     if not all(c.ok for c in checks):
         raise PreflightError(checks)
-    raw = run_stage(run_name, loaded.model_dir, loaded.training, cluster, out_dir, storage,
-                    data=loaded.data, mixture=loaded.mixture, init_adapter=loaded.init_adapter)
-    summary = TrainingSummary.model_validate(  # until run_stage returns TrainingSummary
-        {k: v for k, v in raw.items() if k != "tensors"})
+    summary = run_stage(run_name, loaded.model_dir, loaded.training, cluster, out_dir, storage,
+                        data=loaded.data, mixture=loaded.mixture, init_adapter=loaded.init_adapter)
     if summary.resumed_from_step:
         console.print(f"resumed training from step {summary.resumed_from_step}")
     return summary.model_copy(update={
