@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from train_throughput import make_model_dir  # the sibling bench script's random Llama
+from train_throughput import make_model_dir, read_summary  # the sibling bench script's
 
 TARGET_RATIO = 1.05
 # Ray starts worker processes at niceness 15 (its RAY_worker_niceness); its daemons stay at 0.
@@ -73,13 +73,14 @@ def run_ray(run: int, model_dir: Path, cfg, cluster, data, work: Path) -> dict:
              include_dashboard=False, log_to_driver=True)
     init_s = time.perf_counter() - t0
     try:
-        summary = run_stage(f"overhead{run}", str(model_dir), cfg, cluster,
-                            work / f"ray_out{run}", work / "ray", data=data)
+        summary = read_summary(run_stage(f"overhead{run}", str(model_dir), cfg, cluster,
+                                         work / f"ray_out{run}", work / "ray", data=data))
     finally:
         ray.shutdown()
-    return {"step_time_s": summary["step_time_s"], "train_s": summary["train_s"],
-            "time_to_first_step_s": summary["time_to_first_step_s"],
-            "final_train_loss": summary["final_train_loss"], "ray_init_s": init_s}
+    return {"step_time_s": summary.step_time_s, "train_s": summary.train_s,
+            "time_to_first_step_s": summary.time_to_first_step_s,
+            "final_train_loss": summary.final_train_loss, "ray_init_s": init_s,
+            "parameters": summary.parameters}
 
 
 def run_torchrun(run: int, model_dir: Path, cfg, cluster, npz: Path, work: Path,
@@ -140,7 +141,7 @@ def main() -> int:
         arch = dict(hidden_size=args.hidden, intermediate_size=3 * args.hidden,
                     num_hidden_layers=args.layers, num_attention_heads=heads,
                     num_key_value_heads=heads, vocab_size=VOCAB_SIZE)
-        n_params = make_model_dir(model_dir, arch, args.seq_len)
+        make_model_dir(model_dir, arch, args.seq_len)
         write_text(work / "text.jsonl", args.micro_batch * args.workers * args.steps, args.seq_len)
         cfg = TrainingConfig(datasets=[{"path": work / "text.jsonl"}], seq_len=args.seq_len,
                              micro_batch_size=args.micro_batch, max_steps=args.steps,
@@ -158,6 +159,7 @@ def main() -> int:
             runs.append(("torchrun", run_torchrun(run, model_dir, cfg, cluster, npz, work,
                                                   args.baseline_nice)))
 
+    n_params = runs[0][1]["parameters"]  # as the training summary counts them
     print(f"\nmodel: {n_params / 1e6:.1f}M params (hidden {args.hidden}, {args.layers} layers), "
           f"seq_len {args.seq_len}, micro batch {args.micro_batch}, {args.workers} workers x "
           f"{args.cpus_per_worker} CPU, ZeRO-{args.zero_stage}, fp32, {args.steps} steps; "

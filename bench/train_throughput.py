@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tunearena.training.summary import TrainingSummary
+
 PRESETS = {
     # ~1.1B parameters, TinyLlama-like shape (vocab 32000 as in Llama 2).
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
@@ -59,6 +61,14 @@ def make_model_dir(out: Path, arch: dict, seq_len: int) -> None:
     model.save_pretrained(out)
 
 
+def read_summary(summary: TrainingSummary | dict) -> TrainingSummary:
+    """``run_stage``'s result as a ``TrainingSummary``: a renamed or missing field fails here."""
+    if isinstance(summary, TrainingSummary):
+        return summary
+    # until run_stage returns TrainingSummary; "tensors" is the export marker's own list.
+    return TrainingSummary.model_validate({k: v for k, v in summary.items() if k != "tensors"})
+
+
 def run_one(args: argparse.Namespace, model_dir: Path, work: Path, zero_stage: int,
             micro_batch: int) -> dict:
     """Train one configuration through ``run_stage``; its steady-state figures."""
@@ -84,25 +94,25 @@ def run_one(args: argparse.Namespace, model_dir: Path, work: Path, zero_stage: i
                          gradient_checkpointing=args.gradient_checkpointing,
                          compile=args.compile)
     name = f"z{zero_stage}-mb{micro_batch}"
-    summary = run_stage(name, str(model_dir), cfg, ClusterConfig(num_workers=args.workers),
-                        work / name, work / "ray")
-    windows = [h for h in summary["history"] if "tokens_per_s" in h][1:]
+    summary = read_summary(run_stage(name, str(model_dir), cfg,
+                                     ClusterConfig(num_workers=args.workers), work / name,
+                                     work / "ray"))
+    windows = [h for h in summary.history if "tokens_per_s" in h][1:]
     steady = sum(h["tokens_per_s"] for h in windows) / max(len(windows), 1)
     gpus = torch.cuda.device_count()
     result = {
-        "preset": args.preset, "params": summary["parameters"], "seq_len": args.seq_len,
+        "preset": args.preset, "params": summary.parameters, "seq_len": args.seq_len,
         "micro_batch_size": micro_batch, "grad_accum_steps": args.grad_accum,
         "workers": args.workers, "zero_stage": zero_stage, "method": args.method,
         "gradient_checkpointing": args.gradient_checkpointing, "compile": args.compile,
-        "bf16": summary["bf16"], "steps": summary["steps"],
-        "steady_tokens_per_s": steady, "time_to_first_step_s": summary["time_to_first_step_s"],
-        # Not written by every version of the loop.
-        "peak_gpu_memory_mb": summary.get("peak_gpu_memory_mb"),
+        "bf16": summary.bf16, "steps": summary.steps,
+        "steady_tokens_per_s": steady, "time_to_first_step_s": summary.time_to_first_step_s,
+        "peak_gpu_memory_mb": summary.peak_gpu_memory_mb,
         "device": torch.cuda.get_device_name(0) if gpus else "cpu",
     }
     peak = args.peak_tflops or peak_tflops(result["device"])
     if gpus and peak:
-        per_token = flops_per_token(summary["parameters"], summary["trainable_parameters"])
+        per_token = flops_per_token(summary.parameters, summary.trainable_parameters)
         result["mfu"] = per_token * steady / (peak * 1e12 * args.workers)
     return result
 
@@ -128,6 +138,8 @@ def main() -> int:
     import ray
     import torch
 
+    from tunearena.cluster.quiet import WORKER_SETUP_HOOK
+
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -135,8 +147,7 @@ def main() -> int:
         make_model_dir(model_dir, PRESETS[args.preset], args.seq_len)
         ray.init(address="local", num_cpus=max(2, args.workers),
                  num_gpus=torch.cuda.device_count(), include_dashboard=False,
-                 runtime_env={"worker_process_setup_hook":
-                              "tunearena.cluster.ray_cluster.quiet_ray_train_logs"})
+                 runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK})
         try:
             for zero_stage, micro_batch in itertools.product(args.zero_stage, args.micro_batch):
                 try:

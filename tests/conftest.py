@@ -85,9 +85,10 @@ def ray_local():
     """
     import ray
 
+    from tunearena.cluster.quiet import WORKER_SETUP_HOOK
+
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True,
-             runtime_env={"worker_process_setup_hook":
-                          "tunearena.cluster.ray_cluster.quiet_ray_train_logs"})
+             runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK})
     try:
         yield ray.get_runtime_context().gcs_address
     finally:

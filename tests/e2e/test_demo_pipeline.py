@@ -7,9 +7,9 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -196,16 +196,29 @@ def test_latency_per_arm_includes_retrieval_and_counts_added_prompt_tokens(resul
     assert rag["prompt_tokens"] == pytest.approx(plain["prompt_tokens"] + rag["prompt_tokens_added"])
 
 
+def file_stamps(run_dir: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file of a run but its bookkeeping (manifest, resolved config): mtime and bytes."""
+    return {str(p.relative_to(run_dir)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in run_dir.rglob("*")
+            if p.is_file() and p.name not in ("manifest.json", "config.yaml")}
+
+
 def test_resume_reuses_every_completed_step(demo_run):
     before = (demo_run / "results.json").read_text()
-    t0 = time.perf_counter()
+    stamps = file_stamps(demo_run)
+    assert any(name.startswith("models/") for name in stamps)
     assert demo(demo_run.parent, "--resume") == 0
-    elapsed = time.perf_counter() - t0
     steps = json.loads((demo_run / "manifest.json").read_text())["steps"]
     assert all("reused" in s for s in steps.values()), steps
     assert (demo_run / "results.json").read_text() == before
+    # Nothing was recomputed: no model, index, context, score or report file was written. The
+    # lm-eval task files are written again at each start, byte for byte the same.
+    after = file_stamps(demo_run)
+    assert after.keys() == stamps.keys()
+    rewritten = sorted(name for name in stamps if after[name][0] != stamps[name][0])
+    assert all(name.startswith("tasks/") for name in rewritten), rewritten
+    assert all(after[name][1] == stamps[name][1] for name in rewritten), rewritten
     assert not ray.is_initialized()
-    assert elapsed < 120  # nothing was recomputed: no Ray start, no training
 
 
 def test_resume_reruns_only_what_a_changed_setting_invalidates(demo_run):
@@ -228,14 +241,15 @@ def test_broken_input_fails_fast_naming_file_and_line(tmp_path):
     bad = tmp_path / "qa_train.jsonl"
     good = (REPO / "examples/demo_world/domain/qa_train.jsonl").read_text().splitlines()
     bad.write_text("\n".join(good[:2] + ['{"prompt": "Question: broken'] + good[2:5]) + "\n")
-    t0 = time.perf_counter()
+    # Ray makes its session directory under RAY_TMPDIR when it starts an instance.
+    ray_tmp = tmp_path / "ray_tmp"
     proc = subprocess.run(
         [sys.executable, "-m", "tunearena.launch.cli", "demo", "--set", f"runs_dir={tmp_path}",
          "--set", f"stages.1.datasets.0.path={bad}"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=300, env=os.environ | {"RAY_TMPDIR": str(ray_tmp)},
     )
     assert proc.returncode == 2
     assert f"{bad}:3: not valid JSON" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "demo").exists(), "nothing may start on broken input"
-    assert time.perf_counter() - t0 < 60
+    assert not ray_tmp.exists(), "no Ray instance may start on broken input"

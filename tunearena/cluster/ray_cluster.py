@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -13,6 +11,7 @@ import ray
 from ray.train import ScalingConfig
 
 from tunearena.cluster.config import ClusterConfig
+from tunearena.cluster.quiet import WORKER_SETUP_HOOK, drop_worker_noise, quiet_driver
 from tunearena.errors import UserError
 
 # Passed through to every worker when the driver has them: offline switches must hold on
@@ -74,25 +73,6 @@ def worker_env(cfg: ClusterConfig) -> dict[str, str]:
     return env
 
 
-def quiet_ray_train_logs() -> None:
-    """Run in every Ray worker process at start-up (``worker_process_setup_hook``).
-
-    Without Ray's dashboard there is no state API, so Ray Train's placement-group cleaner
-    warns once a second that it cannot query the controller, for the whole run; the
-    cleaner's only job (removing a dead controller's placement group) is done by the job's
-    end as well.
-    """
-    logging.getLogger(
-        "ray.train.v2._internal.execution.controller.placement_group_cleaner"
-    ).setLevel(logging.ERROR)
-    # Ray Train logs every reported result at INFO, once per rank and report, under a logger
-    # named by its file's path; tunearena's own log lines say the same once.
-    with contextlib.suppress(ImportError):
-        from ray.train.v2._internal.execution import context
-
-        logging.getLogger(context.__file__).setLevel(logging.WARNING)
-
-
 @contextmanager
 def ray_session(cfg: ClusterConfig) -> Iterator[None]:
     """Connect to (or start) Ray for the duration of the block.
@@ -104,11 +84,12 @@ def ray_session(cfg: ClusterConfig) -> Iterator[None]:
         return
     runtime_env = {
         "env_vars": worker_env(cfg),
-        "worker_process_setup_hook": "tunearena.cluster.ray_cluster.quiet_ray_train_logs",
+        "worker_process_setup_hook": WORKER_SETUP_HOOK,
     }
     if cfg.address == "local":
         # "local" always starts a new instance: without it, ray.init joins whatever cluster
         # `ray start` left running on this machine.
+        quiet_driver()
         ray.init(
             address="local",
             num_cpus=cfg.num_cpus,
@@ -126,6 +107,7 @@ def ray_session(cfg: ClusterConfig) -> Iterator[None]:
                 f"the cluster at {cfg.address} refused this driver: {err}. A cluster started "
                 f"with token authentication needs RAY_AUTH_MODE=token and its token "
                 f"(RAY_AUTH_TOKEN, or ~/.ray/auth_token) here too") from None
+    drop_worker_noise()
     try:
         yield
     finally:
