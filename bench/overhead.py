@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from train_throughput import make_model_dir, read_summary  # the sibling bench script's
+from train_throughput import make_model_dir  # the sibling bench script's
 
 TARGET_RATIO = 1.05
 # Ray starts worker processes at niceness 15 (its RAY_worker_niceness); its daemons stay at 0.
@@ -73,8 +73,8 @@ def run_ray(run: int, model_dir: Path, cfg, cluster, data, work: Path) -> dict:
              include_dashboard=False, log_to_driver=True)
     init_s = time.perf_counter() - t0
     try:
-        summary = read_summary(run_stage(f"overhead{run}", str(model_dir), cfg, cluster,
-                                         work / f"ray_out{run}", work / "ray", data=data))
+        summary = run_stage(f"overhead{run}", str(model_dir), cfg, cluster,
+                            work / f"ray_out{run}", work / "ray", data=data)
     finally:
         ray.shutdown()
     return {"step_time_s": summary.step_time_s, "train_s": summary.train_s,
@@ -128,9 +128,11 @@ def main() -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
+    from transformers import AutoTokenizer
+
     from tunearena.cluster.config import ClusterConfig
-    from tunearena.training.config import TrainingConfig
-    from tunearena.training.trainer import prepare_data
+    from tunearena.training.config import Stage, TrainingConfig
+    from tunearena.training.stage_data import prepare_stage_data
 
     runs: list[tuple[str, dict]] = []
     load_before = os.getloadavg()[0]
@@ -146,11 +148,15 @@ def main() -> int:
         cfg = TrainingConfig(datasets=[{"path": work / "text.jsonl"}], seq_len=args.seq_len,
                              micro_batch_size=args.micro_batch, max_steps=args.steps,
                              zero_stage=args.zero_stage, precision="fp32",
-                             validation_fraction=0.0, eval_every_steps=10**6, seed=0)
+                             validation_fraction=0.0, eval_every_steps=10**6, seed=0,
+                             # random words: nothing to clean, and both sides get every row
+                             data_prep={"deduplicate": False, "near_duplicate_threshold": None,
+                                        "drop_garbled": False, "leak_check": "off"})
         cluster = ClusterConfig(num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                                 use_gpu=False)
         # Tokenised once: Ray gets the arrays, torchrun the same arrays through an .npz.
-        train, _ = prepare_data(str(model_dir), cfg)
+        train = prepare_stage_data(Stage("overhead", "base", cfg),
+                                   AutoTokenizer.from_pretrained(model_dir)).train
         npz = work / "train.npz"
         np.savez(npz, input_ids=train.input_ids, labels=train.labels,
                  attention_mask=train.attention_mask)

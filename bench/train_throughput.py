@@ -23,8 +23,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tunearena.training.summary import TrainingSummary
-
 PRESETS = {
     # ~1.1B parameters, TinyLlama-like shape (vocab 32000 as in Llama 2).
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
@@ -61,14 +59,6 @@ def make_model_dir(out: Path, arch: dict, seq_len: int) -> None:
     model.save_pretrained(out)
 
 
-def read_summary(summary: TrainingSummary | dict) -> TrainingSummary:
-    """``run_stage``'s result as a ``TrainingSummary``: a renamed or missing field fails here."""
-    if isinstance(summary, TrainingSummary):
-        return summary
-    # until run_stage returns TrainingSummary; "tensors" is the export marker's own list.
-    return TrainingSummary.model_validate({k: v for k, v in summary.items() if k != "tensors"})
-
-
 def run_one(args: argparse.Namespace, model_dir: Path, work: Path, zero_stage: int,
             micro_batch: int) -> dict:
     """Train one configuration through ``run_stage``; its steady-state figures."""
@@ -94,9 +84,8 @@ def run_one(args: argparse.Namespace, model_dir: Path, work: Path, zero_stage: i
                          gradient_checkpointing=args.gradient_checkpointing,
                          compile=args.compile)
     name = f"z{zero_stage}-mb{micro_batch}"
-    summary = read_summary(run_stage(name, str(model_dir), cfg,
-                                     ClusterConfig(num_workers=args.workers), work / name,
-                                     work / "ray"))
+    summary = run_stage(name, str(model_dir), cfg, ClusterConfig(num_workers=args.workers),
+                        work / name, work / "ray")
     windows = [h for h in summary.history if "tokens_per_s" in h][1:]
     steady = sum(h["tokens_per_s"] for h in windows) / max(len(windows), 1)
     gpus = torch.cuda.device_count()

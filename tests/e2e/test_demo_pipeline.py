@@ -175,11 +175,11 @@ def test_generative_track_scores_the_answers_the_models_wrote(results):
             exact_match(answer_text(r["prediction"]), gold[r["id"]]) for r in rows]
         assert [r["f1"] for r in rows] == pytest.approx(
             [token_f1(answer_text(r["prediction"]), gold[r["id"]]) for r in rows])
-        assert bench["arms"][arm]["acc"] == pytest.approx(
+        assert bench["arms"][arm]["exact_match"] == pytest.approx(
             sum(r["exact_match"] for r in rows) / 180)
     # Fine-tuning on the questions teaches the model to answer them in words too.
     assert bench["arms"]["ft"]["verdict"] == "better than base"
-    assert bench["arms"]["ft"]["acc"] > bench["arms"]["base+rag"]["acc"]
+    assert bench["arms"]["ft"]["exact_match"] > bench["arms"]["base+rag"]["exact_match"]
 
 
 def test_latency_per_arm_includes_retrieval_and_counts_added_prompt_tokens(results):

@@ -39,13 +39,6 @@ def ray_gpu(inductor_cache):
     ray.shutdown()
 
 
-def read_summary(summary: TrainingSummary | dict) -> TrainingSummary:
-    if isinstance(summary, TrainingSummary):
-        return summary
-    # until run_stage returns TrainingSummary; "tensors" is the export marker's own list.
-    return TrainingSummary.model_validate({k: v for k, v in summary.items() if k != "tensors"})
-
-
 def train_on_gpu(tiny_model_dir, tmp_path, name: str, **overrides) -> TrainingSummary:
     from tunearena.cluster.config import ClusterConfig
     from tunearena.training.config import TrainingConfig
@@ -55,11 +48,13 @@ def train_on_gpu(tiny_model_dir, tmp_path, name: str, **overrides) -> TrainingSu
     data = tmp_path / "text.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in TINY_TEXT * 8))
     settings = {"datasets": [{"path": data}], "seq_len": 32, "micro_batch_size": 4,
-                "max_steps": 12, "lr": 3e-3, "log_every_steps": 4, "eval_every_steps": 6}
+                "max_steps": 12, "lr": 3e-3, "log_every_steps": 4, "eval_every_steps": 6,
+                # The text repeats on purpose: cleaning must keep every record.
+                "data_prep": {"deduplicate": False, "near_duplicate_threshold": None}}
     cfg = TrainingConfig.model_validate(settings | overrides)
     cluster = ClusterConfig(num_workers=torch.cuda.device_count(), use_gpu="auto")
-    summary = read_summary(run_stage(name, str(tiny_model_dir), cfg, cluster, tmp_path / "out",
-                                     tmp_path / "ray"))
+    summary = run_stage(name, str(tiny_model_dir), cfg, cluster, tmp_path / "out",
+                        tmp_path / "ray")
     assert summary.use_gpu and summary.bf16, "auto precision must pick bf16 on CUDA"
     losses = [h["train_loss"] for h in summary.history if "train_loss" in h]
     assert losses[-1] < losses[0]
