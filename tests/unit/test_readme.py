@@ -76,8 +76,8 @@ def test_readme_keeps_the_install_command():
 
 def test_readme_test_command_is_what_ci_runs():
     ci = (REPO / ".ci" / "run").read_text()
-    assert "ruff check . && mypy && python -m pytest -q" in README.read_text()
-    assert "\nruff check .\nmypy\npython -m pytest -q\n" in ci
+    assert "ruff check . && mypy && python -m pytest -q -rs" in README.read_text()
+    assert "\nruff check .\nmypy\n" in ci and "\npython -m pytest -q -rs\n" in ci
 
 
 def test_readme_fast_test_command_uses_a_declared_marker(pytestconfig):
