@@ -7,7 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from tunearena.evaluation.arm import split_arm
+from tunearena.evaluation.arm import Arm
 from tunearena.evaluation.benchmarks import BenchmarkError
 from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
 from tunearena.evaluation.fewshot import draw_examples, load_pool
@@ -70,8 +70,8 @@ def test_fewshot_arms_need_a_pool_and_arms_split():
     assert cfg.fewshot.k == 3
     with pytest.raises(ValidationError, match="unknown arm 'base\\+rag\\+fewshot'"):
         EvaluationConfig(arms=["base+rag+fewshot"])
-    assert split_arm("ft@qa+fewshot") == ("ft@qa", "fewshot")
-    assert split_arm("base") == ("base", "")
+    assert Arm.parse("ft@qa+fewshot") == Arm("ft", "qa", "fewshot")
+    assert Arm.parse("base") == Arm("base")
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -1,7 +1,7 @@
 """An arm: which model is scored, and with which context in its prompts.
 
 Arms are written as strings in configs and results (``"base"``, ``"base+rag"``, ``"ft"``,
-``"ft@qa+fewshot"``); code parses them once into an ``Arm`` rather than cutting strings.
+``"ft@qa+fewshot"``); code parses them into an ``Arm`` rather than cutting strings.
 """
 
 from __future__ import annotations
@@ -65,8 +65,3 @@ class Arm:
             raise ValueError(f"arm {self}: no stage is selected for it yet")
         return models_dir / stage
 
-
-def split_arm(arm: str) -> tuple[str, str]:
-    """``(model, context)``: ``"ft@qa+rag"`` -> ``("ft@qa", "rag")``, ``"base"`` -> ``("base", "")``."""
-    parsed = Arm.parse(arm)
-    return parsed.model_name, parsed.context

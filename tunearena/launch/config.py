@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from tunearena.cluster.config import ClusterConfig
 from tunearena.configbase import ConfigError, StrictModel, format_validation_error, reference_rows
-from tunearena.evaluation.arm import split_arm
+from tunearena.evaluation.arm import Arm
 from tunearena.evaluation.config import EvaluationConfig, ReportConfig
 from tunearena.rag.config import RagConfig
 from tunearena.training.config import (
@@ -56,29 +56,29 @@ class ExperimentConfig(StrictModel):
             raise ValueError("training.enabled is true but training.datasets is empty")
         stages = self.resolved_stages()  # raises naming the stage and key
         names = [s.name for s in stages]
-        arms = list(self.evaluation.arms)
+        arms = [Arm.parse(a) for a in self.evaluation.arms]
         if self.stages:
             # Every stage is scored, giving the stage x benchmark matrix.
-            arms += [f"ft@{n}" for n in names if f"ft@{n}" not in arms]
+            arms += [Arm("ft", n) for n in names if Arm("ft", n) not in arms]
 
-        def position(arm: str) -> tuple[int, int, int]:
+        def position(arm: Arm) -> tuple[int, int, int]:
             # base first, then each stage in order, then the selected ft; each alone, then
             # with examples, then with retrieval.
-            model, context = split_arm(arm)
-            stage = model.partition("@")[2]
-            rank = 0 if model == "base" else 2 if model == "ft" else 1
-            return (rank, names.index(stage) if stage in names else 0,
-                    ("", "fewshot", "rag").index(context))
+            rank = 0 if arm.model == "base" else 1 if arm.stage else 2
+            return (rank, names.index(arm.stage) if arm.stage in names else 0,
+                    ("", "fewshot", "rag").index(arm.context))
 
-        self.evaluation.arms = sorted(arms, key=position)
-        for arm in self.evaluation.arms:
-            stage = split_arm(arm)[0].partition("@")[2]
-            if stage and stage not in {s.name for s in stages}:
-                raise ValueError(f"evaluation.arms lists {arm!r} but there is no stage {stage!r}")
+        arms.sort(key=position)
+        self.evaluation.arms = [str(arm) for arm in arms]
+        for arm in arms:
+            stage = arm.stage
+            if stage and stage not in names:
+                raise ValueError(f"evaluation.arms lists {str(arm)!r} but there is no stage "
+                                 f"{stage!r}")
             target = [s for s in stages if s.name == stage] if stage else stages
-            if arm.startswith("ft") and any(s.training.method != "full"
-                                            and not s.training.lora.merge for s in target):
-                raise ValueError(f"evaluation.arms lists {arm!r}, which evaluates a merged "
+            if arm.is_finetuned and any(s.training.method != "full"
+                                        and not s.training.lora.merge for s in target):
+                raise ValueError(f"evaluation.arms lists {str(arm)!r}, which evaluates a merged "
                                  "model, but its stage has lora.merge false (set it true, or "
                                  "drop the arm)")
         return self
@@ -89,12 +89,12 @@ class ExperimentConfig(StrictModel):
 
     @model_validator(mode="after")
     def _arms_have_what_they_need(self) -> ExperimentConfig:
-        arms = self.evaluation.arms
-        if any(a.startswith("ft") for a in arms) and not self.training.enabled:
+        arms = [Arm.parse(a) for a in self.evaluation.arms]
+        if any(a.is_finetuned for a in arms) and not self.training.enabled:
             raise ValueError("evaluation.arms lists ft arms but training is not enabled "
                              "(set training.enabled and training.datasets, or add stages, or "
                              "drop the ft arms)")
-        if any(a.endswith("+rag") for a in arms) and not (self.rag.enabled and self.rag.corpus):
+        if any(a.context == "rag" for a in arms) and not (self.rag.enabled and self.rag.corpus):
             raise ValueError("evaluation.arms lists +rag arms but rag has no corpus "
                              "(set rag.corpus, or drop the +rag arms)")
         if self.evaluation.enabled and not self.evaluation.benchmarks:
