@@ -7,16 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_training_data import prepare_splits  # the stage's route, cleaning off
 from transformers import AutoTokenizer
 
-from tunearena.training.config import DataPrepConfig, DatasetConfig, Stage, TrainingConfig
+from tunearena.training.config import DatasetConfig
 from tunearena.training.data import (
     IGNORE_INDEX,
     DataError,
     tokenize_record,
 )
 from tunearena.training.prepare import read_jsonl
-from tunearena.training.stage_data import prepare_stage_data
 
 # ChatML-like, with the tiny tokenizer's <s> and </s> opening and closing every turn.
 CHATML = (
@@ -25,20 +25,6 @@ CHATML = (
 )
 CLOSE = "</s>\n"
 """What the template writes after a turn's content; labelled on assistant turns."""
-
-RAW = DataPrepConfig(deduplicate=False, near_duplicate_threshold=None, drop_garbled=False,
-                     leak_check="off")
-
-
-def prepare_splits(datasets, tokenizer, seq_len, packing, validation_fraction, seed):
-    """(train, validation) of ``datasets`` as a stage prepares them, cleaning off: the files
-    as they stand (cleaning has its own tests in test_prepare.py)."""
-    cfg = TrainingConfig(datasets=datasets, seq_len=seq_len, packing=packing,
-                         validation_fraction=validation_fraction, seed=seed,
-                         data_prep=RAW)
-    data = prepare_stage_data(Stage("stage", "base", cfg), tokenizer)
-    return data.train, data.validation
-
 
 def load_tokenizer(model_dir: Path, chat_template: str | None = CHATML):
     tok = AutoTokenizer.from_pretrained(model_dir)

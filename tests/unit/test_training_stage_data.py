@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import TINY_TEXT
-from transformers import AutoTokenizer
+from test_training_data import write_jsonl
 
 from tunearena.training.checkpoint import TrainState
 from tunearena.training.config import (
@@ -27,16 +26,6 @@ from tunearena.training.prepare import prepare_dataset
 from tunearena.training.stage_data import prepare_stage_data
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-def write_jsonl(path: Path, records: list) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
 def test_every_format_names_its_fields_and_an_unknown_one_is_refused():
     assert set(FORMATS) == {"text", "instruction", "chat"}
     assert get_format("instruction").texts({"prompt": "Q?", "response": "A."}) == ["Q?", "A."]
@@ -46,36 +35,36 @@ def test_every_format_names_its_fields_and_an_unknown_one_is_refused():
         get_format("csv")
 
 
-def test_stage_data_is_what_the_prepare_step_writes_tokenised(tmp_path, tokenizer):
+def test_stage_data_is_what_the_prepare_step_writes_tokenised(tmp_path, tiny_tokenizer):
     # TINY_TEXT four times: de-duplication (on by default) leaves each text once.
     path = write_jsonl(tmp_path / "t.jsonl", [{"text": t} for t in TINY_TEXT])
     cfg = TrainingConfig(datasets=[{"path": path}], seq_len=16, validation_fraction=0.2, seed=1)
-    data = prepare_stage_data(Stage("s", "base", cfg), tokenizer)
+    data = prepare_stage_data(Stage("s", "base", cfg), tiny_tokenizer)
 
     prepared = prepare_dataset(cfg.datasets[0], cfg.data_prep, 0.2, 1, {})
     assert data.prepared["t"].report == prepared.report
     assert data.prepared["t"].report["exact_duplicates"] == 15
     expected, expected_val = tokenize_tasks(
-        [TaskRecords("t", "text", prepared.train, prepared.validation)], tokenizer, 16, True)
+        [TaskRecords("t", "text", prepared.train, prepared.validation)], tiny_tokenizer, 16, True)
     assert np.array_equal(data.train.input_ids, expected.input_ids)
     assert expected_val is not None and data.validation is not None
     assert np.array_equal(data.validation.input_ids, expected_val.input_ids)
     assert data.mixture.epoch_size == len(data.train) and data.replay_sources == []
 
 
-def test_stage_data_leaves_out_records_that_leak_a_benchmark_question(tmp_path, tokenizer):
+def test_stage_data_leaves_out_records_that_leak_a_benchmark_question(tmp_path, tiny_tokenizer):
     texts = [f"Record {i}: the Zephyr lamp costs {i} dollars and it is blue." for i in range(12)]
     texts.append("Quiz: what is the capital of Norland and why is it called Velmo today")
     path = write_jsonl(tmp_path / "t.jsonl", [{"text": t} for t in texts])
     cfg = TrainingConfig(datasets=[{"path": path}], seq_len=16, validation_fraction=0.0,
                          data_prep={"near_duplicate_threshold": None})
     questions = {"qa": ["what is the capital of Norland and why is it called Velmo"]}
-    data = prepare_stage_data(Stage("s", "base", cfg), tokenizer, questions=questions)
+    data = prepare_stage_data(Stage("s", "base", cfg), tiny_tokenizer, questions=questions)
     assert data.prepared["t"].report["leaked"] == 1
     assert len(data.tasks[0].train) == 12
 
 
-def test_replay_takes_earlier_stages_tasks_as_they_prepared_them(tmp_path, tokenizer):
+def test_replay_takes_earlier_stages_tasks_as_they_prepared_them(tmp_path, tiny_tokenizer):
     raw = DataPrepConfig(deduplicate=False, near_duplicate_threshold=None)
     first = write_jsonl(tmp_path / "first.jsonl", [{"text": t} for t in TINY_TEXT])
     second = write_jsonl(tmp_path / "second.jsonl",
@@ -86,7 +75,7 @@ def test_replay_takes_earlier_stages_tasks_as_they_prepared_them(tmp_path, token
     s2 = Stage("two", "one", TrainingConfig(datasets=[{"path": second, "format": "instruction"}],
                                             seq_len=16, seed=5),
                replay=ReplayConfig(fraction=0.25, datasets=[DatasetConfig(path=general)]))
-    data = prepare_stage_data(s2, tokenizer, stages=[s1, s2])
+    data = prepare_stage_data(s2, tiny_tokenizer, stages=[s1, s2])
 
     assert [t.name for t in data.tasks] == ["second", "replay:one/first", "replay:general"]
     assert data.replay_sources == ["one/first", "general"]
@@ -97,11 +86,11 @@ def test_replay_takes_earlier_stages_tasks_as_they_prepared_them(tmp_path, token
     assert math.isclose(sum(data.mixture.probabilities[1:]), 0.25)
 
 
-def test_chat_data_without_a_template_fails_before_any_file_is_read(tmp_path, tokenizer):
+def test_chat_data_without_a_template_fails_before_any_file_is_read(tmp_path, tiny_tokenizer):
     path = tmp_path / "missing.jsonl"  # never opened: the template check comes first
     cfg = TrainingConfig(datasets=[{"path": path, "format": "chat"}])
     with pytest.raises(DataError, match="format 'chat': the model's tokenizer has no chat template"):
-        prepare_stage_data(Stage("s", "base", cfg), tokenizer)
+        prepare_stage_data(Stage("s", "base", cfg), tiny_tokenizer)
 
 
 def test_the_train_state_round_trips_through_json_whole():
