@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunearena.errors import UserError
+from tunearena.training.gguf import GGUFConversion
 from tunearena.training.summary import ExportCheck, ReplaySummary, TrainingSummary
 
 SCHEMA_VERSION = 2
@@ -336,6 +337,8 @@ class RunInfo(_Open):
     name: str | None = None
     run_dir: str | None = None
     base_model: str | None = None
+    base_model_source: GGUFConversion | None = None
+    """Set when ``base_model`` was converted from a GGUF file: the file, its hash and how."""
     config_hash: str | None = None
     code_version: str | None = None
     python: str | None = None

@@ -119,6 +119,7 @@ _PATH_FIELDS = (
     ("evaluation", "fewshot", "path"),
     ("rag", "corpus"),
     ("model", "base"),
+    ("model", "gguf_cache_dir"),
 )
 
 

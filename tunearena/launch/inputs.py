@@ -14,10 +14,16 @@ def check_inputs(cfg: ExperimentConfig) -> tuple[dict[str, list[QAItem]], list]:
     seconds, naming the file and line. Named lm-eval tasks are resolved and their data loaded,
     so one that is unknown or unreachable is named now too. Returns the QA benchmarks'
     questions and the few-shot examples (empty unless a ``+fewshot`` arm is scored).
+
+    A GGUF ``model.base`` is converted here (once; a cached conversion is reused) and
+    ``cfg.model.base`` is pointed at the converted dir, so training, the RAG arms, scoring,
+    export and preflight all read a plain Hugging Face dir, and a broken file is named now.
     """
+    from tunearena.training.gguf import resolve_base
     from tunearena.training.prepare import read_jsonl
     from tunearena.training.trainer import check_model_dir
 
+    cfg.model.base = resolve_base(cfg.model.base, cfg.model.gguf_cache_dir)
     check_model_dir(cfg.model.base)
     from tunearena.training.tracking import check_trackers_available
 

@@ -261,13 +261,19 @@ class Pipeline:
                index: dict, retrieval: dict) -> tuple[dict, dict]:
         from tunearena.evaluation.report import summarise, write_reports, write_results
         from tunearena.rag.retrieve import retrieval_results
+        from tunearena.training.gguf import conversion_record
         from tunearena.training.stages import training_results
 
         cfg, selection = self.cfg, scores.selection
+        run: dict[str, Any] = {
+            "name": cfg.name, "run_dir": str(self.run_dir), "base_model": cfg.model.base,
+            "config_hash": self.manifest.data["config_hash"], "seed": cfg.seed,
+            "code_version": code_version(), "python": platform.python_version()}
+        # A GGUF base was converted by the input check: say which file, with its hash.
+        if (source := conversion_record(cfg.model.base)) is not None:
+            run["base_model_source"] = source.model_dump(mode="json")
         extra: dict[str, Any] = {
-            "run": {"name": cfg.name, "run_dir": str(self.run_dir), "base_model": cfg.model.base,
-                    "config_hash": self.manifest.data["config_hash"], "seed": cfg.seed,
-                    "code_version": code_version(), "python": platform.python_version()},
+            "run": run,
             # In the order of the arms, not of their finishing.
             "latency": {arm: scores.latency[arm] for arm in cfg.evaluation.arms
                         if arm in scores.latency},

