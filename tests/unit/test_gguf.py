@@ -4,6 +4,7 @@ converts and generates as loaded from its GGUF."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import gguf
@@ -124,6 +125,11 @@ def test_a_converted_file_is_not_converted_again(tiny_gguf, tmp_path):
     assert resolve_base(str(moved), cache) == first
     assert (Path(first) / MARKER).stat().st_mtime_ns == stamp
     assert [p.name for p in cache.iterdir()] == [Path(first).name]  # no temporary dir left
+    # Not mkdtemp's private mode: a cache on shared storage is read by other nodes' workers.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert Path(first).stat().st_mode & 0o777 == 0o777 & ~umask
+    assert {p.stat().st_mode & 0o777 for p in Path(first).iterdir()} == {0o666 & ~umask}
     assert resolve_base("some-org/some-model", cache) == "some-org/some-model"
 
 

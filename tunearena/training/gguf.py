@@ -198,6 +198,16 @@ def _write_model_dir(path: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def _share(folder: Path) -> None:
+    """Give ``folder`` and its files the umask's usual modes: ``mkdtemp`` makes it private,
+    and a cache on shared storage is read by every node's workers."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.iterdir():
+        f.chmod(0o666 & ~umask)
+
+
 def convert_gguf(path: Path, cache_dir: Path | None = None) -> Path:
     """The converted model dir of GGUF file ``path``, converting it on first use.
 
@@ -231,6 +241,7 @@ def convert_gguf(path: Path, cache_dir: Path | None = None) -> Path:
             raise GGUFError(f"{path}: transformers could not convert this GGUF file ({e}); "
                             f"use its Hugging Face dir instead") from None
         (tmp / MARKER).write_text(record.model_dump_json(indent=1) + "\n", encoding="utf-8")
+        _share(tmp)
         if out.exists():  # a stale, markerless entry from an interrupted run
             shutil.rmtree(out)
         os.replace(tmp, out)
