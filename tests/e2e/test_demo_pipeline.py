@@ -66,6 +66,15 @@ def test_demo_writes_every_arm_on_every_benchmark(results):
     assert retrieval["helped_questions"] == sum(rag[q] and not base[q] for q in base)
 
 
+def test_every_stage_passed_the_probe_before_scoring(results, demo_run):
+    probe = results["probe"]
+    assert probe["prompts"] == 8 and set(probe["changes"]) == set(STAGES)
+    assert all(change > probe["tolerance"] for change in probe["changes"].values())
+    steps = list(json.loads((demo_run / "manifest.json").read_text())["steps"])
+    assert steps.index("probe") < min(steps.index(f"evaluate:{arm}") for arm in ARMS)
+    assert "probe prompts" in (demo_run / "report.md").read_text()
+
+
 def general_drop(results: dict, stage: str) -> float:
     return -results["benchmarks"]["world_facts"]["arms"][f"ft@{stage}"]["diff_vs_base"]
 

@@ -121,6 +121,8 @@ def experiment(root: Path, model_dir: Path, ray_address: str) -> Path:
         "evaluation": {
             "benchmarks": [{"name": "trivia", "path": str(files["trivia"]), "kind": "general"}],
             "arms": ["base", "ft"], "limit": 4, "bootstrap_samples": 100,
+            # s3 is the base again on purpose (a frozen learning rate), which the probe refuses.
+            "probe": False,
         },
     }
     path = root / "exp.yaml"

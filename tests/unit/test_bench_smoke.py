@@ -61,3 +61,11 @@ def test_demo_time():
         "evaluation.bootstrap_samples=100") for a in ("--set", s)])
     assert "training: 2 steps," in out
     assert "demo wall time / 600 s target =" in out
+
+
+@pytest.mark.slow
+def test_scoring_against_bare_hflm():
+    out = bench("scoring.py", "--questions", "4", "--repeats", "1", "--batch-size", "4")
+    assert "ratio tunearena/HFLM (bench):" in out and "ratio tunearena/HFLM (bench__rag):" in out
+    assert "same choices as HFLM (bench): yes" in out  # both paths did the same work
+    assert "per-token time ratio rag/plain (tunearena):" in out

@@ -164,6 +164,8 @@ class ArmScores:
     samples: dict[str, dict] = field(default_factory=dict)
     latency: dict[str, dict] = field(default_factory=dict)
     selection: dict | None = None
+    probe: dict | None = None
+    """The probe's record (``evaluation.probe.run_probe``) when stages were probed."""
 
     def add(self, arm: Arm, samples: dict, latency: dict) -> None:
         self.samples[str(arm)], self.latency[str(arm)] = samples, latency

@@ -71,7 +71,7 @@ def score_model(
     from lm_eval.models.huggingface import HFLM
 
     own_dir = Path(task_dir).resolve()
-    with _quiet():
+    with _quiet(), _without_env_report():
         # Our task dir last: in lm-eval's index a later folder overrides an earlier one.
         task_manager = _task_manager([*extra_task_paths, own_dir], include_defaults)
         _check_tasks(task_manager, task_names, [*extra_task_paths, own_dir], include_defaults)
@@ -307,6 +307,23 @@ def _cached_task_manager(paths: tuple[str, ...], include_defaults: bool, stamp: 
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=list(paths) or None, include_defaults=include_defaults)
+
+
+@contextlib.contextmanager
+def _without_env_report() -> Iterator[None]:
+    """Skip the environment report ``simple_evaluate`` adds to its results.
+
+    It runs ``pip list`` and ``git`` in subprocesses (about a second per call, every arm
+    pays it), and the harness keeps none of it: a run's provenance is in ``results.json``.
+    """
+    from lm_eval import evaluator
+
+    saved = evaluator.add_env_info, evaluator.get_git_commit_hash
+    evaluator.add_env_info, evaluator.get_git_commit_hash = (lambda results: None), (lambda: None)
+    try:
+        yield
+    finally:
+        evaluator.add_env_info, evaluator.get_git_commit_hash = saved
 
 
 @contextlib.contextmanager

@@ -333,6 +333,15 @@ class BenchmarkRetrieval(_Open):
     recall_curve: dict[str, float] = {}
 
 
+class Probe(_Model):
+    """The check that every fine-tuned stage's model differs from the base: per stage, the
+    largest change of a next-token log-probability over the probe prompts."""
+
+    prompts: int
+    tolerance: float
+    changes: dict[str, float]
+
+
 class RunInfo(_Open):
     name: str | None = None
     run_dir: str | None = None
@@ -363,6 +372,7 @@ class Results(_Model):
     cost: Cost | None = None
     stages: Stages | None = None
     retrieval: dict[str, BenchmarkRetrieval | float | int | str | None] | None = None
+    probe: Probe | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object ``results.json`` holds: the keys that were set, the schema

@@ -223,6 +223,11 @@ class Pipeline:
                                         {a.context for a in arms}, task_dir, passages, examples)
         tokens = scoring.prompt_tokens(cfg.model.base, task_dir, tasks, list(benchmarks))
         search_ms = {name: stats["search_ms"] for name, stats in retrieval.items()}
+        probed = None
+        if cfg.evaluation.probe and stages and any(a.model == "ft" for a in arms):
+            probed = self._step(
+                "probe", scoring_key(cfg, self.run_dir / "models"),
+                lambda: self.probe(stages, tasks, task_dir, ray))
 
         def score(arms: list[Arm], selected: str | None) -> ArmScores:
             scores, jobs = ArmScores(), []
@@ -254,8 +259,27 @@ class Pipeline:
                                       done, failed)
             return scores
 
-        return scoring.score_in_order(arms, [s.name for s in stages], bool(cfg.stages),
-                                      cfg.evaluation, self.console, score)
+        scores = scoring.score_in_order(arms, [s.name for s in stages], bool(cfg.stages),
+                                        cfg.evaluation, self.console, score)
+        scores.probe = probed
+        return scores
+
+    def probe(self, stages: list[Stage], tasks: dict[str, dict[str, str]], task_dir: Path,
+              ray: _Ray) -> tuple[dict, dict]:
+        """Refuse to score a stage whose model answers exactly like the base."""
+        from tunearena.cluster.ray_cluster import resolve_use_gpu
+        from tunearena.evaluation.probe import probe_prompts, run_probe
+
+        own = [variants[""] for variants in tasks.values()
+               if (task_dir / f"{variants['']}.jsonl").is_file()]
+        prompts = probe_prompts([scoring.task_rows(task_dir, task) for task in own])
+        stage_dirs = {s.name: str(self.run_dir / "models" / s.name) for s in stages}
+        ray.ensure()
+        result = run_probe(self.cfg.model.base, stage_dirs, prompts,
+                           resolve_use_gpu(self.cfg.cluster))
+        self.console.print("every stage differs from the base on the probe prompts (smallest "
+                           f"largest change {min(result['changes'].values()):.3g})")
+        return {}, result
 
     def report(self, scores: ArmScores, trained: dict[str, TrainingSummary], stages: list[Stage],
                index: dict, retrieval: dict) -> tuple[dict, dict]:
@@ -283,6 +307,8 @@ class Pipeline:
             extra |= training_results(trained, selection["selected"] if selection
                                       else stages[-1].name, [s.name for s in stages], selection,
                                       cfg.report.gpu_hour_cost_usd, bool(cfg.stages))
+        if scores.probe:
+            extra["probe"] = scores.probe
         if index:
             effect = scoring.retrieval_effect(scores.samples)
             extra["retrieval"] = retrieval_results(index, retrieval, effect)

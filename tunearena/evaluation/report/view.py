@@ -12,7 +12,14 @@ from tunearena.evaluation.report.formats import NONE
 from tunearena.evaluation.report.numbers import BETTER, WORSE
 from tunearena.evaluation.report.stages_view import stages_view
 from tunearena.evaluation.report.table import Table
-from tunearena.evaluation.results import Benchmark, Decision, Forgetting, LanguageBenchmark, Results
+from tunearena.evaluation.results import (
+    Benchmark,
+    Decision,
+    Forgetting,
+    LanguageBenchmark,
+    Probe,
+    Results,
+)
 
 METRIC_LABELS = {"acc": "accuracy", "acc_norm": "acc_norm", "exact_match": "exact match",
                  "f1": "token F1"}
@@ -175,6 +182,8 @@ def _sections(results: Results, training: dict[str, Any]) -> dict[str, list[Tabl
 
     run = dumped(results.run) if results.run else {}
     settings = results.settings.model_dump(mode="json", exclude_unset=True)
+    if results.probe is not None:
+        training = {**training, "probe": probe_sentence(results.probe)}
     values = {
         "training": training,
         "cost": dumped(results.cost) if results.cost else None,
@@ -184,6 +193,13 @@ def _sections(results: Results, training: dict[str, Any]) -> dict[str, list[Tabl
         "provenance": {**run, **{f"settings.{k}": v for k, v in settings.items()}},
     }
     return {key: tables(value) for key, value in values.items() if value}
+
+
+def probe_sentence(probe: Probe) -> str:
+    """What the probe found, in one sentence."""
+    changes = ", ".join(f"{stage} {change:.3g}" for stage, change in probe.changes.items())
+    return (f"every fine-tuned stage answers differently from the base on {probe.prompts} "
+            f"probe prompts (largest next-token log-probability change: {changes})")
 
 
 def tables(value: Any) -> list[Table]:
