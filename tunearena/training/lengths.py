@@ -43,7 +43,7 @@ def model_context(model_dir: str) -> int | None:
 
     try:
         config = AutoConfig.from_pretrained(model_dir)
-    except OSError:
+    except (OSError, ValueError):  # no such dir or id, or a config without a model type
         return None
     config = getattr(config, "text_config", None) or config
     for attr in CONTEXT_ATTRS:
