@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_training_lengths import with_context
+from conftest import with_context
 from transformers import AutoTokenizer
 
 from tunearena.evaluation.arms import task_rows, write_arm_tasks

@@ -4,11 +4,11 @@ counted and refused before any training, never cut silently."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import with_context
 from test_training_data import write_jsonl
 
 from tunearena.launch.config import load_config
@@ -29,14 +29,6 @@ DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 RAW = DataPrepConfig(deduplicate=False, near_duplicate_threshold=None, drop_garbled=False,
                      leak_check="off")
 LONG_RESPONSE = "Velmo is the capital of Norland and the Zephyr lamp costs 40 dollars. " * 3
-
-
-def with_context(model_dir: Path, out: Path, positions: int) -> Path:
-    """The same model with ``max_position_embeddings`` set to ``positions``."""
-    shutil.copytree(model_dir, out)
-    config = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps({**config, "max_position_embeddings": positions}))
-    return out
 
 
 @pytest.fixture
