@@ -1,4 +1,5 @@
-"""``tunearena run``: check inputs, train, index, retrieve, evaluate every arm, report.
+"""``tunearena run``: check inputs, index, retrieve, measure every prompt against the model's
+context, train, evaluate every arm, report.
 
 Each step records itself in the run manifest; with ``resume`` a step whose outputs are
 complete (same cache key, artifacts present) is reused instead of run again. The work of each
