@@ -61,6 +61,18 @@ def make_tiny_model_dir(path: Path, seed: int = 0, vocab_size: int = 256) -> Pat
     return path
 
 
+def with_context(model_dir: Path, out: Path, positions: int) -> Path:
+    """A copy of ``model_dir`` whose config gives ``positions`` tokens of context (Llama's
+    rotary embeddings have no position table, so the weights still fit)."""
+    import json
+    import shutil
+
+    shutil.copytree(model_dir, out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "max_position_embeddings": positions}))
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama model dir (safetensors + tokenizer), made once per session."""

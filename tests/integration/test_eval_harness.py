@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import logging
-import shutil
 import socket
 
 import pytest
 import torch
+from conftest import with_context
 
 from tunearena.evaluation.benchmarks import QAItem
 from tunearena.evaluation.harness import score_model
@@ -118,22 +116,31 @@ def test_limit_scores_the_first_questions(tmp_path, tiny_model_dir, no_network):
     assert all(r["acc"] in (0, 1) and r["acc_norm"] in (0, 1) for r in scores[task])
 
 
-def test_long_rag_prompts_on_a_512_position_model(tmp_path, tiny_model_dir, caplog):
-    # Same weights, a 512-position config (Llama's rotary embeddings have no position table).
-    model_dir = tmp_path / "model512"
-    shutil.copytree(tiny_model_dir, model_dir)
-    config = json.loads((model_dir / "config.json").read_text())
-    config["max_position_embeddings"] = 512
-    (model_dir / "config.json").write_text(json.dumps(config))
+def test_a_prompt_lm_eval_would_cut_is_refused_by_the_rule_measured_before_training(
+        tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from tunearena.evaluation.arms import task_rows
+    from tunearena.evaluation.context import PromptOverflowError, lengths, task_requests
 
     items = [QAItem(f"q{i}", q, c, 0) for i, (q, c) in enumerate(QUESTIONS)]
-    # ~700 tokens of context on q0 only: longer than the model's window.
+    # ~700 tokens of context on q0 only.
     passages = {**PASSAGES, "q0": ["Lumora Systems makes lamps, kettles and clocks."] * 40}
     task = write_mc_task(tmp_path / "tasks", "facts", items, passages)
-    with caplog.at_level(logging.WARNING, logger="tunearena.evaluation.harness"):
-        scores = score_model(model_dir, tmp_path / "tasks", [task], batch_size=2)
+    needed = lengths(task_requests(task_rows(tmp_path / "tasks", task), 32),
+                     AutoTokenizer.from_pretrained(tiny_model_dir))
+    longest = needed["q0"]
+    assert longest == max(needed.values()) > sorted(needed.values())[-2]
+    # Exactly at the context, lm-eval cuts nothing and the harness scores every question.
+    fits = with_context(tiny_model_dir, tmp_path / "fits", longest)
+    scores = score_model(fits, tmp_path / "tasks", [task], batch_size=2)
     assert [r["id"] for r in scores[task]] == [item.id for item in items]
-    assert "facts__rag: 1 of 6 prompts exceed the model's 512-token context" in caplog.text
+    # One token less and lm-eval would cut q0 from the left: refused, not scored.
+    short = with_context(tiny_model_dir, tmp_path / "short", longest - 1)
+    with pytest.raises(PromptOverflowError,
+                       match=rf"task facts__rag: 1 of 6 prompts are longer than the model's "
+                             rf"{longest - 1}-token context \(the longest {longest} tokens\)"):
+        score_model(short, tmp_path / "tasks", [task], batch_size=2)
 
 
 def test_unknown_task_name_is_an_error(tmp_path, tiny_model_dir):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 
 import pytest
@@ -106,17 +105,25 @@ def test_exact_match_and_f1_through_lm_eval(tmp_path, letters_model):
     assert [r["doc_id"] for r in rows] == [item.doc_id for item in items]
 
 
-def test_prompts_that_leave_no_room_for_the_answer_are_reported(tmp_path, letters_model, caplog):
+def test_prompts_that_leave_no_room_for_the_answer_are_refused(tmp_path, letters_model):
+    from tunearena.evaluation.arms import task_rows
+    from tunearena.evaluation.context import PromptOverflowError, lengths, task_requests
+    from tunearena.evaluation.tasks import MAX_ANSWER_TOKENS
+
     model_dir, _, tok = letters_model
     items = [QAItem(f"q{i}", q, answers=("x",)) for i, q in enumerate(QUESTIONS[:2])]
-    # On q0, context enough to fill the 256-token window less the answer's 32 tokens.
-    passages = {"q0": ["Lumora Systems makes lamps, kettles and clocks."] * 5, "q1": []}
-    assert len(tok(format_prompt(QUESTIONS[0], passages["q0"]))["input_ids"]) > 256 - 32
+    # On q0, a prompt that fits the 256-token window but not with the answer's 32 tokens.
+    passages = {"q0": ["Lumora Systems makes lamps, kettles and clocks."] * 3
+                + ["Velmo is the capital."], "q1": []}
+    prompt = len(tok(format_prompt(QUESTIONS[0], passages["q0"]))["input_ids"])
+    assert 256 - 32 < prompt <= 256, prompt
     task = write_generative_task(tmp_path, "facts", items, passages)
-    with caplog.at_level(logging.WARNING, logger="tunearena.evaluation.harness"):
-        rows = score_model(model_dir, tmp_path, [task])[task]
-    assert [r["id"] for r in rows] == ["q0", "q1"]
-    assert "facts__rag: 1 of 2 prompts exceed the model's 256-token context" in caplog.text
+    # The check before training counts the answer's room as lm-eval does.
+    assert lengths(task_requests(task_rows(tmp_path, task), MAX_ANSWER_TOKENS), tok) == {
+        "q0": prompt + 32, "q1": len(tok(format_prompt(QUESTIONS[1]))["input_ids"]) + 32}
+    with pytest.raises(PromptOverflowError, match=r"task facts__rag: 1 of 2 prompts are longer "
+                                                  r"than the model's 256-token context"):
+        score_model(model_dir, tmp_path, [task])
 
 
 @pytest.fixture(scope="module")

@@ -141,8 +141,8 @@ def test_pack_with_fewer_tokens_than_a_row_is_empty():
     assert len(split) == 0 and split.input_ids.shape == (0, 4)
 
 
-def test_pad_masks_padding_and_truncates():
-    examples = [([1, 2], [IGNORE_INDEX, 2]), ([3, 4, 5, 6, 7], [3, 4, 5, 6, 7])]
+def test_pad_masks_padding_and_never_cuts():
+    examples = [([1, 2], [IGNORE_INDEX, 2]), ([3, 4, 5, 6], [3, 4, 5, 6])]
     split = pad(examples, seq_len=4, pad_id=0)
     assert split.input_ids.tolist() == [[1, 2, 0, 0], [3, 4, 5, 6]]
     assert split.labels.tolist() == [
@@ -151,6 +151,8 @@ def test_pad_masks_padding_and_truncates():
     ]
     assert split.attention_mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
     assert split.loss_tokens == 5
+    with pytest.raises(ValueError, match="an example of 5 tokens does not fit a row of 4"):
+        pad([*examples, ([1, 2, 3, 4, 5], [1, 2, 3, 4, 5])], seq_len=4, pad_id=0)
 
 
 # --- prepare_splits ------------------------------------------------------------------------
@@ -170,9 +172,10 @@ def datasets(tmp_path) -> list[DatasetConfig]:
 
 
 def test_prepare_splits_is_deterministic_for_a_seed(datasets, tokenizer):
-    a_train, a_val = prepare_splits(datasets, tokenizer, 16, True, 0.1, seed=3)
-    b_train, b_val = prepare_splits(datasets, tokenizer, 16, True, 0.1, seed=3)
-    c_train, _ = prepare_splits(datasets, tokenizer, 16, True, 0.1, seed=4)
+    # 64 tokens hold every instruction record whole, so packing splits none from its prompt.
+    a_train, a_val = prepare_splits(datasets, tokenizer, 64, True, 0.1, seed=3)
+    b_train, b_val = prepare_splits(datasets, tokenizer, 64, True, 0.1, seed=3)
+    c_train, _ = prepare_splits(datasets, tokenizer, 64, True, 0.1, seed=4)
     assert np.array_equal(a_train.input_ids, b_train.input_ids)
     assert np.array_equal(a_train.labels, b_train.labels)
     assert np.array_equal(a_val.input_ids, b_val.input_ids)
@@ -197,19 +200,19 @@ def test_prepare_splits_holds_out_the_validation_fraction(datasets, tokenizer):
 
 
 def test_prepare_splits_without_validation(datasets, tokenizer):
-    train, val = prepare_splits(datasets, tokenizer, 64, False, 0.0, seed=0)
+    train, val = prepare_splits(datasets, tokenizer, 256, False, 0.0, seed=0)
     assert val is None and len(train) == 60
 
 
 def test_prepare_splits_keeps_one_validation_record_of_each_file_for_a_small_fraction(
         datasets, tokenizer):
-    train, val = prepare_splits(datasets, tokenizer, 64, False, 0.001, seed=0)
+    train, val = prepare_splits(datasets, tokenizer, 256, False, 0.001, seed=0)
     assert (len(train), len(val)) == (58, 2)
     assert sorted(val.task.tolist()) == [0, 1]  # one from each file, tagged with its task
 
 
 def test_prepare_splits_tags_rows_with_their_task_and_packs_tasks_apart(datasets, tokenizer):
-    train, val = prepare_splits(datasets, tokenizer, 16, True, 0.1, seed=0)
+    train, val = prepare_splits(datasets, tokenizer, 64, True, 0.1, seed=0)
     for split in (train, val):
         # Instruction rows (task 1) mask their prompts; text rows (task 0) never do.
         masked = (split.labels == IGNORE_INDEX).any(axis=1)

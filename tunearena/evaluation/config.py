@@ -80,6 +80,12 @@ class EvaluationConfig(StrictModel):
     every difference is taken against it."""
     fewshot: FewshotConfig = Field(default_factory=FewshotConfig)
     """Solved examples for the ``+fewshot`` arms (prompting alone, no training, no retrieval)."""
+    long_prompts: Literal["error", "drop"] = "error"
+    """A question whose prompt in some arm (with its retrieved passages or examples, and its
+    answer) is longer than the model's context, which lm-eval would cut from the left:
+    ``error`` stops the run before training, naming the benchmark, the arms and the counts;
+    ``drop`` leaves the question out of every arm alike, so the arms stay paired, counted in
+    ``results.json`` (``prompt_lengths``) and the report."""
     latency_questions: int = Field(32, ge=0)
     """Questions per benchmark timed one at a time (retrieval plus the model's answer) for
     each arm's latency p50/p95; 0 skips the timing."""

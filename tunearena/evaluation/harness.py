@@ -100,7 +100,7 @@ def score_model(
             own = Path(task_manager.task_index[leaf].yaml_path).parent == own_dir
             samples = _first_filter(results["samples"][leaf])
             if output_type != "loglikelihood_rolling":  # read in windows, never cut
-                _warn_if_truncated(leaf, samples, tokenizer, lm)
+                _refuse_truncated(leaf, samples, tokenizer, lm)
             prefix = f"{leaf}/" if leaf != name else ""
             rows += [_row(s, output_type, own, prefix) for s in samples]
         scores[name] = rows
@@ -219,25 +219,13 @@ def _first_filter(logged: list[dict]) -> list[dict]:
     return sorted(first, key=lambda s: s["doc_id"])
 
 
-def _warn_if_truncated(name: str, samples: list[dict], tokenizer, lm) -> None:
+def _refuse_truncated(name: str, samples: list[dict], tokenizer, lm) -> None:
     # lm-eval silently cuts an over-long prompt from the left, which drops retrieved
-    # passages first; a RAG arm that lost its context must not pass unnoticed.
-    def cut(ctx: str, rest) -> bool:
-        if isinstance(rest, dict):  # generate_until: the prompt must leave room for the answer
-            room = lm.max_length - rest.get("max_gen_toks", lm.max_gen_toks)
-            return len(tokenizer(ctx)["input_ids"]) > room
-        # The last token is only predicted, never fed in, hence the + 1 (as in lm-eval).
-        return len(tokenizer(ctx + rest)["input_ids"]) > lm.max_length + 1
+    # passages first; a RAG arm that lost its context must not be scored as if it had it.
+    # Our own tasks were measured before training (``context.py``), by the same rule.
+    from tunearena.evaluation.context import check_harness_samples
 
-    n_cut = sum(any(cut(*args) for args in s["arguments"]) for s in samples)
-    if n_cut:
-        logger.warning(
-            "%s: %d of %d prompts exceed the model's %d-token context and were cut from the left",
-            name,
-            n_cut,
-            len(samples),
-            lm.max_length,
-        )
+    check_harness_samples(name, samples, tokenizer, lm.max_length, lm.max_gen_toks)
 
 
 def _check_tasks(

@@ -20,10 +20,13 @@ from tunearena.errors import UserError
 from tunearena.training.gguf import GGUFConversion
 from tunearena.training.summary import ExportCheck, ReplaySummary, TrainingSummary
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """1 (no ``schema_version`` key): a generative benchmark's exact match, its interval and its
 token F1 sat under ``acc``, ``acc_ci`` and ``acc_norm``, and the training summary also held
-``tensors``; 2: they sit under ``exact_match``, ``exact_match_ci`` and ``f1``."""
+``tensors``; 2: they sit under ``exact_match``, ``exact_match_ci`` and ``f1``; 3: adds
+``prompt_lengths`` (the model's context and the questions dropped for overflowing it), the
+data report's ``over_seq_len`` counts and ``probe`` (a file of version 2 lacks them and loads
+as it is)."""
 
 Interval = tuple[float, float]
 """A confidence interval ``(lo, hi)``; a two-element list in JSON."""
@@ -225,6 +228,11 @@ class TaskData(_Open):
     train: int | None = None
     validation: int | None = None
     test: int | None = None
+    over_seq_len: int | None = None
+    """Records longer than the stage's ``seq_len`` (unset for text that packing splits)."""
+    longest_tokens: int | None = None
+    dropped_over_seq_len: int | None = None
+    """Of those, left out of training (``long_records: drop``)."""
 
 
 class StageMix(_Model):
@@ -342,6 +350,29 @@ class Probe(_Model):
     changes: dict[str, float]
 
 
+class DroppedPrompts(_Model):
+    """One benchmark's questions left out of every arm because a prompt of theirs is longer
+    than the model's context."""
+
+    questions: int
+    longest_tokens: int
+    arms: list[str]
+    """The arms whose prompt (its context: passages, examples or none) overflowed."""
+
+
+class PromptLengths(_Model):
+    """Every scored prompt measured against the model's context before training."""
+
+    max_length: int
+    """The model's context in tokens, as lm-eval's ``HFLM`` reads it."""
+    policy: Literal["error", "drop"]
+    dropped: dict[str, DroppedPrompts] = {}
+
+    @property
+    def dropped_questions(self) -> int:
+        return sum(d.questions for d in self.dropped.values())
+
+
 class RunInfo(_Open):
     name: str | None = None
     run_dir: str | None = None
@@ -373,6 +404,9 @@ class Results(_Model):
     stages: Stages | None = None
     retrieval: dict[str, BenchmarkRetrieval | float | int | str | None] | None = None
     probe: Probe | None = None
+
+
+    prompt_lengths: PromptLengths | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object ``results.json`` holds: the keys that were set, the schema

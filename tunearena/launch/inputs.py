@@ -20,6 +20,7 @@ def check_inputs(cfg: ExperimentConfig) -> tuple[dict[str, list[QAItem]], list]:
     export and preflight all read a plain Hugging Face dir, and a broken file is named now.
     """
     from tunearena.training.gguf import resolve_base
+    from tunearena.training.lengths import check_seq_len
     from tunearena.training.prepare import read_jsonl
     from tunearena.training.trainer import check_model_dir
 
@@ -28,6 +29,7 @@ def check_inputs(cfg: ExperimentConfig) -> tuple[dict[str, list[QAItem]], list]:
     from tunearena.training.tracking import check_trackers_available
 
     for stage in cfg.resolved_stages():
+        check_seq_len(stage.training, cfg.model.base, f"stage {stage.name}")
         replayed = stage.replay.datasets if stage.replay else []
         for ds in [*stage.training.datasets, *replayed]:
             read_jsonl(ds.path, ds.format, allow_empty=True)

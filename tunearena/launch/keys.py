@@ -35,18 +35,32 @@ def code_version() -> str:
         return tunearena.__version__
 
 
+# Settings added after runs were made, at the value that leaves every output as it was: a
+# key leaves them out at that value, so an older run directory still resumes.
+_QUIET_DEFAULTS = {"long_records": "error", "long_prompts": "error"}
+
+
+def _without_quiet_defaults(section: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in section.items()
+            if k not in _QUIET_DEFAULTS or v != _QUIET_DEFAULTS[k]}
+
+
 def prepare_key(cfg: ExperimentConfig, stage: Stage) -> str:
     """What a stage's prepared data depends on: its files, their cleaning and split, and the
-    benchmark questions they are checked against."""
+    benchmark questions they are checked against; with ``long_records: drop``, also what
+    decides which records are too long (seq_len, packing, the tokenizer's model)."""
     t = stage.training
-    return digest({
+    key: dict[str, Any] = {
         "datasets": [d.model_dump(mode="json") for d in t.datasets],
         "replay": [d.model_dump(mode="json") for d in (stage.replay.datasets
                                                        if stage.replay else [])],
         "data_prep": t.data_prep.model_dump(mode="json"),
         "split": [t.validation_fraction, t.seed],
         "benchmarks": [b.model_dump(mode="json") for b in cfg.evaluation.benchmarks],
-    })
+    }
+    if t.long_records == "drop":
+        key["long_records"] = [t.seq_len, t.packing, cfg.model.base]
+    return digest(key)
 
 
 def stage_key(cfg: ExperimentConfig, stage: Stage, stages: list[Stage]) -> str:
@@ -62,7 +76,7 @@ def stage_key(cfg: ExperimentConfig, stage: Stage, stages: list[Stage]) -> str:
     return digest({
         "model": cfg.model.model_dump(mode="json"),
         "cluster": cfg.cluster.model_dump(mode="json"),
-        "training": stage.training.model_dump(mode="json"),
+        "training": _without_quiet_defaults(stage.training.model_dump(mode="json")),
         "lora_init": stage.lora_init,
         "replay": stage.replay.model_dump(mode="json") if stage.replay else None,
         "data": [prepare_key(cfg, by_name[n]) for n in [stage.name, *sources]],
@@ -81,7 +95,8 @@ def scoring_key(cfg: ExperimentConfig, model_dir: Path) -> str:
     """What an arm's scores depend on: everything that made its model and its prompts, and
     the model it scores (which stage ``ft`` is); not the statistics settings."""
     dumped = cfg.model_dump(mode="json")
-    evaluation = {k: v for k, v in dumped["evaluation"].items() if k not in (
-        "arms", "bootstrap_samples", "confidence", "forgetting_tolerance")}
+    dumped["training"] = _without_quiet_defaults(dumped["training"])
+    evaluation = {k: v for k, v in _without_quiet_defaults(dumped["evaluation"]).items()
+                  if k not in ("arms", "bootstrap_samples", "confidence", "forgetting_tolerance")}
     return digest({**{s: dumped[s] for s in ("model", "training", "stages", "cluster", "rag")},
                    "evaluation": evaluation, "model_dir": str(model_dir)})

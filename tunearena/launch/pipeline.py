@@ -1,4 +1,5 @@
-"""``tunearena run``: check inputs, train, index, retrieve, evaluate every arm, report.
+"""``tunearena run``: check inputs, index, retrieve, measure every prompt against the model's
+context, train, evaluate every arm, report.
 
 Each step records itself in the run manifest; with ``resume`` a step whose outputs are
 complete (same cache key, artifacts present) is reused instead of run again. The work of each
@@ -126,19 +127,24 @@ class Pipeline:
         index: dict = {}
         retrieval: dict[str, dict] = {}
         scores = ArmScores()
+        scored, lengths = benchmarks, None
         with ExitStack() as stack:
             ray = _Ray(cfg.cluster, stack)
-            if stages:
-                trained = self.train(stages, benchmarks, ray)
+            # Retrieval reads no trained model, so it runs first: every prompt a RAG arm will
+            # score is then known, and measured against the context, before training.
             if any(a.context == "rag" for a in arms):
                 index = self._step("index", cfg.section_hash("rag"), lambda: self.index(ray))
                 retrieval = self._step("retrieve", retrieve_key(cfg),
                                        lambda: self.retrieve(benchmarks))
             if cfg.evaluation.enabled:
-                scores = self.evaluate(arms, stages, benchmarks, examples, retrieval, ray)
+                scored, lengths = self.check_prompts(arms, benchmarks, examples)
+            if stages:
+                trained = self.train(stages, benchmarks, ray)
+            if cfg.evaluation.enabled:
+                scores = self.evaluate(arms, stages, scored, examples, retrieval, ray)
         report_path = self.run_dir / "report.html"
         self._step("report", config_key, lambda: self.report(
-            scores, trained, stages, index, retrieval))
+            scores, trained, stages, index, retrieval, lengths))
         self.console.print(f"\nreport: [bold]{report_path}[/bold]")
         self.console.print(f"results: {self.run_dir / 'results.json'}")
         return report_path
@@ -147,15 +153,25 @@ class Pipeline:
               ray: _Ray) -> dict[str, TrainingSummary]:
         """Prepare every stage's data, then load, check and train the stages in order, each
         into ``models/<stage>``."""
+        from functools import cache
+
+        from transformers import AutoTokenizer
+
+        from tunearena.training.lengths import model_context
+
         cfg = self.cfg
         questions = {name: [q.question for q in items] for name, items in benchmarks.items()}
+        # Every stage's records are measured with the base's tokenizer, which each stage's
+        # model keeps; loaded once, and only when a prepare step runs.
+        tokenizer = cache(lambda: AutoTokenizer.from_pretrained(cfg.model.base))
 
         def step(kind: str, stage: Stage) -> str:
             # A run without stages has one, named ft; its steps keep their plain names.
             return f"{kind}:{stage.name}" if cfg.stages else kind
 
         def prepare(stage: Stage) -> tuple[dict, dict]:
-            files, reports = prepare_stage(stage, questions, self.run_dir / "data")
+            files, reports = prepare_stage(stage, questions, self.run_dir / "data", tokenizer(),
+                                           model_context(cfg.model.base))
             for task, report in reports.items():
                 for line in preparation_lines(stage.name, task, report):
                     self.console.print(line, highlight=False)
@@ -210,17 +226,42 @@ class Pipeline:
                 self.console.print(line)
         return artifacts, {name: retrieval.stats for name, retrieval in found.items()}
 
+    def write_tasks(self, arms: list[Arm], benchmarks: dict[str, list[QAItem]],
+                    examples: list) -> dict[str, dict[str, str]]:
+        """Write the lm-eval tasks of every context the arms use into ``tasks/`` (RAG ones
+        with the retrieved passages); returns each benchmark's task per context."""
+        passages = None
+        if any(a.context == "rag" for a in arms):
+            passages = {name: {qid: r["passages"] for qid, r in _load_json(
+                self.run_dir / "retrieval" / f"{name}.json").items()} for name in benchmarks}
+        return scoring.write_arm_tasks(self.cfg.evaluation.benchmarks, benchmarks,
+                                       {a.context for a in arms}, self.run_dir / "tasks",
+                                       passages, examples)
+
+    def check_prompts(self, arms: list[Arm], benchmarks: dict[str, list[QAItem]],
+                      examples: list) -> tuple[dict[str, list[QAItem]], dict]:
+        """Measure every prompt every arm will score against the model's context, before
+        training: an overflow stops the run (``PromptOverflowError``), or with
+        ``long_prompts: drop`` its questions leave every arm. Returns the questions to score
+        and the record ``results.json`` keeps (``prompt_lengths``)."""
+        from tunearena.evaluation.context import measure_prompts
+
+        tasks = self.write_tasks(arms, benchmarks, examples)
+        kept, record = measure_prompts(self.cfg.model.base, self.cfg.evaluation, benchmarks,
+                                       [str(a) for a in arms], self.run_dir / "tasks", tasks)
+        for name, dropped in record["dropped"].items():
+            self.console.print(
+                f"[bold yellow]{name}: {dropped['questions']} questions left out of every arm: "
+                f"a prompt of theirs ({', '.join(dropped['arms'])}) exceeds the model's "
+                f"{record['max_length']}-token context (long_prompts: drop)[/bold yellow]")
+        return kept, record
+
     def evaluate(self, arms: list[Arm], stages: list[Stage], benchmarks: dict[str, list[QAItem]],
                  examples: list, retrieval: dict[str, dict], ray: _Ray) -> ArmScores:
         """Write the tasks every arm reads, then score the arms side by side as Ray tasks
         (an arm done in an earlier attempt is reused) and choose the stage ``ft`` is."""
         cfg, manifest, task_dir = self.cfg, self.manifest, self.run_dir / "tasks"
-        passages = None
-        if any(a.context == "rag" for a in arms):
-            passages = {name: {qid: r["passages"] for qid, r in _load_json(
-                self.run_dir / "retrieval" / f"{name}.json").items()} for name in benchmarks}
-        tasks = scoring.write_arm_tasks(cfg.evaluation.benchmarks, benchmarks,
-                                        {a.context for a in arms}, task_dir, passages, examples)
+        tasks = self.write_tasks(arms, benchmarks, examples)
         tokens = scoring.prompt_tokens(cfg.model.base, task_dir, tasks, list(benchmarks))
         search_ms = {name: stats["search_ms"] for name, stats in retrieval.items()}
         probed = None
@@ -282,7 +323,7 @@ class Pipeline:
         return {}, result
 
     def report(self, scores: ArmScores, trained: dict[str, TrainingSummary], stages: list[Stage],
-               index: dict, retrieval: dict) -> tuple[dict, dict]:
+               index: dict, retrieval: dict, lengths: dict | None) -> tuple[dict, dict]:
         from tunearena.evaluation.report import summarise, write_reports, write_results
         from tunearena.rag.retrieve import retrieval_results
         from tunearena.training.gguf import conversion_record
@@ -309,6 +350,8 @@ class Pipeline:
                                       cfg.report.gpu_hour_cost_usd, bool(cfg.stages))
         if scores.probe:
             extra["probe"] = scores.probe
+        if lengths is not None:
+            extra["prompt_lengths"] = lengths
         if index:
             effect = scoring.retrieval_effect(scores.samples)
             extra["retrieval"] = retrieval_results(index, retrieval, effect)

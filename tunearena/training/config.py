@@ -126,6 +126,11 @@ class TrainingConfig(StrictModel):
     """Adapter settings, used when ``method`` is ``lora`` or ``qlora``."""
     packing: bool = True
     """Concatenate records into full ``seq_len`` sequences (else: one record each, padded)."""
+    long_records: Literal["error", "drop"] = "error"
+    """A record longer than ``seq_len`` (any record when padded; an instruction or chat record
+    when packed, which packing would split, its response apart from its prompt): ``error``
+    stops the run before any training, naming each file with its count and longest record;
+    ``drop`` leaves such records out, counted in the data report (``dropped_over_seq_len``)."""
     micro_batch_size: int = Field(8, ge=1)
     """Sequences per worker per forward pass."""
     grad_accum_steps: int = Field(1, ge=1)

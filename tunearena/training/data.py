@@ -22,6 +22,7 @@ from tunearena.training.formats import (
     require_chat_template,
     tokenize_chat,
 )
+from tunearena.training.lengths import LongRecordsError, counts_long
 
 if TYPE_CHECKING:
     from tunearena.cluster.preflight import Check
@@ -60,7 +61,11 @@ def pack(examples: Sequence[Tokens], seq_len: int) -> TokenizedSplit:
 
 
 def pad(examples: Sequence[Tokens], seq_len: int, pad_id: int) -> TokenizedSplit:
-    """One example a row, truncated to ``seq_len`` and right-padded (no loss on padding)."""
+    """One example a row, right-padded to ``seq_len`` (no loss on padding). A longer example
+    is a ``ValueError``: it is never cut (``tokenize_tasks`` names the task first)."""
+    longest = max((len(x) for x, _ in examples), default=0)
+    if longest > seq_len:
+        raise ValueError(f"an example of {longest} tokens does not fit a row of {seq_len}")
     n = len(examples)
     ids = np.full((n, seq_len), pad_id, dtype=np.int32)
     labels = np.full((n, seq_len), IGNORE_INDEX, dtype=np.int32)
@@ -97,20 +102,29 @@ def tokenize_tasks(tasks: Sequence[TaskRecords], tokenizer, seq_len: int, packin
     returns (train, validation or None), rows tagged with the task's index in ``tasks``."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    def build(records: list[dict], fmt: str) -> TokenizedSplit:
+    def build(records: list[dict], fmt: str, task: str) -> TokenizedSplit:
         examples = [tokenize_record(r, fmt, tokenizer) for r in records]
+        long = [len(x) for x, _ in examples if len(x) > seq_len] if counts_long(fmt, packing) else []
+        if long:
+            # The prepare step counted (or dropped) these against this seq_len; a replayed
+            # earlier stage's records, or seq_len changed on --resume, meet it only here.
+            raise LongRecordsError(
+                f"task {task}: {len(long)} record(s) longer than seq_len {seq_len} (the longest "
+                f"{max(long)} tokens) would be {'split by packing' if packing else 'cut'}; raise "
+                "training.seq_len, shorten those records, or set training.long_records: drop "
+                "(and rerun the stage's prepare step, without --resume)")
         return pack(examples, seq_len) if packing else pad(examples, seq_len, pad_id)
 
     trains, vals = [], []
     for task in tasks:
         if get_format(task.format).needs_chat_template:
             require_chat_template(tokenizer, f"task {task.name}: format {task.format!r}")
-        train = build(task.train, task.format)
+        train = build(task.train, task.format, task.name)
         if len(train) == 0:
             raise DataError(f"task {task.name}: its training records hold fewer tokens than one "
                             f"sequence of seq_len {seq_len}")
         trains.append(train)
-        vals.append(build(task.validation, task.format))
+        vals.append(build(task.validation, task.format, task.name))
     val = concatenate(vals)
     return concatenate(trains), (val if len(val) else None)
 

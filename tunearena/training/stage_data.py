@@ -16,6 +16,7 @@ import numpy as np
 from tunearena.training.config import DatasetConfig, Stage, TrainingConfig, ancestors
 from tunearena.training.data import TaskRecords, TokenizedSplit, tokenize_tasks
 from tunearena.training.formats import get_format, require_chat_template
+from tunearena.training.lengths import check_long_records, fit_to_seq_len
 from tunearena.training.mixture import Mixture, build_mixture
 from tunearena.training.prepare import PreparedData, prepare_dataset
 
@@ -65,7 +66,8 @@ def prepare_stage_data(stage: Stage, tokenizer, stages: Sequence[Stage] = (),
     earlier stage's tasks are prepared with that stage's own settings, exactly as its own run
     prepared them. ``questions`` maps each benchmark to its question texts, for the leak
     check (none: nothing can leak). Raises ``DataError`` naming the file when a record is
-    broken or no record is left to train on.
+    broken or no record is left to train on, and ``LongRecordsError`` naming each file with
+    records longer than ``seq_len`` unless ``long_records`` drops them.
     """
     t = stage.training
     replayed = stage.replay.datasets if stage.replay is not None else []
@@ -74,10 +76,14 @@ def prepare_stage_data(stage: Stage, tokenizer, stages: Sequence[Stage] = (),
             # Before any file is read: a tokenizer that cannot render the records fails fast.
             require_chat_template(tokenizer, f"{ds.path}: format {ds.format!r}")
     asked = dict(questions or {})
+    measured: list[tuple[PreparedData, TrainingConfig]] = []
 
     def prepare(ds: DatasetConfig, training: TrainingConfig) -> PreparedData:
-        return prepare_dataset(ds, training.data_prep, training.validation_fraction,
-                               training.seed, asked)
+        data = fit_to_seq_len(prepare_dataset(ds, training.data_prep,
+                                              training.validation_fraction, training.seed, asked),
+                              tokenizer, training)
+        measured.append((data, training))
+        return data
 
     def records(name: str, p: PreparedData) -> TaskRecords:
         return TaskRecords(name, p.format, p.train, p.validation)
@@ -99,6 +105,10 @@ def prepare_stage_data(stage: Stage, tokenizer, stages: Sequence[Stage] = (),
             prepared[name] = prepare(ds, t)
             tasks.append(records(name, prepared[name]))
         replay_fraction = stage.replay.fraction
+    # Every file's long records at once, each measured by the stage that trains on it.
+    for training in {id(tr): tr for _, tr in measured}.values():
+        check_long_records([d for d, tr in measured if tr is training], training, None,
+                           f"stage {stage.name}")
     return StageData(prepared, tasks, *tokenize_stage(t, tasks, tokenizer, replay_fraction))
 
 

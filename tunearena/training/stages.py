@@ -33,20 +33,29 @@ STAGE_RESULT_FIELDS = (
 
 
 def prepare_stage(stage: Stage, questions: dict[str, list[str]], data_dir: Path,
+                  tokenizer: Any, context: int | None = None,
                   ) -> tuple[dict[str, Path], dict[str, dict]]:
-    """Clean, de-duplicate, leak-check (against the benchmark ``questions``) and split a
-    stage's files and replayed ones into ``data_dir / stage.name``. Returns the written files
-    (``"<task> <split>"`` -> path) and the report of each task."""
+    """Clean, de-duplicate, leak-check (against the benchmark ``questions``), measure against
+    ``seq_len`` with ``tokenizer`` and split a stage's files and replayed ones into
+    ``data_dir / stage.name``. Returns the written files (``"<task> <split>"`` -> path) and
+    the report of each task.
+
+    Raises ``LongRecordsError`` naming every file with records longer than ``seq_len``
+    (``context``: the model's, for the message) unless ``long_records`` drops them; nothing
+    is written then."""
+    from tunearena.training.lengths import check_long_records, fit_to_seq_len
     from tunearena.training.prepare import prepare_dataset, write_prepared
 
     t = stage.training
     replayed = stage.replay.datasets if stage.replay else []
+    prepared = {(f"replay:{ds.task}" if sub else ds.task, sub): fit_to_seq_len(
+        prepare_dataset(ds, t.data_prep, t.validation_fraction, t.seed, questions), tokenizer, t)
+        for ds, sub in [(d, "") for d in t.datasets] + [(d, "replay") for d in replayed]}
+    check_long_records(list(prepared.values()), t, context, f"stage {stage.name}")
     files, reports = {}, {}
-    for ds, sub in [(d, "") for d in t.datasets] + [(d, "replay") for d in replayed]:
-        prepared = prepare_dataset(ds, t.data_prep, t.validation_fraction, t.seed, questions)
-        written = write_prepared(prepared, data_dir / stage.name / sub)
-        task = f"replay:{ds.task}" if sub else ds.task
-        reports[task] = prepared.report
+    for (task, sub), data in prepared.items():
+        written = write_prepared(data, data_dir / stage.name / sub)
+        reports[task] = data.report
         files.update({f"{task} {split}": Path(f) for split, f in written.items()})
     return files, reports
 
@@ -59,6 +68,10 @@ def preparation_lines(stage: str, task: str, r: dict) -> list[str]:
              f"validation {r['validation']}, test {r['test']})"
              + ("; dropped " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in dropped.items())
                 if dropped else "")]
+    if r.get("dropped_over_seq_len"):
+        lines.append(f"[bold yellow]{stage}/{task}: {r['dropped_over_seq_len']} records longer "
+                     f"than seq_len (the longest {r['longest_tokens']} tokens) left out "
+                     "(long_records: drop)[/bold yellow]")
     if r.get("leaked"):
         verb = "dropped" if r.get("leak_action") == "drop" else "KEPT"
         lines.append(f"[bold yellow]{stage}/{task}: {r['leaked']} records contain benchmark "

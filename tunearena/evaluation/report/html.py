@@ -50,6 +50,7 @@ def render_html(view: ReportView, results: Results) -> str:
         "decision": {"rule_in_full": [], **view.decision} if view.decision else None,
         "headline": view.headline,
         "benchmarks": view.benchmarks,
+        "dropped_sentence": view.dropped_sentence,
         "accuracy_plot": plots.accuracy_plot(benchmarks, results.settings.confidence, colours)
         if benchmarks else None,
         "stages": stages,

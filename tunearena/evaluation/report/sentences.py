@@ -12,6 +12,7 @@ from tunearena.evaluation.results import (
     Cost,
     ForgettingCheck,
     LanguageBenchmark,
+    PromptLengths,
     Stages,
 )
 
@@ -141,3 +142,15 @@ def cost_sentence(cost: Cost | None) -> str | None:
     at = f" at ${rate:g} per hour" if rate is not None else ""
     device = cost.device or "device"
     return f"Fine-tuning used {cost.device_hours:.3g} {device}-hours, about ${cost.usd:.2f}{at}."
+
+
+def dropped_prompts_sentence(lengths: PromptLengths | None) -> str | None:
+    """How many questions left every arm because a prompt overflowed the model's context;
+    None when none did."""
+    if lengths is None or not lengths.dropped_questions:
+        return None
+    per = ", ".join(f"{d.questions} of {name} (in {', '.join(d.arms)}; the longest "
+                    f"{d.longest_tokens} tokens)" for name, d in lengths.dropped.items())
+    return (f"{lengths.dropped_questions} questions were left out of every arm because a "
+            f"prompt of theirs is longer than the model's {lengths.max_length}-token context: "
+            f"{per}.")

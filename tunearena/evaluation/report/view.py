@@ -51,11 +51,17 @@ class ReportView:
     history: list[dict[str, float]]
     latency_sentence: str | None
     cost_sentence: str | None
+    dropped_sentence: str | None = None
+    """The questions left out of every arm for overflowing the context; None when none were."""
 
 
 def build_view(results: Results) -> ReportView:
     """The view of ``results``; a section the results do not hold is None or empty."""
-    from tunearena.evaluation.report.sentences import cost_sentence, latency_sentence
+    from tunearena.evaluation.report.sentences import (
+        cost_sentence,
+        dropped_prompts_sentence,
+        latency_sentence,
+    )
 
     conf = results.settings.confidence
     run = results.run
@@ -77,6 +83,7 @@ def build_view(results: Results) -> ReportView:
         history=history,
         latency_sentence=latency_sentence(results.latency),
         cost_sentence=cost_sentence(results.cost),
+        dropped_sentence=dropped_prompts_sentence(results.prompt_lengths),
     )
 
 
