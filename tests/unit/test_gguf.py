@@ -45,7 +45,7 @@ def write_llama_gguf(path: Path, arch: str = "llama", seed: int = 0,
     w = gguf.GGUFWriter(path, arch)
     w.add_name("tiny-llama")
     w.add_block_count(LAYERS)
-    w.add_context_length(64)
+    w.add_context_length(512)  # the demo config trains at seq_len 256, checked against it
     w.add_embedding_length(HIDDEN)
     w.add_feed_forward_length(FFN)
     w.add_head_count(HEADS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import socket
 from pathlib import Path
 
@@ -83,9 +85,10 @@ def test_an_unreachable_cluster_address_fails_in_seconds(tmp_path, capsys):
                  "--set", f"cluster.address=127.0.0.1:{port}"])
     assert code == 2
     assert f"cannot reach the Ray head (GCS) at 127.0.0.1:{port}" in capsys.readouterr().err
-    # The data preparation done before the cluster was needed is kept for --resume.
-    steps = Path(tmp_path / "demo" / "manifest.json").read_text()
-    assert '"prepare:docs"' in steps
+    # The manifest says which step needed the cluster (the index, the first), for --resume.
+    steps = json.loads(Path(tmp_path / "demo" / "manifest.json").read_text())["steps"]
+    assert steps["index"]["status"] == "failed"
+    assert "cannot reach the Ray head" in steps["index"]["error"]
 
 
 def test_job_commands_name_a_missing_address(monkeypatch, capsys):
