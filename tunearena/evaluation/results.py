@@ -20,10 +20,11 @@ from tunearena.errors import UserError
 from tunearena.training.gguf import GGUFConversion
 from tunearena.training.summary import ExportCheck, ReplaySummary, TrainingSummary
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """1 (no ``schema_version`` key): a generative benchmark's exact match, its interval and its
 token F1 sat under ``acc``, ``acc_ci`` and ``acc_norm``, and the training summary also held
-``tensors``; 2: they sit under ``exact_match``, ``exact_match_ci`` and ``f1``."""
+``tensors``; 2: they sit under ``exact_match``, ``exact_match_ci`` and ``f1``; 3: the run
+records ``prompt_format`` (absent from older files, whose prompts were all plain)."""
 
 Interval = tuple[float, float]
 """A confidence interval ``(lo, hi)``; a two-element list in JSON."""
@@ -339,6 +340,9 @@ class RunInfo(_Open):
     base_model: str | None = None
     base_model_source: GGUFConversion | None = None
     """Set when ``base_model`` was converted from a GGUF file: the file, its hash and how."""
+    prompt_format: Literal["plain", "chat_template"] = "plain"
+    """How every arm's prompts (and the ``instruction`` training records) were rendered:
+    ``plain`` text, or through the base model's ``chat_template`` (``model.chat_template``)."""
     config_hash: str | None = None
     code_version: str | None = None
     python: str | None = None

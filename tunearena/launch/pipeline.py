@@ -103,6 +103,14 @@ class Pipeline:
         self.console.print(f"[green]✓ {name}[/green] in {duration:.1f} s")
         return outputs
 
+    @property
+    def chat_template(self) -> bool:
+        """Whether every prompt, in training and evaluation, goes through the base model's
+        chat template (``model.chat_template`` as the input check resolved it)."""
+        value = self.cfg.model.chat_template
+        assert isinstance(value, bool), "check_inputs resolves model.chat_template"
+        return value
+
     def _rel(self, path: Path) -> str:
         return str(path.relative_to(self.run_dir))
 
@@ -162,7 +170,7 @@ class Pipeline:
             return {k: self._rel(p) for k, p in files.items()}, reports
 
         def train(stage: Stage, data_report: dict) -> tuple[dict, TrainingSummary]:
-            loaded = load_stage(stage, stages, cfg.model.base, self.run_dir)
+            loaded = load_stage(stage, stages, cfg.model.base, self.run_dir, self.chat_template)
             # Named by the stage's inputs: --resume continues this stage's checkpoints only
             # while the stage is the same one; a fresh attempt never restores an old one.
             run_name = f"{cfg.name}-{stage.name}-{stage_key(cfg, stage, stages)[:8]}"
@@ -221,7 +229,8 @@ class Pipeline:
                 self.run_dir / "retrieval" / f"{name}.json").items()} for name in benchmarks}
         tasks = scoring.write_arm_tasks(cfg.evaluation.benchmarks, benchmarks,
                                         {a.context for a in arms}, task_dir, passages, examples)
-        tokens = scoring.prompt_tokens(cfg.model.base, task_dir, tasks, list(benchmarks))
+        tokens = scoring.prompt_tokens(cfg.model.base, task_dir, tasks, list(benchmarks),
+                                       self.chat_template)
         search_ms = {name: stats["search_ms"] for name, stats in retrieval.items()}
 
         def score(arms: list[Arm], selected: str | None) -> ArmScores:
@@ -251,7 +260,7 @@ class Pipeline:
             if jobs:
                 ray.ensure()
                 scoring.evaluate_arms(jobs, cfg.evaluation, cfg.cluster, task_dir, self.console,
-                                      done, failed)
+                                      done, failed, self.chat_template)
             return scores
 
         return scoring.score_in_order(arms, [s.name for s in stages], bool(cfg.stages),
@@ -268,7 +277,8 @@ class Pipeline:
         run: dict[str, Any] = {
             "name": cfg.name, "run_dir": str(self.run_dir), "base_model": cfg.model.base,
             "config_hash": self.manifest.data["config_hash"], "seed": cfg.seed,
-            "code_version": code_version(), "python": platform.python_version()}
+            "code_version": code_version(), "python": platform.python_version(),
+            "prompt_format": "chat_template" if self.chat_template else "plain"}
         # A GGUF base was converted by the input check: say which file, with its hash.
         if (source := conversion_record(cfg.model.base)) is not None:
             run["base_model_source"] = source.model_dump(mode="json")

@@ -21,16 +21,22 @@ from tunearena.training.formats import (
     get_format,
     require_chat_template,
     tokenize_chat,
+    uses_chat_template,
 )
 
 if TYPE_CHECKING:
     from tunearena.cluster.preflight import Check
 
 
-def tokenize_record(record: dict, fmt: str, tokenizer) -> Tokens:
+def tokenize_record(record: dict, fmt: str, tokenizer, chat_template: bool = False) -> Tokens:
     """(input ids, labels) for one record; ``text`` and ``instruction`` records end with EOS,
-    ``chat`` records as the chat template ends them (see ``formats.tokenize_chat``)."""
-    return get_format(fmt).tokenize(record, tokenizer)
+    ``chat`` records as the chat template ends them (see ``formats.tokenize_chat``). With
+    ``chat_template`` (the run's prompts go through it), ``instruction`` records are rendered
+    as a user turn and the assistant's reply, as evaluation renders the same question."""
+    data_format = get_format(fmt)
+    if chat_template and data_format.as_chat is not None:
+        return tokenize_chat(data_format.as_chat(record), tokenizer)
+    return data_format.tokenize(record, tokenizer)
 
 
 @dataclass
@@ -92,18 +98,20 @@ def concatenate(parts: Sequence[TokenizedSplit]) -> TokenizedSplit:
 
 
 def tokenize_tasks(tasks: Sequence[TaskRecords], tokenizer, seq_len: int, packing: bool,
+                   chat_template: bool = False,
                    ) -> tuple[TokenizedSplit, TokenizedSplit | None]:
     """Tokenise each task and pack (or pad) it on its own, so every row belongs to one task;
-    returns (train, validation or None), rows tagged with the task's index in ``tasks``."""
+    returns (train, validation or None), rows tagged with the task's index in ``tasks``.
+    ``chat_template``: the run's prompts go through it (see ``tokenize_record``)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def build(records: list[dict], fmt: str) -> TokenizedSplit:
-        examples = [tokenize_record(r, fmt, tokenizer) for r in records]
+        examples = [tokenize_record(r, fmt, tokenizer, chat_template) for r in records]
         return pack(examples, seq_len) if packing else pad(examples, seq_len, pad_id)
 
     trains, vals = [], []
     for task in tasks:
-        if get_format(task.format).needs_chat_template:
+        if uses_chat_template(task.format, chat_template):
             require_chat_template(tokenizer, f"task {task.name}: format {task.format!r}")
         train = build(task.train, task.format)
         if len(train) == 0:
@@ -115,8 +123,10 @@ def tokenize_tasks(tasks: Sequence[TaskRecords], tokenizer, seq_len: int, packin
     return concatenate(trains), (val if len(val) else None)
 
 
-def check_tokenizer(tokenizer, formats: set[str], stop_ids: set[int]) -> Check:
-    """The chat-template and EOS round trip, before a stage trains on ``formats``.
+def check_tokenizer(tokenizer, formats: set[str], stop_ids: set[int],
+                    chat_template: bool = False) -> Check:
+    """The chat-template and EOS round trip, before a stage trains on ``formats`` (rendered
+    through the chat template where ``chat_template`` says the run's prompts are).
 
     Text and instruction records end with the tokenizer's EOS, so it must exist, encode to
     its one id and decode back; chat records end each assistant turn as the chat template
@@ -137,12 +147,12 @@ def check_tokenizer(tokenizer, formats: set[str], stop_ids: set[int]) -> Check:
                      f"EOS {eos!r} does not round-trip: it encodes to {encoded}, not [{eos_id}]",
                      "register the EOS as a special token of the tokenizer")
     details = [f"EOS {eos!r} (id {eos_id}) round-trips"]
-    if any(get_format(f).needs_chat_template for f in formats):
+    if any(uses_chat_template(f, chat_template) for f in formats):
         if getattr(tokenizer, "chat_template", None) is None:
-            return Check("tokenizer", False, "a dataset has format 'chat' but the tokenizer "
-                         "has no chat template",
+            return Check("tokenizer", False, "records are rendered through the chat template "
+                         "but the tokenizer has none",
                          "add a chat_template to tokenizer_config.json, or use format "
-                         "'instruction'")
+                         "'instruction' with model.chat_template false")
         probe = [{"role": "user", "content": "Ping?"}, {"role": "assistant", "content": "Pong."}]
         try:
             ids, labels = tokenize_chat(probe, tokenizer)

@@ -44,11 +44,17 @@ class ReportView:
     history: list[dict[str, float]]
     latency_sentence: str | None
     cost_sentence: str | None
+    prompt_sentence: str | None
+    """How every arm was prompted (plain, or the chat template of which model)."""
 
 
 def build_view(results: Results) -> ReportView:
     """The view of ``results``; a section the results do not hold is None or empty."""
-    from tunearena.evaluation.report.sentences import cost_sentence, latency_sentence
+    from tunearena.evaluation.report.sentences import (
+        cost_sentence,
+        latency_sentence,
+        prompt_sentence,
+    )
 
     conf = results.settings.confidence
     run = results.run
@@ -70,6 +76,7 @@ def build_view(results: Results) -> ReportView:
         history=history,
         latency_sentence=latency_sentence(results.latency),
         cost_sentence=cost_sentence(results.cost),
+        prompt_sentence=prompt_sentence(run),
     )
 
 
