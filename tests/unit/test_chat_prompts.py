@@ -154,7 +154,7 @@ def test_tokenizer_check_covers_instruction_records_through_the_template(chat_to
         chat_tok, {"instruction"}, set(), chat_template=True).detail
     assert "chat reply" not in check_tokenizer(chat_tok, {"instruction"}, set()).detail
     missing = check_tokenizer(plain_tok, {"instruction"}, set(), chat_template=True)
-    assert not missing.ok and "the tokenizer has none" in missing.detail
+    assert not missing.ok and "the tokenizer has no chat template" in missing.detail
 
 
 def test_the_test_template_is_the_one_the_chat_fixture_carries(chat_tok):

@@ -149,8 +149,8 @@ def check_tokenizer(tokenizer, formats: set[str], stop_ids: set[int],
     details = [f"EOS {eos!r} (id {eos_id}) round-trips"]
     if any(uses_chat_template(f, chat_template) for f in formats):
         if getattr(tokenizer, "chat_template", None) is None:
-            return Check("tokenizer", False, "records are rendered through the chat template "
-                         "but the tokenizer has none",
+            return Check("tokenizer", False, "records are rendered through a chat template, "
+                         "but the tokenizer has no chat template",
                          "add a chat_template to tokenizer_config.json, or use format "
                          "'instruction' with model.chat_template false")
         probe = [{"role": "user", "content": "Ping?"}, {"role": "assistant", "content": "Pong."}]
