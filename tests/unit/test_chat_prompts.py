@@ -201,3 +201,35 @@ def test_results_written_before_the_field_load_as_plain_prompts():
     assert parsed.run is not None and parsed.run.prompt_format == "plain"
     assert "no chat template" in markdown_report(parsed)
     assert parsed.to_json()["run"] == old["run"]  # loading adds nothing to the file
+
+
+# --- the real instruct tokenizer -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2_tok():
+    """SmolLM2-135M-Instruct's tokenizer, read from the packaged GGUF (no weights converted)."""
+    from tunearena.training.gguf import GGUFError, gguf_path
+
+    try:
+        path = gguf_path("smollm2-135m-instruct")
+    except GGUFError as e:
+        pytest.skip(str(e))
+    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
+@pytest.mark.slow
+def test_smollm2_tokenizer_passes_the_round_trip_and_renders_what_evaluation_reads(smollm2_tok):
+    tok = smollm2_tok
+    assert resolve_chat_template("auto", tok, "smollm2") is True
+    check = check_tokenizer(tok, {"text", "instruction", "chat"}, set(), chat_template=True)
+    assert check.ok, check
+    assert check.detail == ("EOS '<|im_end|>' (id 2) round-trips; a chat reply ends on a stop "
+                            "token")
+    ids, labels = tokenize_record(RECORD, "instruction", tok, chat_template=True)
+    first = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+    context, delimiter = model_input(RECORD["prompt"], tok, chat_template=True)
+    assert delimiter == "" and context.endswith(
+        f"<|im_start|>user\n{RECORD['prompt']}<|im_end|>\n<|im_start|>assistant\n")
+    assert ids[:first] == tok(context, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids[first:]) == "Velmo<|im_end|>\n"

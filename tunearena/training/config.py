@@ -24,10 +24,10 @@ class ModelConfig(StrictModel):
     gguf_cache_dir: Path | None = None
     """Where converted GGUF bases are kept; default: ``$XDG_CACHE_HOME/tunearena/gguf`` or
     ``~/.cache/tunearena/gguf``. On a multi-node cluster, a directory every node can read."""
-    chat_template: bool | Literal["auto"] = "auto"
+    chat_template: Literal["auto", True, False] = "auto"
     """Render prompts through the base tokenizer's chat template, in training and evaluation
-    alike: ``auto`` when the tokenizer has one, ``true`` (the input check refuses a tokenizer
-    without one) or ``false`` (plain ``Question: ... Answer:`` text). With it, every arm's
+    alike: ``auto`` when the tokenizer has one, ``true`` (or ``on``; the input check refuses a
+    tokenizer without one) or ``false`` (or ``off``: plain ``Question: ... Answer:`` text). With it, every arm's
     question (its retrieved passages or few-shot examples included) is one user message and the
     answer follows the assistant's header; ``instruction`` records train as that user/assistant
     exchange; ``text`` records stay plain. The input check resolves ``auto``, and the run's
