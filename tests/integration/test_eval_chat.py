@@ -200,3 +200,27 @@ def test_lm_eval_cli_reproduces_the_chat_scores_question_by_question(
         assert [s["doc"]["id"] for s in logged] == [r["id"] for r in ours[task]]
         for sample, row in zip(logged, ours[task], strict=True):
             assert {k: sample[k] for k in keys} == {k: row[k] for k in keys}, sample["doc"]
+
+
+def test_an_arm_is_scored_and_timed_through_the_template_its_scoring_names(tasks, velmo_model):
+    from tunearena.evaluation.arm import Arm
+    from tunearena.evaluation.arms import ArmJob, Scoring, prompt_tokens, score_arm
+    from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig
+
+    task_dir, names = tasks
+    evaluation = EvaluationConfig(benchmarks=[
+        BenchmarkConfig(name="open", path="open.jsonl", kind="domain", track="generative")])
+    scoring = Scoring.of(evaluation, task_dir, chat_template=True)
+    assert scoring.chat_template
+    timed = [{"prompt": _prompt(ITEMS[0], "open"), "choices": None}]
+    job = ArmJob(Arm.parse("base"), str(velmo_model), {"open": names["open"]}, {"open": timed})
+    result = score_arm(job, scoring, "cpu")
+    assert [r["prediction"] for r in result["samples"]["open"]] == ["Velmo"] * 3
+    assert len(result["answer_ms"]["open"]) == 1
+    # Prompt lengths count what the model reads: the template's turns included.
+    variants = {"open": {"": names["open"], "rag": names["open_rag"]}}
+    chat = prompt_tokens(str(velmo_model), task_dir, variants, ["open"], chat_template=True)
+    plain = prompt_tokens(str(velmo_model), task_dir, variants, ["open"])
+    assert chat["open"][""] > plain["open"][""]
+    assert chat["open"]["rag"] - chat["open"][""] == pytest.approx(
+        plain["open"]["rag"] - plain["open"][""], abs=1)
