@@ -62,7 +62,8 @@ def test_auto_follows_the_tokenizer_and_on_or_off_are_kept(plain_tok, chat_tok):
 
 
 @pytest.mark.parametrize(("value", "parsed"), [("auto", "auto"), ("on", True), ("true", True),
-                                               ("off", False), ("false", False)])
+                                               ("off", False), ("false", False),
+                                               ('"off"', False), ('"on"', True)])
 def test_the_switch_reads_yaml_booleans(value, parsed):
     assert load_config(DEMO, [f"model.chat_template={value}"]).model.chat_template == parsed
 
@@ -146,6 +147,28 @@ def test_stage_tokenisation_renders_instruction_tasks_through_the_template(chat_
     assert row == tokenize_record(RECORD, "instruction", chat_tok, chat_template=True)[0]
     with pytest.raises(DataError, match="task qa: format 'instruction'.*no chat template"):
         tokenize_tasks([task], plain_tok, 64, packing=False, chat_template=True)
+
+
+def test_a_stage_of_a_chat_run_loads_its_instruction_records_through_the_template(
+        tmp_path, tiny_chat_model_dir, chat_tok):
+    from tunearena.training.config import DatasetConfig, TrainingConfig, resolve_stages
+    from tunearena.training.stages import load_stage, prepare_stage
+
+    records = [{"prompt": format_prompt(f"What is the capital of land {i}?"),
+                "response": f" City {i}"} for i in range(6)]
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    training = TrainingConfig(datasets=[DatasetConfig(path=path, format="instruction")],
+                              seq_len=128, packing=False, validation_fraction=0.0)
+    (stage,) = stages = resolve_stages(training, [])
+    prepare_stage(stage, {}, tmp_path / "data")
+    loaded = load_stage(stage, stages, str(tiny_chat_model_dir), tmp_path, chat_template=True)
+    assert loaded.chat_template
+    train = loaded.data[0]
+    rows = sorted(chat_tok.decode(ids[mask == 1].tolist())
+                  for ids, mask in zip(train.input_ids, train.attention_mask, strict=True))
+    assert rows == sorted(f"<s>user\n{r['prompt']}</s>\n<s>assistant\n{r['response'][1:]}</s>\n"
+                          for r in records)
 
 
 def test_tokenizer_check_covers_instruction_records_through_the_template(chat_tok, plain_tok):

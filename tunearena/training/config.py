@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunearena.configbase import StrictModel
 
@@ -32,6 +32,13 @@ class ModelConfig(StrictModel):
     answer follows the assistant's header; ``instruction`` records train as that user/assistant
     exchange; ``text`` records stay plain. The input check resolves ``auto``, and the run's
     ``config.yaml`` records the value used."""
+
+    @field_validator("chat_template", mode="before")
+    @classmethod
+    def _switch_words(cls, value: object) -> object:
+        # YAML reads a bare on/off as a boolean; a quoted one (or JSON's "true") means the same.
+        words = {"on": True, "true": True, "yes": True, "off": False, "false": False, "no": False}
+        return words.get(value.lower(), value) if isinstance(value, str) else value
 
 
 class DatasetConfig(StrictModel):
