@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import ray
-from conftest import TINY_CHAT_TEMPLATE
 from test_eval_report import BENCHMARKS, SAMPLES
 from transformers import AutoTokenizer
 
@@ -178,10 +177,6 @@ def test_tokenizer_check_covers_instruction_records_through_the_template(chat_to
     assert "chat reply" not in check_tokenizer(chat_tok, {"instruction"}, set()).detail
     missing = check_tokenizer(plain_tok, {"instruction"}, set(), chat_template=True)
     assert not missing.ok and "the tokenizer has no chat template" in missing.detail
-
-
-def test_the_test_template_is_the_one_the_chat_fixture_carries(chat_tok):
-    assert chat_tok.chat_template == TINY_CHAT_TEMPLATE
 
 
 # --- results and report --------------------------------------------------------------------
