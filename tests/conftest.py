@@ -22,8 +22,18 @@ TINY_TEXT = [
 ] * 4
 
 
-def make_tiny_model_dir(path: Path, seed: int = 0, vocab_size: int = 256) -> Path:
-    """Write a random 2-layer Llama and a byte-level BPE tokenizer trained on TINY_TEXT."""
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+)
+"""ChatML-like, with the tiny tokenizer's <s> and </s> opening and closing every turn (so a
+reply ends on the EOS)."""
+
+
+def make_tiny_model_dir(path: Path, seed: int = 0, vocab_size: int = 256,
+                        chat_template: str | None = None) -> Path:
+    """Write a random 2-layer Llama and a byte-level BPE tokenizer trained on TINY_TEXT,
+    with ``chat_template`` in its tokenizer config when given."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -40,6 +50,8 @@ def make_tiny_model_dir(path: Path, seed: int = 0, vocab_size: int = 256) -> Pat
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
+    if chat_template is not None:
+        hf_tok.chat_template = chat_template
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(hf_tok),
@@ -77,6 +89,13 @@ def with_context(model_dir: Path, out: Path, positions: int) -> Path:
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama model dir (safetensors + tokenizer), made once per session."""
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model_dir(tmp_path_factory) -> Path:
+    """The tiny model dir (same weights and vocabulary) with ``TINY_CHAT_TEMPLATE``."""
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_chat_model"),
+                               chat_template=TINY_CHAT_TEMPLATE)
 
 
 @pytest.fixture(scope="session")

@@ -28,23 +28,28 @@ from tunearena.evaluation.results import PRIMARY_METRIC
 
 @dataclass(frozen=True)
 class Scoring:
-    """What every arm is scored with: the same tasks, scorer settings and device kind."""
+    """What every arm is scored with: the same tasks, prompt rendering, scorer settings and
+    device kind."""
 
     task_dir: str
     batch_size: int
     limit: int | None = None
     extra_task_paths: tuple[str, ...] = ()
     include_defaults: bool = False
+    chat_template: bool = False
+    """Prompts go through the model's chat template (``model.chat_template`` resolved)."""
 
     @classmethod
-    def of(cls, evaluation: EvaluationConfig, task_dir: Path) -> Scoring:
+    def of(cls, evaluation: EvaluationConfig, task_dir: Path,
+           chat_template: bool = False) -> Scoring:
         """The scoring an evaluation config asks for, over the tasks in ``task_dir``."""
         return cls(
             task_dir=str(task_dir), batch_size=evaluation.batch_size, limit=evaluation.limit,
             extra_task_paths=tuple(str(b.task_dir) for b in evaluation.benchmarks
                                    if b.task_dir is not None),
             include_defaults=any(b.lm_eval_task and b.task_dir is None
-                                 for b in evaluation.benchmarks))
+                                 for b in evaluation.benchmarks),
+            chat_template=chat_template)
 
 
 @dataclass(frozen=True)
@@ -76,9 +81,11 @@ def score_arm(job: ArmJob, scoring: Scoring, device: str) -> dict[str, Any]:
         scoring.batch_size, scoring.limit, device,
         extra_task_paths=[Path(p) for p in scoring.extra_task_paths],
         include_defaults=scoring.include_defaults, loaded=(model, tokenizer),
+        chat_template=scoring.chat_template,
     )
     score_s = time.perf_counter() - t0
-    answer_ms = {name: time_answers(model, tokenizer, questions, device)
+    answer_ms = {name: time_answers(model, tokenizer, questions, device,
+                                    chat_template=scoring.chat_template)
                  for name, questions in job.timed.items() if questions}
     return {"samples": {name: scores[task] for name, task in job.tasks.items()},
             "score_s": score_s, "answer_ms": answer_ms}
@@ -128,9 +135,11 @@ def run_arms(
 def evaluate_arms(jobs: list[ArmJob], evaluation: EvaluationConfig, cluster: ClusterConfig,
                   task_dir: Path, console: Console,
                   on_done: Callable[[ArmJob, dict[str, Any]], None],
-                  on_error: Callable[[ArmJob, BaseException], None]) -> None:
+                  on_error: Callable[[ArmJob, BaseException], None],
+                  chat_template: bool = False) -> None:
     """Score ``jobs`` side by side with ``run_arms`` (one GPU each on a GPU cluster), showing
-    each arm's progress and scores on ``console``; raises ``ArmFailed`` as ``run_arms`` does."""
+    each arm's progress and scores on ``console`` (prompts through the chat template when
+    ``chat_template``); raises ``ArmFailed`` as ``run_arms`` does."""
     from rich.markup import escape
 
     from tunearena.cluster.ray_cluster import resolve_use_gpu
@@ -152,8 +161,8 @@ def evaluate_arms(jobs: list[ArmJob], evaluation: EvaluationConfig, cluster: Clu
         console.print(f"[bold red]✗ evaluate:{job.arm}: {escape(str(error))}[/bold red]")
 
     with ArmProgress(console, [j.arm for j in jobs]) as progress:
-        run_arms(jobs, Scoring.of(evaluation, task_dir), use_gpu, cluster.cpus_per_worker,
-                 done, failed)
+        run_arms(jobs, Scoring.of(evaluation, task_dir, chat_template), use_gpu,
+                 cluster.cpus_per_worker, done, failed)
 
 
 @dataclass
@@ -236,12 +245,21 @@ def task_rows(task_dir: Path, task: str) -> list[dict]:
 
 
 def prompt_tokens(tokenizer_dir: str, task_dir: Path, tasks: dict[str, dict[str, str]],
-                  benchmarks: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Per QA benchmark and context, the mean prompt length in the tokenizer's tokens."""
+                  benchmarks: Sequence[str], chat_template: bool = False,
+                  ) -> dict[str, dict[str, float]]:
+    """Per QA benchmark and context, the mean prompt length in the tokenizer's tokens, as
+    the model reads it (through the chat template when ``chat_template``)."""
     from transformers import AutoTokenizer
 
+    from tunearena.evaluation.prompt import model_input
+
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    return {name: {context: statistics.fmean(len(tokenizer(row["prompt"])["input_ids"])
+
+    def length(prompt: str) -> int:
+        text, _ = model_input(prompt, tokenizer, chat_template)
+        return len(tokenizer(text, add_special_tokens=not chat_template)["input_ids"])
+
+    return {name: {context: statistics.fmean(length(row["prompt"])
                                              for row in task_rows(task_dir, task))
                    for context, task in tasks[name].items()}
             for name in benchmarks}

@@ -16,13 +16,13 @@ token is only predicted, and a generated answer needs ``max_gen_toks`` of room.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunearena.errors import UserError
-from tunearena.evaluation.prompt import ANSWER_DELIMITER
+from tunearena.evaluation.prompt import model_input
 
 if TYPE_CHECKING:
     from tunearena.evaluation.benchmarks import QAItem
@@ -42,6 +42,9 @@ class Request:
     context: str
     continuations: tuple[str, ...] = ()
     gen_tokens: int = 0
+    add_special_tokens: bool = True
+    """False for a prompt rendered by a chat template, which writes its own special tokens
+    (lm-eval adds none to it either)."""
 
 
 def model_max_length(model_dir: str | Path) -> int:
@@ -62,7 +65,7 @@ def tokens_needed(request: Request, tokenizer) -> int:
     lm-eval keeps the last ``max_length + 1`` tokens); a generation needs its room after the
     prompt (lm-eval keeps the last ``max_length - max_gen_toks`` prompt tokens)."""
     def count(text: str) -> int:
-        return len(tokenizer(text)["input_ids"])
+        return len(tokenizer(text, add_special_tokens=request.add_special_tokens)["input_ids"])
 
     if request.continuations:
         return max(count(request.context + c) for c in request.continuations) - 1
@@ -74,15 +77,19 @@ def lengths(requests: Iterable[Request], tokenizer) -> dict[str, int]:
     return {r.id: tokens_needed(r, tokenizer) for r in requests}
 
 
-def task_requests(rows: Iterable[dict], gen_tokens: int,
-                  render: Callable[[str], str] = lambda prompt: prompt) -> list[Request]:
+def task_requests(rows: Iterable[dict], gen_tokens: int, tokenizer=None,
+                  chat_template: bool = False) -> list[Request]:
     """The requests of a task written by ``tasks.py``: a row with ``choices`` is scored by
-    each choice after ``ANSWER_DELIMITER``, any other is answered in ``gen_tokens``.
-    ``render`` turns a row's prompt into the text the model reads (a chat template)."""
-    return [Request(str(row["id"]), render(row["prompt"]),
-                    tuple(ANSWER_DELIMITER + c for c in row["choices"]) if row.get("choices")
-                    else (), 0 if row.get("choices") else gen_tokens)
-            for row in rows]
+    each choice after the delimiter, any other is answered in ``gen_tokens``. With
+    ``chat_template`` each prompt is what the model reads through ``tokenizer``'s chat
+    template (``prompt.model_input``, as lm-eval renders it)."""
+    requests = []
+    for row in rows:
+        text, delimiter = model_input(row["prompt"], tokenizer, chat_template)
+        choices = tuple(delimiter + c for c in row.get("choices") or ())
+        requests.append(Request(str(row["id"]), text, choices, 0 if choices else gen_tokens,
+                                add_special_tokens=not chat_template))
+    return requests
 
 
 @dataclass
@@ -173,11 +180,12 @@ def check_harness_samples(name: str, samples: Sequence[dict], tokenizer, max_len
 
 def measure_prompts(model_dir: str, evaluation: EvaluationConfig,
                     questions: Mapping[str, list[QAItem]], arms: Sequence[str], task_dir: Path,
-                    tasks: Mapping[str, Mapping[str, str]],
+                    tasks: Mapping[str, Mapping[str, str]], chat_template: bool = False,
                     ) -> tuple[dict[str, list[QAItem]], dict[str, Any]]:
     """Measure the prompts of our QA benchmarks' ``tasks`` (per benchmark, the task of each
     context, as ``arms.write_arm_tasks`` wrote them into ``task_dir``) against the context of
-    ``model_dir``, which every arm's model shares.
+    ``model_dir``, which every arm's model shares, as the model reads them (through its chat
+    template with ``chat_template``).
 
     Returns the questions to score (all of them, or with ``long_prompts: drop`` those whose
     every prompt fits) and the record ``results.json`` keeps as ``prompt_lengths``. Raises
@@ -190,7 +198,8 @@ def measure_prompts(model_dir: str, evaluation: EvaluationConfig,
 
     max_length = model_max_length(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    requests = {b.name: {context: task_requests(task_rows(task_dir, task), MAX_ANSWER_TOKENS)
+    requests = {b.name: {context: task_requests(task_rows(task_dir, task), MAX_ANSWER_TOKENS,
+                                                tokenizer, chat_template)
                          for context, task in tasks[b.name].items()}
                 for b in evaluation.benchmarks if b.path is not None}
     found = find_overflow(requests, tokenizer, max_length)

@@ -43,6 +43,7 @@ def score_model(
     extra_task_paths: Sequence[Path] = (),
     include_defaults: bool = False,
     loaded: tuple | None = None,
+    chat_template: bool = False,
 ) -> dict[str, list[dict]]:
     """Score ``model_dir`` on the named tasks; one dict per question, in the data's order.
 
@@ -66,6 +67,13 @@ def score_model(
 
     ``loaded``: the ``(model, tokenizer)`` of ``model_dir`` from ``load_model``, when the
     caller keeps using them (to time answers), so the weights are read once.
+
+    ``chat_template``: every task's prompt goes through the tokenizer's chat template, as
+    lm-eval's ``apply_chat_template`` renders it: the prompt (with any few-shot examples of a
+    registry task, ``fewshot_as_multiturn`` off) is one user message followed by the
+    assistant's header; a choice follows the header with no delimiter, and a generated answer
+    also stops at the tokenizer's EOS. ``lm_eval run --apply_chat_template
+    --fewshot_as_multiturn false`` scores the same requests.
     """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -84,6 +92,9 @@ def score_model(
             limit=limit,
             log_samples=True,
             bootstrap_iters=0,  # the report bootstraps the per-question results itself
+            apply_chat_template=chat_template,
+            # Few-shot examples stay in the user's one message, as our +fewshot arms send them.
+            fewshot_as_multiturn=False,
         )
     if results is None:  # only on a non-zero rank, which a single-process HFLM never is
         raise RuntimeError("lm-eval returned no results")

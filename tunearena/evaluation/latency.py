@@ -13,12 +13,14 @@ import statistics
 import time
 from collections.abc import Sequence
 
-from tunearena.evaluation.prompt import ANSWER_DELIMITER
+from tunearena.evaluation.prompt import model_input
 
 
 def time_answers(model, tokenizer, questions: Sequence[dict], device: str,
-                 max_new_tokens: int = 32) -> list[float]:
-    """Milliseconds to answer each of ``questions`` (``{"prompt", "choices"?}``), in order.
+                 max_new_tokens: int = 32, chat_template: bool = False) -> list[float]:
+    """Milliseconds to answer each of ``questions`` (``{"prompt", "choices"?}``), in order,
+    each prompt rendered as scoring renders it (through the chat template when
+    ``chat_template``).
 
     The first question is answered once untimed first, so one-off start-up costs (kernel
     selection, allocator growth) are not charged to it.
@@ -30,17 +32,21 @@ def time_answers(model, tokenizer, questions: Sequence[dict], device: str,
     newline = tokenizer("\n", add_special_tokens=False)["input_ids"][-1:]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
+    # A rendered chat prompt carries the template's own BOS, if it has one.
+    special = {"add_special_tokens": not chat_template}
+
     def answer(q: dict) -> None:
+        prompt, delimiter = model_input(q["prompt"], tokenizer, chat_template)
         if q.get("choices"):
-            texts = [q["prompt"] + ANSWER_DELIMITER + c for c in q["choices"]]
-            ids = [tokenizer(t)["input_ids"] for t in texts]
+            texts = [prompt + delimiter + c for c in q["choices"]]
+            ids = [tokenizer(t, **special)["input_ids"] for t in texts]
             width = max(len(i) for i in ids)
             batch = torch.tensor([i + [pad] * (width - len(i)) for i in ids], device=device)
             mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids],
                                 device=device)
             model(input_ids=batch, attention_mask=mask)
         else:
-            enc = tokenizer(q["prompt"], return_tensors="pt").to(device)
+            enc = tokenizer(prompt, return_tensors="pt", **special).to(device)
             model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                            eos_token_id=newline + [tokenizer.eos_token_id], pad_token_id=pad)
         if device.startswith("cuda"):

@@ -25,8 +25,8 @@ SCHEMA_VERSION = 3
 token F1 sat under ``acc``, ``acc_ci`` and ``acc_norm``, and the training summary also held
 ``tensors``; 2: they sit under ``exact_match``, ``exact_match_ci`` and ``f1``; 3: adds
 ``prompt_lengths`` (the model's context and the questions dropped for overflowing it), the
-data report's ``over_seq_len`` counts and ``probe`` (a file of version 2 lacks them and loads
-as it is)."""
+data report's ``over_seq_len`` counts, ``probe``, and the run's ``prompt_format`` (a file of
+version 2 lacks them and loads as it is: its prompts were all plain)."""
 
 Interval = tuple[float, float]
 """A confidence interval ``(lo, hi)``; a two-element list in JSON."""
@@ -379,6 +379,9 @@ class RunInfo(_Open):
     base_model: str | None = None
     base_model_source: GGUFConversion | None = None
     """Set when ``base_model`` was converted from a GGUF file: the file, its hash and how."""
+    prompt_format: Literal["plain", "chat_template"] = "plain"
+    """How every arm's prompts (and the ``instruction`` training records) were rendered:
+    ``plain`` text, or through the base model's ``chat_template`` (``model.chat_template``)."""
     config_hash: str | None = None
     code_version: str | None = None
     python: str | None = None

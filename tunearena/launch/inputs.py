@@ -7,6 +7,23 @@ from tunearena.evaluation.benchmarks import QAItem, load_qa
 from tunearena.launch.config import ExperimentConfig
 
 
+def chat_template_of(base: str, setting: bool | str) -> bool:
+    """``model.chat_template`` resolved against ``base``'s tokenizer (see
+    ``formats.resolve_chat_template``); when false, the tokenizer is not read."""
+    from transformers import AutoTokenizer
+
+    from tunearena.training.formats import resolve_chat_template
+    from tunearena.training.trainer import ModelDirError
+
+    if setting is False:
+        return False
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base)
+    except (OSError, ValueError) as e:
+        raise ModelDirError(f"model {base}: its tokenizer cannot be loaded: {e}") from None
+    return resolve_chat_template(setting, tokenizer, base)
+
+
 def check_inputs(cfg: ExperimentConfig) -> tuple[dict[str, list[QAItem]], list]:
     """Read every input file once, before any cluster resource is claimed.
 
@@ -18,6 +35,9 @@ def check_inputs(cfg: ExperimentConfig) -> tuple[dict[str, list[QAItem]], list]:
     A GGUF ``model.base`` is converted here (once; a cached conversion is reused) and
     ``cfg.model.base`` is pointed at the converted dir, so training, the RAG arms, scoring,
     export and preflight all read a plain Hugging Face dir, and a broken file is named now.
+    ``cfg.model.chat_template`` is resolved here too (``auto`` becomes true or false, by
+    whether the base tokenizer has a chat template), so training and evaluation read one
+    answer; ``true`` for a tokenizer without one is a ``ChatTemplateError``.
     """
     from tunearena.training.gguf import resolve_base
     from tunearena.training.lengths import check_seq_len
@@ -58,4 +78,5 @@ def check_inputs(cfg: ExperimentConfig) -> tuple[dict[str, list[QAItem]], list]:
         assert fewshot.path is not None  # the config refuses +fewshot arms without it
         asked = {q.question for items in questions.values() for q in items}
         examples = draw_examples(load_pool(fewshot.path), fewshot.k, cfg.seed, asked)
+    cfg.model.chat_template = chat_template_of(cfg.model.base, cfg.model.chat_template)
     return questions, examples

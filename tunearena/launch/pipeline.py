@@ -104,6 +104,14 @@ class Pipeline:
         self.console.print(f"[green]✓ {name}[/green] in {duration:.1f} s")
         return outputs
 
+    @property
+    def chat_template(self) -> bool:
+        """Whether every prompt, in training and evaluation, goes through the base model's
+        chat template (``model.chat_template`` as the input check resolved it)."""
+        value = self.cfg.model.chat_template
+        assert isinstance(value, bool), "check_inputs resolves model.chat_template"
+        return value
+
     def _rel(self, path: Path) -> str:
         return str(path.relative_to(self.run_dir))
 
@@ -171,14 +179,14 @@ class Pipeline:
 
         def prepare(stage: Stage) -> tuple[dict, dict]:
             files, reports = prepare_stage(stage, questions, self.run_dir / "data", tokenizer(),
-                                           model_context(cfg.model.base))
+                                           model_context(cfg.model.base), self.chat_template)
             for task, report in reports.items():
                 for line in preparation_lines(stage.name, task, report):
                     self.console.print(line, highlight=False)
             return {k: self._rel(p) for k, p in files.items()}, reports
 
         def train(stage: Stage, data_report: dict) -> tuple[dict, TrainingSummary]:
-            loaded = load_stage(stage, stages, cfg.model.base, self.run_dir)
+            loaded = load_stage(stage, stages, cfg.model.base, self.run_dir, self.chat_template)
             # Named by the stage's inputs: --resume continues this stage's checkpoints only
             # while the stage is the same one; a fresh attempt never restores an old one.
             run_name = f"{cfg.name}-{stage.name}-{stage_key(cfg, stage, stages)[:8]}"
@@ -248,7 +256,8 @@ class Pipeline:
 
         tasks = self.write_tasks(arms, benchmarks, examples)
         kept, record = measure_prompts(self.cfg.model.base, self.cfg.evaluation, benchmarks,
-                                       [str(a) for a in arms], self.run_dir / "tasks", tasks)
+                                       [str(a) for a in arms], self.run_dir / "tasks", tasks,
+                                       self.chat_template)
         for name, dropped in record["dropped"].items():
             self.console.print(
                 f"[bold yellow]{name}: {dropped['questions']} questions left out of every arm: "
@@ -262,7 +271,8 @@ class Pipeline:
         (an arm done in an earlier attempt is reused) and choose the stage ``ft`` is."""
         cfg, manifest, task_dir = self.cfg, self.manifest, self.run_dir / "tasks"
         tasks = self.write_tasks(arms, benchmarks, examples)
-        tokens = scoring.prompt_tokens(cfg.model.base, task_dir, tasks, list(benchmarks))
+        tokens = scoring.prompt_tokens(cfg.model.base, task_dir, tasks, list(benchmarks),
+                                       self.chat_template)
         search_ms = {name: stats["search_ms"] for name, stats in retrieval.items()}
         probed = None
         if cfg.evaluation.probe and stages and any(a.model == "ft" for a in arms):
@@ -297,7 +307,7 @@ class Pipeline:
             if jobs:
                 ray.ensure()
                 scoring.evaluate_arms(jobs, cfg.evaluation, cfg.cluster, task_dir, self.console,
-                                      done, failed)
+                                      done, failed, self.chat_template)
             return scores
 
         scores = scoring.score_in_order(arms, [s.name for s in stages], bool(cfg.stages),
@@ -333,7 +343,8 @@ class Pipeline:
         run: dict[str, Any] = {
             "name": cfg.name, "run_dir": str(self.run_dir), "base_model": cfg.model.base,
             "config_hash": self.manifest.data["config_hash"], "seed": cfg.seed,
-            "code_version": code_version(), "python": platform.python_version()}
+            "code_version": code_version(), "python": platform.python_version(),
+            "prompt_format": "chat_template" if self.chat_template else "plain"}
         # A GGUF base was converted by the input check: say which file, with its hash.
         if (source := conversion_record(cfg.model.base)) is not None:
             run["base_model_source"] = source.model_dump(mode="json")

@@ -39,15 +39,16 @@ def run_preflight(cfg: ExperimentConfig, console: Console) -> bool:
         return True
     run_dir = (cfg.runs_dir / cfg.name).resolve()
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.base)
+    chat = cfg.model.chat_template is True  # resolved by check_inputs
     storage = cfg.cluster.storage_path or str(run_dir / "ray")
     checks = []
     with ray_session(cfg.cluster):
         for i, stage in enumerate(stages):
             t = training_config(stage.training, run_dir)
-            data = prepare_stage_data(stage, tokenizer, stages, asked)
+            data = prepare_stage_data(stage, tokenizer, stages, asked, chat)
             stage_checks = preflight_checks(cfg.model.base, t, cfg.cluster, storage,
                                             data.mixture.epoch_size, first=i == 0,
-                                            tokenizer=tokenizer)
+                                            tokenizer=tokenizer, chat_template=chat)
             prefix = f"{stage.name}: " if cfg.stages else ""
             checks += [replace(c, name=prefix + c.name) for c in stage_checks]
     console.print(format_checks(checks), highlight=False, markup=False, soft_wrap=True)

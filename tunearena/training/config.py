@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunearena.configbase import StrictModel
 
@@ -24,6 +24,21 @@ class ModelConfig(StrictModel):
     gguf_cache_dir: Path | None = None
     """Where converted GGUF bases are kept; default: ``$XDG_CACHE_HOME/tunearena/gguf`` or
     ``~/.cache/tunearena/gguf``. On a multi-node cluster, a directory every node can read."""
+    chat_template: Literal["auto", True, False] = "auto"
+    """Render prompts through the base tokenizer's chat template, in training and evaluation
+    alike: ``auto`` when the tokenizer has one, ``true`` (or ``on``; the input check refuses a
+    tokenizer without one) or ``false`` (or ``off``: plain ``Question: ... Answer:`` text). With it, every arm's
+    question (its retrieved passages or few-shot examples included) is one user message and the
+    answer follows the assistant's header; ``instruction`` records train as that user/assistant
+    exchange; ``text`` records stay plain. The input check resolves ``auto``, and the run's
+    ``config.yaml`` records the value used."""
+
+    @field_validator("chat_template", mode="before")
+    @classmethod
+    def _switch_words(cls, value: object) -> object:
+        # YAML reads a bare on/off as a boolean; a quoted one (or JSON's "true") means the same.
+        words = {"on": True, "true": True, "yes": True, "off": False, "false": False, "no": False}
+        return words.get(value.lower(), value) if isinstance(value, str) else value
 
 
 class DatasetConfig(StrictModel):

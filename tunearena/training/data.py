@@ -18,20 +18,15 @@ from tunearena.training.formats import (
     IGNORE_INDEX,
     DataError,
     Tokens,
-    get_format,
     require_chat_template,
     tokenize_chat,
+    tokenize_record,
+    uses_chat_template,
 )
 from tunearena.training.lengths import LongRecordsError, counts_long
 
 if TYPE_CHECKING:
     from tunearena.cluster.preflight import Check
-
-
-def tokenize_record(record: dict, fmt: str, tokenizer) -> Tokens:
-    """(input ids, labels) for one record; ``text`` and ``instruction`` records end with EOS,
-    ``chat`` records as the chat template ends them (see ``formats.tokenize_chat``)."""
-    return get_format(fmt).tokenize(record, tokenizer)
 
 
 @dataclass
@@ -97,13 +92,15 @@ def concatenate(parts: Sequence[TokenizedSplit]) -> TokenizedSplit:
 
 
 def tokenize_tasks(tasks: Sequence[TaskRecords], tokenizer, seq_len: int, packing: bool,
+                   chat_template: bool = False,
                    ) -> tuple[TokenizedSplit, TokenizedSplit | None]:
     """Tokenise each task and pack (or pad) it on its own, so every row belongs to one task;
-    returns (train, validation or None), rows tagged with the task's index in ``tasks``."""
+    returns (train, validation or None), rows tagged with the task's index in ``tasks``.
+    ``chat_template``: the run's prompts go through it (see ``tokenize_record``)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def build(records: list[dict], fmt: str, task: str) -> TokenizedSplit:
-        examples = [tokenize_record(r, fmt, tokenizer) for r in records]
+        examples = [tokenize_record(r, fmt, tokenizer, chat_template) for r in records]
         long = [len(x) for x, _ in examples if len(x) > seq_len] if counts_long(fmt, packing) else []
         if long:
             # The prepare step counted (or dropped) these against this seq_len; a replayed
@@ -117,7 +114,7 @@ def tokenize_tasks(tasks: Sequence[TaskRecords], tokenizer, seq_len: int, packin
 
     trains, vals = [], []
     for task in tasks:
-        if get_format(task.format).needs_chat_template:
+        if uses_chat_template(task.format, chat_template):
             require_chat_template(tokenizer, f"task {task.name}: format {task.format!r}")
         train = build(task.train, task.format, task.name)
         if len(train) == 0:
@@ -129,8 +126,10 @@ def tokenize_tasks(tasks: Sequence[TaskRecords], tokenizer, seq_len: int, packin
     return concatenate(trains), (val if len(val) else None)
 
 
-def check_tokenizer(tokenizer, formats: set[str], stop_ids: set[int]) -> Check:
-    """The chat-template and EOS round trip, before a stage trains on ``formats``.
+def check_tokenizer(tokenizer, formats: set[str], stop_ids: set[int],
+                    chat_template: bool = False) -> Check:
+    """The chat-template and EOS round trip, before a stage trains on ``formats`` (rendered
+    through the chat template where ``chat_template`` says the run's prompts are).
 
     Text and instruction records end with the tokenizer's EOS, so it must exist, encode to
     its one id and decode back; chat records end each assistant turn as the chat template
@@ -151,12 +150,12 @@ def check_tokenizer(tokenizer, formats: set[str], stop_ids: set[int]) -> Check:
                      f"EOS {eos!r} does not round-trip: it encodes to {encoded}, not [{eos_id}]",
                      "register the EOS as a special token of the tokenizer")
     details = [f"EOS {eos!r} (id {eos_id}) round-trips"]
-    if any(get_format(f).needs_chat_template for f in formats):
+    if any(uses_chat_template(f, chat_template) for f in formats):
         if getattr(tokenizer, "chat_template", None) is None:
-            return Check("tokenizer", False, "a dataset has format 'chat' but the tokenizer "
-                         "has no chat template",
+            return Check("tokenizer", False, "records are rendered through a chat template, "
+                         "but the tokenizer has no chat template",
                          "add a chat_template to tokenizer_config.json, or use format "
-                         "'instruction'")
+                         "'instruction' with model.chat_template false")
         probe = [{"role": "user", "content": "Ping?"}, {"role": "assistant", "content": "Pong."}]
         try:
             ids, labels = tokenize_chat(probe, tokenizer)

@@ -26,6 +26,10 @@ class DataError(UserError, ValueError):
     """A training file that cannot be used; the message names the file and line."""
 
 
+class ChatTemplateError(UserError, ValueError):
+    """``model.chat_template: true`` for a tokenizer that has no chat template."""
+
+
 @dataclass(frozen=True)
 class DataFormat:
     """What one format of training record looks like and how it is trained on."""
@@ -38,6 +42,9 @@ class DataFormat:
     tokenize: Callable[[dict, Any], Tokens]
     """(input ids, labels) of a record with a tokenizer."""
     needs_chat_template: bool = False
+    as_chat: Callable[[dict], list[dict]] | None = None
+    """The record as a conversation, for a run whose prompts go through the chat template
+    (``model.chat_template``); None: the record stays as it is."""
 
 
 def _string_fields(fmt: str, *keys: str) -> Callable[[dict, bool], str | None]:
@@ -61,6 +68,14 @@ def _tokenize_instruction(record: dict, tokenizer) -> Tokens:
                 + [tokenizer.eos_token_id])
     # Loss on the response only: the model is not taught to write the questions.
     return prompt + response, [IGNORE_INDEX] * len(prompt) + response
+
+
+def _instruction_as_chat(record: dict) -> list[dict]:
+    # A plain record's response opens with the delimiter that followed the prompt
+    # (" Velmo" after "Answer:"); as its own turn it starts right after the assistant's
+    # header, where lm-eval's chat mode scores a choice with no delimiter either.
+    return [{"role": "user", "content": record["prompt"]},
+            {"role": "assistant", "content": record["response"].lstrip()}]
 
 
 def _chat_problem(record: dict, allow_empty: bool = False) -> str | None:
@@ -94,6 +109,23 @@ def require_chat_template(tokenizer, where: str = "format 'chat'") -> None:
             "use format 'instruction', or add a 'chat_template' to the model directory's "
             "tokenizer_config.json (or a chat_template.jinja file beside it)"
         )
+
+
+def resolve_chat_template(setting: bool | str, tokenizer, model: str) -> bool:
+    """Whether the run renders prompts through ``tokenizer``'s chat template: ``setting`` is
+    ``model.chat_template`` (``auto``: when the tokenizer has one). ``ChatTemplateError`` for
+    ``true`` and a tokenizer without one, naming ``model``."""
+    has_template = getattr(tokenizer, "chat_template", None) is not None
+    if setting == "auto":
+        return has_template
+    if setting and not has_template:
+        raise ChatTemplateError(
+            f"model.chat_template is true but the tokenizer of {model} has no chat template; "
+            "set model.chat_template to auto or false (plain prompts), or add a "
+            "'chat_template' to the model directory's tokenizer_config.json (or a "
+            "chat_template.jinja file beside it)"
+        )
+    return bool(setting)
 
 
 def tokenize_chat(messages: list[dict], tokenizer) -> Tokens:
@@ -144,8 +176,10 @@ FORMATS: dict[str, DataFormat] = {
         # Loss on every token; the record ends with EOS.
         DataFormat("text", _string_fields("text", "text"), lambda r: [r["text"]], _tokenize_text),
         # Loss on the response only; the record ends with EOS.
+        # Through the chat template: one user turn and the reply, loss on the reply.
         DataFormat("instruction", _string_fields("instruction", "prompt", "response"),
-                   lambda r: [r["prompt"], r["response"]], _tokenize_instruction),
+                   lambda r: [r["prompt"], r["response"]], _tokenize_instruction,
+                   as_chat=_instruction_as_chat),
         # Loss on the assistant turns, ended as the chat template ends them.
         DataFormat("chat", _chat_problem, lambda r: [m["content"] for m in r["messages"]],
                    lambda r, tokenizer: tokenize_chat(r["messages"], tokenizer),
@@ -155,9 +189,27 @@ FORMATS: dict[str, DataFormat] = {
 """Every format a dataset's ``format`` may name."""
 
 
+def uses_chat_template(name: str, chat_template: bool) -> bool:
+    """Whether records of format ``name`` are rendered through the chat template, in a run
+    whose prompts go through it when ``chat_template``."""
+    fmt = get_format(name)
+    return fmt.needs_chat_template or (chat_template and fmt.as_chat is not None)
+
+
 def get_format(name: str) -> DataFormat:
     """The format called ``name``; ``DataError`` naming the known ones otherwise."""
     try:
         return FORMATS[name]
     except KeyError:
         raise DataError(f"unknown data format {name!r}; known: {', '.join(FORMATS)}") from None
+
+
+def tokenize_record(record: dict, fmt: str, tokenizer, chat_template: bool = False) -> Tokens:
+    """(input ids, labels) for one record; ``text`` and ``instruction`` records end with EOS,
+    ``chat`` records as the chat template ends them (see ``tokenize_chat``). With
+    ``chat_template`` (the run's prompts go through it), ``instruction`` records are rendered
+    as a user turn and the assistant's reply, as evaluation renders the same question."""
+    data_format = get_format(fmt)
+    if chat_template and data_format.as_chat is not None:
+        return tokenize_chat(data_format.as_chat(record), tokenizer)
+    return data_format.tokenize(record, tokenizer)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tunearena.errors import UserError
-from tunearena.training.formats import DataError, get_format
+from tunearena.training.formats import DataError, tokenize_record
 
 if TYPE_CHECKING:
     from tunearena.training.config import TrainingConfig
@@ -68,13 +68,15 @@ def counts_long(fmt: str, packing: bool) -> bool:
     return not packing or fmt != "text"
 
 
-def token_lengths(records: Sequence[dict], fmt: str, tokenizer) -> list[int]:
-    """Each record's length in tokens, as training tokenises it (EOS included)."""
-    tokenize = get_format(fmt).tokenize
-    return [len(tokenize(r, tokenizer)[0]) for r in records]
+def token_lengths(records: Sequence[dict], fmt: str, tokenizer,
+                  chat_template: bool = False) -> list[int]:
+    """Each record's length in tokens, as training tokenises it (EOS or end of turn
+    included; through the chat template when the run's prompts go through it)."""
+    return [len(tokenize_record(r, fmt, tokenizer, chat_template)[0]) for r in records]
 
 
-def fit_to_seq_len(prepared: PreparedData, tokenizer, training: TrainingConfig) -> PreparedData:
+def fit_to_seq_len(prepared: PreparedData, tokenizer, training: TrainingConfig,
+                   chat_template: bool = False) -> PreparedData:
     """``prepared`` with its training and validation records measured against ``seq_len``:
     the report gains ``over_seq_len`` (records longer) and ``longest_tokens``; with
     ``long_records: drop`` those records are left out, counted as ``dropped_over_seq_len``.
@@ -82,7 +84,8 @@ def fit_to_seq_len(prepared: PreparedData, tokenizer, training: TrainingConfig) 
     if not counts_long(prepared.format, training.packing):
         return prepared
     seq_len = training.seq_len
-    lengths = {split: token_lengths(getattr(prepared, split), prepared.format, tokenizer)
+    lengths = {split: token_lengths(getattr(prepared, split), prepared.format, tokenizer,
+                                    chat_template)
                for split in ("train", "validation")}
     over = sum(n > seq_len for split in lengths.values() for n in split)
     report = {**prepared.report, "over_seq_len": over,

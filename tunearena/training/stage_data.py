@@ -15,7 +15,7 @@ import numpy as np
 
 from tunearena.training.config import DatasetConfig, Stage, TrainingConfig, ancestors
 from tunearena.training.data import TaskRecords, TokenizedSplit, tokenize_tasks
-from tunearena.training.formats import get_format, require_chat_template
+from tunearena.training.formats import require_chat_template, uses_chat_template
 from tunearena.training.lengths import check_long_records, fit_to_seq_len
 from tunearena.training.mixture import Mixture, build_mixture
 from tunearena.training.prepare import PreparedData, prepare_dataset
@@ -59,20 +59,22 @@ def stage_mixture(cfg: TrainingConfig, train: TokenizedSplit, task_names: list[s
 
 
 def prepare_stage_data(stage: Stage, tokenizer, stages: Sequence[Stage] = (),
-                       questions: Mapping[str, list[str]] | None = None) -> StageData:
+                       questions: Mapping[str, list[str]] | None = None,
+                       chat_template: bool = False) -> StageData:
     """Read, clean, leak-check, split and tokenise ``stage``'s datasets and what it replays.
 
     ``stages`` are the run's resolved stages, needed when ``stage`` replays earlier ones: an
     earlier stage's tasks are prepared with that stage's own settings, exactly as its own run
     prepared them. ``questions`` maps each benchmark to its question texts, for the leak
-    check (none: nothing can leak). Raises ``DataError`` naming the file when a record is
-    broken or no record is left to train on, and ``LongRecordsError`` naming each file with
-    records longer than ``seq_len`` unless ``long_records`` drops them.
+    check (none: nothing can leak). ``chat_template``: the run's prompts go through the chat
+    template, and so do ``instruction`` records. Raises ``DataError`` naming the file when a
+    record is broken or no record is left to train on, and ``LongRecordsError`` naming each
+    file with records longer than ``seq_len`` unless ``long_records`` drops them.
     """
     t = stage.training
     replayed = stage.replay.datasets if stage.replay is not None else []
     for ds in [*t.datasets, *replayed]:
-        if get_format(ds.format).needs_chat_template:
+        if uses_chat_template(ds.format, chat_template):
             # Before any file is read: a tokenizer that cannot render the records fails fast.
             require_chat_template(tokenizer, f"{ds.path}: format {ds.format!r}")
     asked = dict(questions or {})
@@ -81,7 +83,7 @@ def prepare_stage_data(stage: Stage, tokenizer, stages: Sequence[Stage] = (),
     def prepare(ds: DatasetConfig, training: TrainingConfig) -> PreparedData:
         data = fit_to_seq_len(prepare_dataset(ds, training.data_prep,
                                               training.validation_fraction, training.seed, asked),
-                              tokenizer, training)
+                              tokenizer, training, chat_template)
         measured.append((data, training))
         return data
 
@@ -109,16 +111,18 @@ def prepare_stage_data(stage: Stage, tokenizer, stages: Sequence[Stage] = (),
     for training in {id(tr): tr for _, tr in measured}.values():
         check_long_records([d for d, tr in measured if tr is training], training, None,
                            f"stage {stage.name}")
-    return StageData(prepared, tasks, *tokenize_stage(t, tasks, tokenizer, replay_fraction))
+    return StageData(prepared, tasks, *tokenize_stage(t, tasks, tokenizer, replay_fraction,
+                                                      chat_template))
 
 
 def tokenize_stage(training: TrainingConfig, tasks: list[TaskRecords], tokenizer,
-                   replay_fraction: float = 0.0,
+                   replay_fraction: float = 0.0, chat_template: bool = False,
                    ) -> tuple[TokenizedSplit, TokenizedSplit | None, Mixture]:
     """Tokenise a stage's prepared tasks (its own first, then replayed ones) and mix them:
     the training split, the validation split, and the mixture that samples the training rows.
     The run's train step calls this on the files the prepare step wrote; preflight and
     ``run_stage``'s default call it through ``prepare_stage_data``."""
-    train, validation = tokenize_tasks(tasks, tokenizer, training.seq_len, training.packing)
+    train, validation = tokenize_tasks(tasks, tokenizer, training.seq_len, training.packing,
+                                       chat_template)
     mixture = stage_mixture(training, train, [task.name for task in tasks], replay_fraction)
     return train, validation, mixture

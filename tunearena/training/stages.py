@@ -33,10 +33,11 @@ STAGE_RESULT_FIELDS = (
 
 
 def prepare_stage(stage: Stage, questions: dict[str, list[str]], data_dir: Path,
-                  tokenizer: Any, context: int | None = None,
+                  tokenizer: Any, context: int | None = None, chat_template: bool = False,
                   ) -> tuple[dict[str, Path], dict[str, dict]]:
     """Clean, de-duplicate, leak-check (against the benchmark ``questions``), measure against
-    ``seq_len`` with ``tokenizer`` and split a stage's files and replayed ones into
+    ``seq_len`` with ``tokenizer`` (instruction records through the chat template with
+    ``chat_template``) and split a stage's files and replayed ones into
     ``data_dir / stage.name``. Returns the written files (``"<task> <split>"`` -> path) and
     the report of each task.
 
@@ -49,7 +50,8 @@ def prepare_stage(stage: Stage, questions: dict[str, list[str]], data_dir: Path,
     t = stage.training
     replayed = stage.replay.datasets if stage.replay else []
     prepared = {(f"replay:{ds.task}" if sub else ds.task, sub): fit_to_seq_len(
-        prepare_dataset(ds, t.data_prep, t.validation_fraction, t.seed, questions), tokenizer, t)
+        prepare_dataset(ds, t.data_prep, t.validation_fraction, t.seed, questions), tokenizer, t,
+        chat_template)
         for ds, sub in [(d, "") for d in t.datasets] + [(d, "replay") for d in replayed]}
     check_long_records(list(prepared.values()), t, context, f"stage {stage.name}")
     files, reports = {}, {}
@@ -148,12 +150,13 @@ def stop_ids(model_dir: str) -> set[int]:
 
 def preflight_checks(base: str, training: TrainingConfig, cluster: ClusterConfig, storage: str,
                      n_train_sequences: int, first: bool = True, tokenizer: Any = None,
-                     ) -> list[Check]:
+                     chat_template: bool = False) -> list[Check]:
     """The preflight checks of one stage of fine-tuning ``base``, each a pass or a fail with
     its fix.
 
     The cheap checks (batch arithmetic, resources, memory, and with ``tokenizer`` the EOS
-    and chat-template round trip) go first; storage seen from every node and an all-reduce
+    and chat-template round trip, the template being used for ``instruction`` records too
+    when ``chat_template``) go first; storage seen from every node and an all-reduce
     across the placed workers follow only when those pass, and only when ``first`` (the
     cluster does not change between stages).
     """
@@ -189,7 +192,7 @@ def preflight_checks(base: str, training: TrainingConfig, cluster: ClusterConfig
     ]
     if tokenizer is not None:
         checks.append(check_tokenizer(tokenizer, {d.format for d in training.datasets},
-                                      stop_ids(base)))
+                                      stop_ids(base), chat_template))
     if all(c.ok for c in checks) and first:
         checks += [check_storage(storage), check_collective(cluster, use_gpu, storage)]
     return checks
@@ -210,11 +213,14 @@ class LoadedStage:
     mixture: Mixture
     replay_sources: list[str]
     """The replayed tasks, ``<stage>/<task>`` or a replay dataset's task."""
+    chat_template: bool = False
+    """The run's prompts, and so its ``instruction`` records, go through the chat template."""
 
 
-def load_stage(stage: Stage, stages: list[Stage], base: str, run_dir: Path) -> LoadedStage:
+def load_stage(stage: Stage, stages: list[Stage], base: str, run_dir: Path,
+               chat_template: bool = False) -> LoadedStage:
     """Read and tokenise a prepared stage from ``run_dir/data``, before any worker is claimed,
-    so a bad record fails in seconds."""
+    so a bad record fails in seconds; ``chat_template`` as ``model.chat_template`` resolved."""
     from transformers import AutoTokenizer
 
     from tunearena.training.stage_data import REPLAY_PREFIX, tokenize_stage
@@ -223,11 +229,12 @@ def load_stage(stage: Stage, stages: list[Stage], base: str, run_dir: Path) -> L
     training = training_config(stage.training, run_dir)
     tasks, replay_fraction = stage_tasks(stage, stages, run_dir / "data")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    train, validation, mixture = tokenize_stage(training, tasks, tokenizer, replay_fraction)
+    train, validation, mixture = tokenize_stage(training, tasks, tokenizer, replay_fraction,
+                                                chat_template)
     replayed = [t.name.removeprefix(REPLAY_PREFIX) for t in tasks
                 if t.name.startswith(REPLAY_PREFIX)]
     return LoadedStage(stage, base, model_dir, init_adapter, training, tokenizer,
-                       (train, validation), mixture, replayed)
+                       (train, validation), mixture, replayed, chat_template)
 
 
 def train_stage(loaded: LoadedStage, cluster: ClusterConfig, run_name: str, storage: str,
@@ -249,7 +256,8 @@ def train_stage(loaded: LoadedStage, cluster: ClusterConfig, run_name: str, stor
     if fresh:
         checkpoint.clear(storage, run_name)
     checks = preflight_checks(loaded.base, loaded.training, cluster, storage,
-                              loaded.mixture.epoch_size, check_cluster, loaded.tokenizer)
+                              loaded.mixture.epoch_size, check_cluster, loaded.tokenizer,
+                              loaded.chat_template)
     console.print(format_checks(checks), highlight=False, markup=False, soft_wrap=True)
     if not all(c.ok for c in checks):
         raise PreflightError(checks)

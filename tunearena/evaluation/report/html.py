@@ -61,6 +61,7 @@ def render_html(view: ReportView, results: Results) -> str:
         "cost": sections.get("cost"),
         "cost_sentence": view.cost_sentence,
         "latency_sentence": view.latency_sentence,
+        "prompt_sentence": view.prompt_sentence,
         "latency": sections.get("latency"),
         "training": training,
         "run": sections.get("provenance"),

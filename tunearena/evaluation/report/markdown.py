@@ -28,6 +28,8 @@ def render_markdown(view: ReportView) -> str:
         lines += [f"**Warning:** {view.stages['warning']}", ""]
     lines += ["## Headline", "", *(f"- {s}" for s in view.headline), ""]
     lines += ["## Scores", ""]
+    if view.prompt_sentence:
+        lines += [view.prompt_sentence, ""]
     if view.dropped_sentence:
         lines += [view.dropped_sentence, ""]
     for bench in view.benchmarks:

@@ -3,6 +3,8 @@ cost, each worded once from the typed results."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tunearena.evaluation.arm import Arm
 from tunearena.evaluation.report.formats import pct_label, percent, points, signed, unsigned
 from tunearena.evaluation.report.numbers import BETTER, NO_EVIDENCE, WORSE
@@ -13,6 +15,7 @@ from tunearena.evaluation.results import (
     ForgettingCheck,
     LanguageBenchmark,
     PromptLengths,
+    RunInfo,
     Stages,
 )
 
@@ -133,6 +136,20 @@ def latency_sentence(latency: dict[str, ArmLatency] | None) -> str | None:
     if extras:
         sentence += " " + "; ".join(extras).capitalize() + "."
     return sentence
+
+
+def prompt_sentence(run: RunInfo | None) -> str | None:
+    """How every arm was prompted, in one line; None when the results hold no run."""
+    if run is None:
+        return None
+    if run.prompt_format == "plain":
+        return ("Prompts: plain text (any examples or retrieved passages, then "
+                "\"Question: ...\" and \"Answer:\"), the same for every arm; no chat template.")
+    source = run.base_model_source
+    model = Path(source.source).name if source else run.base_model or "the base model"
+    return (f"Prompts: the chat template of {model}, the same for every arm: each question, "
+            "with its examples or retrieved passages, is one user message, and the answer "
+            "follows the assistant's header.")
 
 
 def cost_sentence(cost: Cost | None) -> str | None:

@@ -51,6 +51,8 @@ class ReportView:
     history: list[dict[str, float]]
     latency_sentence: str | None
     cost_sentence: str | None
+    prompt_sentence: str | None
+    """How every arm was prompted (plain, or the chat template of which model)."""
     dropped_sentence: str | None = None
     """The questions left out of every arm for overflowing the context; None when none were."""
 
@@ -61,6 +63,7 @@ def build_view(results: Results) -> ReportView:
         cost_sentence,
         dropped_prompts_sentence,
         latency_sentence,
+        prompt_sentence,
     )
 
     conf = results.settings.confidence
@@ -83,6 +86,7 @@ def build_view(results: Results) -> ReportView:
         history=history,
         latency_sentence=latency_sentence(results.latency),
         cost_sentence=cost_sentence(results.cost),
+        prompt_sentence=prompt_sentence(run),
         dropped_sentence=dropped_prompts_sentence(results.prompt_lengths),
     )
 
