@@ -126,7 +126,10 @@ def test_buckets_follow_the_trainable_count_on_a_gpu():
 def test_a_cpu_holds_only_the_bucket_pages_it_writes():
     cfg = training(zero_stage=2, method="lora", comm_bucket_elements=500_000_000)
     e = estimate(cfg, SMOLLM2_LORA, world_size=2, bf16=False, use_gpu=False)
-    assert e.buckets_bytes == 2 * 4_884_480 * 4
+    assert e.buckets_bytes == 4_884_480 * 4  # one buffer's worth: every gradient fits it
+    small = estimate(training(zero_stage=2, method="lora", comm_bucket_elements=2**20),
+                     SMOLLM2_LORA, world_size=2, bf16=False, use_gpu=False)
+    assert small.buckets_bytes == 2 * 2**20 * 4  # both buffers, alternating
     zero1 = estimate(training(zero_stage=1, method="lora"), SMOLLM2_LORA, world_size=2,
                      bf16=False, use_gpu=False)
     assert zero1.buckets_bytes == 4_884_480 * 4  # one fp32 staging bucket
@@ -136,8 +139,24 @@ def test_baseline_is_the_process_on_a_cpu_and_the_cuda_context_on_a_gpu():
     assert estimate(training(), SMALL, use_gpu=False, bf16=False).baseline_bytes == \
         CPU_PROCESS_BYTES
     assert estimate(training(), SMALL).baseline_bytes == GPU_CONTEXT_BYTES
-    e = estimate(training(), SMALL)
+
+
+def test_a_gpu_holds_every_part_at_once():
+    e = estimate(training(), SMALL, world_size=2)
     assert e.total_bytes == sum(v for k, v in e.parts().items() if k != "host")
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_a_cpu_holds_the_larger_of_the_forward_and_backward_phases(stage):
+    e = estimate(training(zero_stage=stage), SMALL, world_size=2, bf16=False, use_gpu=False)
+    states = e.baseline_bytes + e.weights_bytes + e.optimizer_bytes
+    forward, backward = e.activations_bytes + e.logits_bytes, e.gradients_bytes + e.buckets_bytes
+    assert e.total_bytes == states + max(forward, backward)
+    # ZeRO-3 keeps its bucket and gradient partition between steps.
+    e3 = estimate(training(zero_stage=3), SMALL, world_size=2, bf16=False, use_gpu=False)
+    assert e3.total_bytes == (e3.baseline_bytes + e3.weights_bytes + e3.optimizer_bytes
+                              + e3.gradients_bytes + e3.buckets_bytes + e3.activations_bytes
+                              + e3.logits_bytes)
 
 
 # ---------------------------------------------------------------------------- activations, logits
@@ -170,8 +189,9 @@ def test_chunked_loss_holds_one_chunk_of_logits():
     assert whole == tokens * 32000 * (2 + 8)  # bf16 logits, fp32 log-softmax and gradient
     chunked_shape = dataclasses.replace(LLAMA7B, chunked_loss=True)
     chunked = logits_bytes(chunked_shape, tokens, 2, head_trains=True)
-    # 262M logits make two chunks of 4096 tokens, plus the fp32 head and hidden gradients.
-    assert chunked == 4096 * 32000 * 10 + 32000 * 4096 * 4 + tokens * 4096 * 4
+    # 262M logits make two chunks of 4096 tokens (bf16 logits, fp32 log-probabilities made
+    # the gradient in place, its bf16 copy), plus the fp32 head and hidden gradients.
+    assert chunked == 4096 * 32000 * 8 + 32000 * 4096 * 4 + tokens * 4096 * 4
     frozen_head = logits_bytes(chunked_shape, tokens, 2, head_trains=False)
     assert chunked - frozen_head == 32000 * 4096 * 4
 
@@ -186,14 +206,15 @@ def test_smollm2_lora_estimate_is_plausible_from_its_parameter_counts():
     frozen_fp32 = 4 * SMOLLM2_LORA.total_params
     trainable = SMOLLM2_LORA.trainable_params
     assert e.weights_bytes == frozen_fp32
-    # fp32 grads partition (4), master + Adam (12) over two ranks; two buckets, of which a
-    # CPU process holds what every trainable gradient writes.
+    # fp32 grads partition (4), master + Adam (12) over two ranks; of its two buckets a CPU
+    # process holds what every trainable gradient writes.
     assert e.gradients_bytes + e.optimizer_bytes == 8 * trainable
-    assert e.buckets_bytes == 2 * trainable * 4
+    assert e.buckets_bytes == trainable * 4
     # Activations dominate at this shape: more than the weights, less than four times them.
     assert frozen_fp32 < e.activations_bytes < 4 * frozen_fp32
-    # The whole: baseline and weights, plus activations and logits of a few GiB at most.
-    assert CPU_PROCESS_BYTES + frozen_fp32 + e.activations_bytes < e.total_bytes
+    # The whole: baseline and weights, plus activations and logits (the forward phase).
+    assert e.total_bytes == (CPU_PROCESS_BYTES + frozen_fp32 + e.optimizer_bytes
+                             + e.activations_bytes + e.logits_bytes)
     assert 3.2 * GIB < e.total_bytes < 4.6 * GIB
     # Preflight's old figure, without activations' LoRA copies, logits or the process: 1.9 GiB.
     assert e.total_bytes > 1.9 * GIB * 1.5

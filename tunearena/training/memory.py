@@ -15,6 +15,7 @@ import torch
 from tunearena.cluster.preflight import Check
 from tunearena.training.batch import BatchPlan
 from tunearena.training.config import LoraConfig, TrainingConfig
+from tunearena.training.ds_config import bucket_elements
 from tunearena.training.model import (
     CHUNK_LOGITS,
     CHUNKED_LOSS_MODEL_TYPES,
@@ -113,6 +114,7 @@ class MemoryEstimate:
     logits_bytes: int
     """The loss's transient logits, log-probabilities and their gradient."""
     host_bytes: int
+    use_gpu: bool
     zero_stage: int
     world_size: int
     micro_batch_size: int
@@ -135,9 +137,24 @@ class MemoryEstimate:
 
     @property
     def total_bytes(self) -> int:
-        """Everything on the worker's device at the peak (the end of the forward pass)."""
-        return (self.baseline_bytes + self.model_states_bytes + self.buckets_bytes
-                + self.activations_bytes + self.logits_bytes)
+        """What the worker's device holds at its peak.
+
+        Under ZeRO 0-2 the gradients and buckets live from the backward pass to the optimizer
+        step (DeepSpeed releases its buckets and gradient partition there), while the
+        activations and logits live from the forward pass into the backward. A GPU's caching
+        allocator takes whole buffers at the start of the backward pass, while nearly every
+        activation is still held: all of it counts. A CPU process holds a page once written,
+        and gradients are written as activations are freed: the larger of the two phases
+        counts (measured: within 1% of the peak for SmolLM2-135M, LoRA and full).
+        """
+        states = self.baseline_bytes + self.weights_bytes + self.optimizer_bytes
+        forward = self.activations_bytes + self.logits_bytes
+        backward = self.gradients_bytes + self.buckets_bytes
+        if self.use_gpu:
+            return states + forward + backward
+        # ZeRO-3 keeps its reduce bucket and gradient partitions from step to step.
+        kept = backward if self.zero_stage == 3 else 0
+        return states + kept + max(forward, backward - kept)
 
 
 def activation_bytes(shape: ModelShape, micro_batch_size: int, seq_len: int, value_bytes: int,
@@ -152,7 +169,7 @@ def activation_bytes(shape: ModelShape, micro_batch_size: int, seq_len: int, val
     residual's (h), and the SwiGLU MLP's gate, up, activated gate and product (4i). A LoRA
     adapter with dropout keeps its dropped-out input and mask (value + 1 byte per input
     feature) and its rank-r inner activation. Measured on SmolLM2-135M with saved-tensor
-    hooks: within 1% (full), 2% (LoRA) and 7% (checkpointing) of this count. With full
+    hooks: within 1% (full and LoRA) and 7% (checkpointing) of this count. With full
     recomputation (Hugging Face's gradient checkpointing per decoder layer) only each
     layer's input is kept, plus one layer's full activations while it is recomputed.
     """
@@ -171,8 +188,10 @@ def activation_bytes(shape: ModelShape, micro_batch_size: int, seq_len: int, val
 def logits_bytes(shape: ModelShape, tokens: int, value_bytes: int, head_trains: bool) -> int:
     """The loss's peak: logits in the training dtype, their fp32 log-softmax and gradient.
 
-    With the chunked loss these exist for one chunk of ``CHUNK_LOGITS`` at a time, plus the
-    fp32 gradient of a trained output head and of the final hidden states.
+    Hugging Face's loss upcasts the logits and keeps the log-softmax for the backward pass.
+    The chunked loss holds one chunk of ``CHUNK_LOGITS`` at a time: the logits, their fp32
+    log-probabilities turned in place into the gradient, and in bf16 its bf16 copy (8 bytes
+    a logit either way), plus the fp32 gradients of a trained head and the hidden states.
     """
     logits = tokens * shape.vocab_size
     if not shape.chunked_loss:
@@ -180,7 +199,7 @@ def logits_bytes(shape: ModelShape, tokens: int, value_bytes: int, head_trains: 
     n_chunks = -(-logits // CHUNK_LOGITS)
     chunk = -(-tokens // n_chunks) * shape.vocab_size
     head = shape.vocab_size * shape.hidden_size * 4 if head_trains else 0
-    return chunk * (value_bytes + 8) + head + tokens * shape.hidden_size * 4
+    return chunk * 8 + head + tokens * shape.hidden_size * 4
 
 
 def estimate_memory_per_worker(cfg: TrainingConfig, world_size: int, bf16: bool,
@@ -198,8 +217,6 @@ def estimate_memory_per_worker(cfg: TrainingConfig, world_size: int, bf16: bool,
     the host (on a GPU; on a CPU they stay in the same process). Add the communication
     buckets, the activations, the loss's logits and the process (CPU) or CUDA context (GPU).
     """
-    from tunearena.training.ds_config import bucket_elements
-
     value_bytes = 2 if bf16 else 4
     trainable = shape.trainable_params
     frozen = shape.total_params - trainable
@@ -224,24 +241,27 @@ def estimate_memory_per_worker(cfg: TrainingConfig, world_size: int, bf16: bool,
         host += optimizer
         optimizer = 0
     bucket = cfg.comm_bucket_elements or bucket_elements(trainable)
-    if not use_gpu:
-        # A CPU process holds only the pages written, at most every trainable gradient; the
-        # GPU's caching allocator reserves the whole buffer.
-        bucket = min(bucket, trainable)
     # ZeRO-2 with overlap_comm double-buffers; ZeRO-1 stages in fp32; ZeRO-0 has none.
-    buckets = {0: 0, 1: bucket * 4, 2: 2 * bucket * value_bytes, 3: bucket * value_bytes}
+    n_buffers, bucket_value_bytes = {0: (0, 0), 1: (1, 4), 2: (2, value_bytes),
+                                     3: (1, value_bytes)}[cfg.zero_stage]
+    bucket_elems = n_buffers * bucket
+    if not use_gpu:
+        # A CPU process holds only the pages written, at most one per trainable gradient;
+        # the GPU's caching allocator takes every buffer whole.
+        bucket_elems = min(bucket_elems, trainable)
     tokens = cfg.micro_batch_size * cfg.seq_len
     return MemoryEstimate(
         baseline_bytes=GPU_CONTEXT_BYTES if use_gpu else CPU_PROCESS_BYTES,
         weights_bytes=math.ceil(weights),
         gradients_bytes=math.ceil(gradients),
         optimizer_bytes=math.ceil(optimizer),
-        buckets_bytes=buckets[cfg.zero_stage],
+        buckets_bytes=bucket_elems * bucket_value_bytes,
         activations_bytes=activation_bytes(
             shape, cfg.micro_batch_size, cfg.seq_len, value_bytes, cfg.gradient_checkpointing,
             cfg.lora.dropout if cfg.method != "full" else 0.0),
         logits_bytes=logits_bytes(shape, tokens, value_bytes, head_trains=cfg.method == "full"),
         host_bytes=math.ceil(host),
+        use_gpu=use_gpu,
         zero_stage=cfg.zero_stage,
         world_size=world_size,
         micro_batch_size=cfg.micro_batch_size,
