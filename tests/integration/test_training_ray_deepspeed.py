@@ -106,6 +106,8 @@ def test_run_stage_exports_a_trained_model(stage, trained, tiny_model_dir):
     assert summary.final_val_loss is not None and summary.final_val_loss > 0
     assert summary.tokens_per_s > 0 and summary.mfu is None  # MFU is a GPU figure
     assert len(summary.step_time_s) == 8 and len(summary.placement) == 2
+    # Every rank's peak resident memory: at least the libraries a worker imports.
+    assert len(summary.peak_rss_mb) == 2 and min(summary.peak_rss_mb) > 200
     assert summary.export_check[0].abs_diff <= 1e-3
     # The logged epoch counts passes completed after the step.
     steps_per_epoch = summary.train_sequences // summary.global_batch_size

@@ -54,6 +54,15 @@ def test_overhead_against_the_torchrun_baseline():
 
 
 @pytest.mark.slow
+def test_memory():
+    out = bench("memory.py", "--shapes", "tiny-full", "--steps", "2")
+    line = next(x for x in out.splitlines()
+                if x.startswith("ratio estimate/measured peak (tiny-full, sized buckets):"))
+    assert float(line.split(":")[1].split()[0]) > 0
+    assert "tiny-full           sized" in out
+
+
+@pytest.mark.slow
 def test_demo_time():
     out = bench("demo_time.py", *[a for s in (
         "stages.0.max_steps=2", "stages.1.max_steps=2", "stages.2.max_steps=2",

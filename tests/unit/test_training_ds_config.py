@@ -12,7 +12,14 @@ import torch
 from deepspeed.runtime.config import DeepSpeedConfig
 
 from tunearena.training.config import TrainingConfig
-from tunearena.training.ds_config import build_ds_config, build_lr_scheduler, lr_ratio
+from tunearena.training.ds_config import (
+    DEEPSPEED_BUCKET_ELEMENTS,
+    MIN_BUCKET_ELEMENTS,
+    bucket_elements,
+    build_ds_config,
+    build_lr_scheduler,
+    lr_ratio,
+)
 
 
 def make_cfg(**overrides) -> TrainingConfig:
@@ -84,6 +91,66 @@ def test_deepspeed_parser_rejects_a_world_size_mismatch():
     # The reason build_ds_config states all three batch numbers: a wrong world size fails.
     with pytest.raises(AssertionError, match="train_batch_size is not equal"):
         DeepSpeedConfig(build_ds_config(make_cfg(), 2, 20, bf16=False))
+
+
+# SmolLM2-135M's parameter counts: all of them, and its rank-16 all-linear LoRA adapters.
+SMOLLM2_PARAMS = 134_515_008
+SMOLLM2_LORA_PARAMS = 4_884_480
+
+
+@pytest.mark.parametrize(("trainable", "bucket"), [
+    (SMOLLM2_LORA_PARAMS, 5 * MIN_BUCKET_ELEMENTS),  # rounded up to whole MiB of elements
+    (SMOLLM2_PARAMS, 129 * MIN_BUCKET_ELEMENTS),
+    (1_000, MIN_BUCKET_ELEMENTS),  # the floor
+    (7_000_000_000, DEEPSPEED_BUCKET_ELEMENTS),  # never above DeepSpeed's own default
+])
+def test_bucket_holds_every_trainable_gradient_within_bounds(trainable, bucket):
+    assert bucket_elements(trainable) == bucket
+    assert bucket >= min(trainable, DEEPSPEED_BUCKET_ELEMENTS) and bucket % 2 == 0
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_buckets_follow_the_trainable_count_lora_against_full(stage):
+    cfg = make_cfg(zero_stage=stage)
+    lora = build_ds_config(cfg, 2, 10, bf16=False, trainable_params=SMOLLM2_LORA_PARAMS)
+    full = build_ds_config(cfg, 2, 10, bf16=False, trainable_params=SMOLLM2_PARAMS)
+    for ds, trainable in ((lora, SMOLLM2_LORA_PARAMS), (full, SMOLLM2_PARAMS)):
+        zero = ds["zero_optimization"]
+        assert zero["reduce_bucket_size"] == zero["allgather_bucket_size"]
+        assert trainable <= zero["reduce_bucket_size"] < trainable + MIN_BUCKET_ELEMENTS
+    # LoRA's buckets are 26x smaller than full fine-tuning's, and 100x below DeepSpeed's.
+    assert lora["zero_optimization"]["reduce_bucket_size"] * 25 < \
+        full["zero_optimization"]["reduce_bucket_size"]
+    assert lora["zero_optimization"]["reduce_bucket_size"] * 95 < DEEPSPEED_BUCKET_ELEMENTS
+
+
+def test_zero3_sizes_its_reduce_bucket_and_zero0_has_none():
+    zero3 = build_ds_config(make_cfg(zero_stage=3), 2, 10, bf16=False,
+                            trainable_params=SMOLLM2_LORA_PARAMS)["zero_optimization"]
+    assert zero3["reduce_bucket_size"] == 5 * MIN_BUCKET_ELEMENTS
+    assert "allgather_bucket_size" not in zero3  # ZeRO-3 gathers by its prefetch bucket
+    zero0 = build_ds_config(make_cfg(zero_stage=0), 2, 10, bf16=False,
+                            trainable_params=SMOLLM2_LORA_PARAMS)["zero_optimization"]
+    assert "reduce_bucket_size" not in zero0
+
+
+def test_without_a_count_deepspeed_keeps_its_default_and_the_config_overrides_both():
+    zero = build_ds_config(make_cfg(), 2, 10, bf16=False)["zero_optimization"]
+    assert "reduce_bucket_size" not in zero and "allgather_bucket_size" not in zero
+    cfg = make_cfg(comm_bucket_elements=12_345)
+    zero = build_ds_config(cfg, 2, 10, bf16=False, trainable_params=10**9)["zero_optimization"]
+    assert zero["reduce_bucket_size"] == 12_345
+    assert zero["allgather_bucket_size"] == 12_346  # the all-gather needs an even count
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_deepspeed_reads_the_sized_buckets(stage):
+    cfg = make_cfg(zero_stage=stage)
+    parsed = DeepSpeedConfig(build_ds_config(cfg, 1, 20, bf16=False,
+                                             trainable_params=SMOLLM2_LORA_PARAMS))
+    assert parsed.zero_config.reduce_bucket_size == 5 * MIN_BUCKET_ELEMENTS
+    if stage < 3:
+        assert parsed.zero_config.allgather_bucket_size == 5 * MIN_BUCKET_ELEMENTS
 
 
 def _lrs_seen_by_optimizer_steps(cfg: TrainingConfig, total_steps: int) -> tuple[list, float]:

@@ -174,6 +174,12 @@ class TrainingConfig(StrictModel):
     """Where parameters live between uses (ZeRO-3 only)."""
     nvme_path: Path | None = None
     """Local NVMe directory on every node, for ``nvme`` offload."""
+    comm_bucket_elements: int | None = Field(None, ge=2)
+    """DeepSpeed's gradient reduce / parameter all-gather bucket, in elements (its
+    ``reduce_bucket_size`` and ``allgather_bucket_size``); default: the trainable parameter
+    count, at least 2**20 and at most DeepSpeed's own 5e8. Each worker allocates two such
+    buffers under ZeRO-2 (one under ZeRO-1 and 3), so DeepSpeed's default reserves 2 GB of
+    GPU memory in bf16 however few parameters train."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     compile: bool = False

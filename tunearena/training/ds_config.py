@@ -9,18 +9,47 @@ import torch
 from tunearena.training.batch import BatchPlan
 from tunearena.training.config import TrainingConfig
 
+DEEPSPEED_BUCKET_ELEMENTS = 500_000_000
+"""DeepSpeed's default ``reduce_bucket_size`` and ``allgather_bucket_size`` (elements)."""
+MIN_BUCKET_ELEMENTS = 2**20
+"""The smallest bucket we size (4 MiB in fp32): below it a bucket saves nothing worth having."""
+
+
+def bucket_elements(trainable_params: int) -> int:
+    """The communication bucket, in elements, for ``trainable_params`` trainable parameters.
+
+    DeepSpeed allocates its gradient bucket at full size whatever trains: under ZeRO-2 with
+    ``overlap_comm`` two buffers of ``reduce_bucket_size`` elements per rank, under ZeRO-1 and
+    ZeRO-3 one, i.e. 4 GB (fp32) for its 5e8 default, while a 135M model's LoRA adapters have
+    5M gradients. A bucket as large as every trainable gradient already reduces them all in
+    one collective, which is what the default does for any model under 5e8 trainable
+    parameters, so no larger bucket changes the communication; the size is rounded up to a
+    multiple of the floor (which also keeps it even, as the all-gather's alignment needs).
+    """
+    rounded = -(-max(trainable_params, 1) // MIN_BUCKET_ELEMENTS) * MIN_BUCKET_ELEMENTS
+    return min(DEEPSPEED_BUCKET_ELEMENTS, rounded)
+
 
 def build_ds_config(
-    cfg: TrainingConfig, world_size: int, total_steps: int, bf16: bool, cuda: bool = False
+    cfg: TrainingConfig, world_size: int, total_steps: int, bf16: bool, cuda: bool = False,
+    trainable_params: int | None = None,
 ) -> dict:
     """A DeepSpeed config dict for ``cfg`` on ``world_size`` ranks running ``total_steps``.
 
     DeepSpeed checks ``train_batch_size == micro x accum x world_size`` itself; we state all
     three so a mismatch fails at start-up rather than silently changing the batch. The
-    schedule is not in here: see ``build_lr_scheduler``.
+    schedule is not in here: see ``build_lr_scheduler``. The communication buckets are
+    ``cfg.comm_bucket_elements``, else sized to ``trainable_params`` (``bucket_elements``),
+    else (count unknown, as under ZeRO-3 before the model exists) DeepSpeed's default.
     """
     plan = BatchPlan(cfg.micro_batch_size, cfg.grad_accum_steps, world_size)
     zero: dict = {"stage": cfg.zero_stage}
+    bucket = cfg.comm_bucket_elements or (
+        bucket_elements(trainable_params) if trainable_params is not None else None)
+    if cfg.zero_stage >= 1 and bucket is not None:
+        zero |= {"reduce_bucket_size": bucket}
+        if cfg.zero_stage < 3:  # ZeRO-3 gathers by prefetch bucket, not this one
+            zero |= {"allgather_bucket_size": bucket + bucket % 2}
     if cfg.zero_stage >= 2:
         zero |= {"contiguous_gradients": True, "overlap_comm": True}
     if cfg.zero_stage == 3:

@@ -32,7 +32,7 @@ from tunearena.training.model import count_parameters, load_model
 from tunearena.training.summary import TrainingSummary
 from tunearena.training.throughput import mfu
 from tunearena.training.tracking import Tracker
-from tunearena.training.worker import Worker
+from tunearena.training.worker import Worker, keep_mmap_threshold
 
 EXPORT_MARKER = "tunearena_export.json"
 """Written into a reported checkpoint that is a Hugging Face model dir (not DeepSpeed state):
@@ -50,6 +50,9 @@ def train_loop_per_worker(config: dict) -> None:
     transformers.utils.logging.disable_progress_bar()
     cfg = TrainingConfig.model_validate(config["training"])
     worker = Worker.from_ray_train()
+    if not worker.cuda:
+        # On a CPU the worker's memory is the process's: see keep_mmap_threshold.
+        keep_mmap_threshold()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     torch.manual_seed(cfg.seed)
     data = ray.get(config["data_ref"])
@@ -165,6 +168,10 @@ def start_engine(cfg: TrainingConfig, config: dict, worker: Worker,
     hf_ds_config = HfDeepSpeedConfig(ds_config) if cfg.zero_stage == 3 else None  # noqa: F841
     model = load_model(config["model_dir"], cfg, config["bf16"], config.get("init_adapter"))
     n_params, n_trainable = count_parameters(model)
+    # Now that the trainable count is known, the buckets are sized to it (loading only read
+    # the stage and partitioning settings, which do not change).
+    ds_config = build_ds_config(cfg, worker.world_size, total_steps, bf16=config["bf16"],
+                                cuda=worker.cuda, trainable_params=n_trainable)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=[p for p in model.parameters() if p.requires_grad],
@@ -370,6 +377,8 @@ def build_summary(cfg: TrainingConfig, worker: Worker, plan: BatchPlan, mixture:
         device=worker.device_name,
         peak_gpu_memory_mb=torch.cuda.max_memory_allocated(worker.device) / 2**20
         if worker.cuda else None,
+        # Gathered before the export, which reloads the model on rank 0 to check it.
+        peak_rss_mb=worker.peak_rss_mb(),
         placement=state.placement,
         global_batch_size=plan.global_batch_size,
         world_size=worker.world_size,

@@ -160,28 +160,16 @@ def preflight_checks(base: str, training: TrainingConfig, cluster: ClusterConfig
     across the placed workers follow only when those pass, and only when ``first`` (the
     cluster does not change between stages).
     """
-    from transformers import AutoConfig
-
     from tunearena.cluster.preflight import check_collective, check_resources, check_storage
     from tunearena.cluster.ray_cluster import resolve_use_gpu
     from tunearena.training.data import check_tokenizer
-    from tunearena.training.memory import (
-        check_batch,
-        check_memory,
-        estimate_memory_per_gpu,
-        gpu_memory_bytes,
-        parameter_counts,
-    )
+    from tunearena.training.memory import check_batch, check_memory, estimate_for, gpu_memory_bytes
     from tunearena.training.trainer import check_method, uses_bf16
 
     use_gpu = resolve_use_gpu(cluster)
     check_method(training, use_gpu)
-    shape = AutoConfig.from_pretrained(base)
-    total, trainable = parameter_counts(
-        base, training.lora if training.method != "full" else None)
-    estimate = estimate_memory_per_gpu(
-        training, cluster.num_workers, uses_bf16(training, use_gpu), total, trainable,
-        shape.hidden_size, shape.num_hidden_layers, shape.vocab_size)
+    estimate = estimate_for(base, training, cluster.num_workers, uses_bf16(training, use_gpu),
+                            use_gpu)
     device_memory = gpu_memory_bytes() if use_gpu else None
     if device_memory:  # a worker may hold a fraction of a GPU
         device_memory = int(device_memory * min(1.0, cluster.gpus_per_worker))

@@ -79,6 +79,9 @@ class TrainingSummary(_Record):
     """Model FLOPs utilisation on CUDA; ``None`` on CPU."""
     device: str
     peak_gpu_memory_mb: float | None = None
+    peak_rss_mb: list[float] = []
+    """Each rank's peak resident memory (its process's high-water mark) up to the end of
+    training, before the export, in rank order."""
     placement: list[WorkerPlacement] = []
     global_batch_size: int
     world_size: int
