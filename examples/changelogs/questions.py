@@ -82,10 +82,16 @@ class Distractors:
         # file, so it is offered about four times for each time it is right: no rule that
         # looks at the name alone (its frequency here or in training) beats chance.
         names = sorted(n for n in self.package_weight if n != answer)
+        weight = dict(self.package_weight)
+        if len(names) < 3:  # tiny data: any other package of the documents, weight 1
+            names += sorted(set(self.versions) - set(names) - {answer})
+            weight = {n: weight.get(n, 1) for n in names}
+        if len(names) < 3:
+            raise ValueError(f"only {len(names)} other packages to offer beside {answer!r}")
         chosen: list[str] = []
         while len(chosen) < 3:
             left = [n for n in names if n not in chosen]
-            chosen.append(self.rng.choices(left, [self.package_weight[n] for n in left])[0])
+            chosen.append(self.rng.choices(left, [weight[n] for n in left])[0])
         return chosen
 
 
