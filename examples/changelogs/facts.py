@@ -157,12 +157,18 @@ def _askable(item: str, entry: Entry, line_counts: Counter, dirs: dict[str, set[
             and not _names_package(item, _package_names(entry.source, dirs[entry.source])))
 
 
+def upstream(version: str) -> str:
+    """The upstream part of a Debian version: no epoch (``1:``), no Debian revision (``-2``)."""
+    return re.sub(r"-[^-]*$", "", version.split(":", 1)[-1])
+
+
 def split_facts(facts: list[Fact], test_fraction: float, rng: random.Random
                 ) -> tuple[list[Fact], list[Fact]]:
-    """(train, test): whole entries go to one side, and entries that share a version string
-    (one upstream release packaged under several names) go together, so no training question
-    states a test answer. Groups are drawn in a seeded order until the test side holds
-    ``test_fraction`` of the facts."""
+    """(train, test): whole entries go to one side, and entries that share an upstream
+    version (one release packaged under several names, as kubectl and google-cloud-cli, or
+    uploaded twice, as chromium's ``-1`` and ``-2``) go together, so no training question
+    states a test answer or its near twin. Groups are drawn in a seeded order until the test
+    side holds ``test_fraction`` of the facts."""
     groups: dict[str, set[str]] = {}
     parent: dict[str, str] = {}
 
@@ -172,7 +178,7 @@ def split_facts(facts: list[Fact], test_fraction: float, rng: random.Random
         return x
 
     for f in facts:
-        a, b = root("entry:" + f.entry.entry_id), root("version:" + f.entry.version)
+        a, b = root("entry:" + f.entry.entry_id), root("version:" + upstream(f.entry.version))
         if a != b:
             parent[max(a, b)] = min(a, b)
     for f in facts:
