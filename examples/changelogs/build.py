@@ -25,8 +25,15 @@ from datetime import date
 from pathlib import Path
 
 from changelog import read_changelogs
-from facts import (MAX_BODY_CHARS, MAX_FACTS_PER_SOURCE, document, find_facts, select_recent,
-                   split_facts, unique_entries)
+from facts import (
+    MAX_BODY_CHARS,
+    MAX_FACTS_PER_SOURCE,
+    document,
+    find_facts,
+    select_recent,
+    split_facts,
+    unique_entries,
+)
 from questions import Distractors, guessing_baselines, test_rows, train_records
 
 HERE = Path(__file__).resolve().parent

@@ -130,6 +130,16 @@ def _check_split(rows: list[dict], train: list[dict]) -> None:
         else:                            # asked by change line
             assert re.search(r'"(.+)"', q).group(1) not in prompts, row["id"]
     assert find_leaks(train, "instruction", {"test": [r["question"] for r in rows]}, 8) == []
+    # One upstream release (kubectl and google-cloud-cli, chromium's -1 and -2) is one side's.
+    trained = {m.group(1) for r in train for m in [re.search(r"When was \S+ (\S+) signed", r["prompt"])]
+               if m} | {r["response"].strip() for r in train if " version " in r["prompt"]}
+    tested = {r["choices"][r["answer"]] for r in rows if _kind(r) == "version"} | {
+        r["question"].rsplit(" version ", 1)[1].rstrip("?") for r in rows if _kind(r) == "date"}
+    assert trained and tested and not {_upstream(v) for v in trained} & {_upstream(v) for v in tested}
+
+
+def _upstream(version: str) -> str:
+    return re.sub(r"-[^-]*$", "", version.split(":", 1)[-1])
 
 
 def _check_choices(rows: list[dict], docs: list[dict]) -> None:
@@ -186,8 +196,8 @@ def test_committed_files_load_with_tunearena_loaders():
 
 
 def test_committed_questions_split_cleanly_with_fair_choices():
-    read = (lambda name: _lines((EXAMPLE / name).read_text(encoding="utf-8")))
-    rows, train, docs = read("qa_test.jsonl"), read("qa_train.jsonl"), read("documents.jsonl")
+    rows, train, docs = (_lines((EXAMPLE / name).read_text(encoding="utf-8"))
+                         for name in ("qa_test.jsonl", "qa_train.jsonl", "documents.jsonl"))
     _check_split(rows, train)
     _check_choices(rows, docs)
     _check_positions(rows)
