@@ -290,6 +290,25 @@ def test_recall_curve_is_plotted_in_the_retrieval_section_beside_its_table(resul
 # -- tunearena report RUN_DIR ---------------------------------------------------------------
 
 
+def test_cli_report_table_prints_every_arm_on_every_benchmark(tmp_path, capsys, results):
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert main(["report", str(tmp_path), "--table"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    typed = parse_results(results)
+    header = lines[0].split(" | ")
+    assert len(header) == 1 + len(typed.benchmarks) and lines[1].startswith("|---|")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:]}
+    assert len(rows) == len(typed.arms)
+    for name, bench in typed.benchmarks.items():
+        assert any(h.startswith(name + ",") for h in header)
+        for arm, row in bench.arms.items():
+            line = next(v for k, v in rows.items() if k.split(" (= ")[0] == arm)
+            assert f"{100 * row.score:.1f}%" in line
+            if row.diff_ci is not None and row.diff_ci != (0.0, 0.0):
+                assert f"{100 * row.diff_ci[0]:+.1f} to {100 * row.diff_ci[1]:+.1f}" in line
+    assert not (tmp_path / "report.md").exists()  # a table only: nothing written
+
+
 def test_cli_report_rerenders_both_files_from_results_json(tmp_path, capsys, results):
     (tmp_path / "results.json").write_text(json.dumps(results))
     (tmp_path / "report.md").write_text("stale")

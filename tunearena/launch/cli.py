@@ -73,12 +73,16 @@ def _parser() -> argparse.ArgumentParser:
                             "results.json (recomputes nothing)")
     report.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                         help="a run directory, e.g. runs/demo")
+    report.add_argument("--table", action="store_true",
+                        help="print every arm's scores as one Markdown table instead (for a "
+                        "README or a pull request); writes nothing")
     return parser
 
 
-def _report(run_dir: Path, console, err) -> int:
-    """Re-render a finished run's reports from its results.json alone; a file that is missing,
-    not JSON, or has a wrong field (named by its path) is a ``ResultsError``: exit 2."""
+def _report(run_dir: Path, console, err, table: bool = False) -> int:
+    """Re-render a finished run's reports from its results.json alone (with ``table``, print
+    its scores as one Markdown table instead); a file that is missing, not JSON, or has a
+    wrong field (named by its path) is a ``ResultsError``: exit 2."""
     from rich.markup import escape
 
     from tunearena.errors import UserError
@@ -89,6 +93,12 @@ def _report(run_dir: Path, console, err) -> int:
     except UserError as e:
         err.print(f"[bold red]error:[/bold red] {escape(str(e))}", markup=True, soft_wrap=True)
         return 2
+    if table:
+        from tunearena.evaluation.report.markdown import summary_table
+        from tunearena.evaluation.report.view import build_view
+
+        print(summary_table(build_view(results)), end="")
+        return 0
     for path in write_reports(run_dir, results):
         console.print(f"report: {path}", soft_wrap=True)
     return 0
@@ -124,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=False, highlight=False)
     err = Console(stderr=True, highlight=False)
     if args.command == "report":  # reads one JSON file: no need to import torch and friends
-        return _report(args.run_dir, console, err)
+        return _report(args.run_dir, console, err, args.table)
     if args.command in ("status", "logs", "stop"):  # HTTP calls only
         return _job_command(args, console, err)
     import transformers

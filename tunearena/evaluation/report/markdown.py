@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunearena.evaluation.report.formats import NONE
 from tunearena.evaluation.report.table import Table
 from tunearena.evaluation.report.view import ReportView, tables
 
@@ -141,3 +142,26 @@ def _history(history: list[dict[str, float]]) -> Table:
     (table,) = tables({"history": history})
     return table
 
+
+
+def summary_table(view: ReportView) -> str:
+    """Every arm's score on every benchmark as one Markdown table, for a README or a pull
+    request: a row per arm, a column per benchmark, each score with its paired change against
+    the base and that change's CI (``tunearena report RUN_DIR --table``)."""
+    arms = list(dict.fromkeys(r["arm"] for b in view.benchmarks for r in b["rows"]))
+    columns = [f"{b['name']}, {b['metric']} ({b['kind']}, {b['n']} q)" for b in view.benchmarks]
+    cells = {(b["name"], r["arm"]): _summary_cell(r, view.ci)
+             for b in view.benchmarks for r in b["rows"]}
+    table = Table(["arm", *columns],
+                  [[arm, *(cells.get((b["name"], arm), "") for b in view.benchmarks)]
+                   for arm in arms],
+                  numeric=[False, *[True] * len(columns)])
+    return "\n".join(table_lines(table)) + "\n"
+
+
+def _summary_cell(row: dict[str, Any], ci: str) -> str:
+    if NONE in (row["diff"], row["diff_ci"]):
+        return row["score"]
+    if row["diff"] == "+0.0" and row["diff_ci"] == "+0.0 to +0.0":
+        return f"{row['score']} (no change)"
+    return f"{row['score']} ({row['diff']}, {ci} {row['diff_ci']})"
