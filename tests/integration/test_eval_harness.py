@@ -120,8 +120,8 @@ def test_a_prompt_lm_eval_would_cut_is_refused_by_the_rule_measured_before_train
         tmp_path, tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from tunearena.evaluation.arms import task_rows
     from tunearena.evaluation.context import PromptOverflowError, lengths, task_requests
+    from tunearena.evaluation.tasks import task_rows
 
     items = [QAItem(f"q{i}", q, c, 0) for i, (q, c) in enumerate(QUESTIONS)]
     # ~700 tokens of context on q0 only.

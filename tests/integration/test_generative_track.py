@@ -106,9 +106,8 @@ def test_exact_match_and_f1_through_lm_eval(tmp_path, letters_model):
 
 
 def test_prompts_that_leave_no_room_for_the_answer_are_refused(tmp_path, letters_model):
-    from tunearena.evaluation.arms import task_rows
     from tunearena.evaluation.context import PromptOverflowError, lengths, task_requests
-    from tunearena.evaluation.tasks import MAX_ANSWER_TOKENS
+    from tunearena.evaluation.tasks import MAX_ANSWER_TOKENS, task_rows
 
     model_dir, _, tok = letters_model
     items = [QAItem(f"q{i}", q, answers=("x",)) for i, q in enumerate(QUESTIONS[:2])]

@@ -10,7 +10,7 @@ import pytest
 from conftest import with_context
 from transformers import AutoTokenizer
 
-from tunearena.evaluation.arms import task_rows, write_arm_tasks
+from tunearena.evaluation.arms import write_arm_tasks
 from tunearena.evaluation.benchmarks import QAItem
 from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
 from tunearena.evaluation.context import (
@@ -22,6 +22,7 @@ from tunearena.evaluation.context import (
 )
 from tunearena.evaluation.report import html_report, markdown_report, summarise
 from tunearena.evaluation.results import parse_results
+from tunearena.evaluation.tasks import task_rows
 from tunearena.launch.config import load_config
 from tunearena.launch.inputs import check_inputs
 

@@ -24,6 +24,7 @@ from tunearena.evaluation.benchmarks import QAItem
 from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig
 from tunearena.evaluation.report.numbers import primary_score, sample_track
 from tunearena.evaluation.results import PRIMARY_METRIC
+from tunearena.evaluation.tasks import task_rows
 
 
 @dataclass(frozen=True)
@@ -235,13 +236,6 @@ def write_arm_tasks(benchmarks: Sequence[BenchmarkConfig], questions: dict[str, 
             variants["fewshot"] = write(task_dir, bench.name, items, examples=list(examples))
         tasks[bench.name] = variants
     return tasks
-
-
-def task_rows(task_dir: Path, task: str) -> list[dict]:
-    """The rows of a task written by ``write_arm_tasks``."""
-    from tunearena.files import iter_jsonl
-
-    return [row for _, row in iter_jsonl(task_dir / f"{task}.jsonl", ValueError, "task file")]
 
 
 def prompt_tokens(tokenizer_dir: str, task_dir: Path, tasks: dict[str, dict[str, str]],

@@ -193,8 +193,7 @@ def measure_prompts(model_dir: str, evaluation: EvaluationConfig,
     would leave a benchmark empty."""
     from transformers import AutoTokenizer
 
-    from tunearena.evaluation.arms import task_rows
-    from tunearena.evaluation.tasks import MAX_ANSWER_TOKENS
+    from tunearena.evaluation.tasks import MAX_ANSWER_TOKENS, task_rows
 
     max_length = model_max_length(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

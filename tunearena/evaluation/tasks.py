@@ -11,7 +11,7 @@ import yaml
 
 from tunearena.evaluation.benchmarks import QAItem
 from tunearena.evaluation.prompt import ANSWER_DELIMITER, format_prompt
-from tunearena.files import write_atomic
+from tunearena.files import iter_jsonl, write_atomic
 
 RAG_SUFFIX = "__rag"
 """Appended to a benchmark's task name when its prompts carry retrieved passages."""
@@ -185,3 +185,8 @@ def _data_spec(task_dir: Path, task_name: str, rows: list[dict]) -> dict:
         "dataset_kwargs": {"data_files": {"test": str(data_path)}},
         "test_split": "test",
     }
+
+
+def task_rows(task_dir: Path, task: str) -> list[dict]:
+    """The rows of a task written here (``write_mc_task`` or ``write_generative_task``)."""
+    return [row for _, row in iter_jsonl(task_dir / f"{task}.jsonl", ValueError, "task file")]
