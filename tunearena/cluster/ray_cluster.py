@@ -13,10 +13,13 @@ from ray.train import ScalingConfig
 from tunearena.cluster.config import ClusterConfig
 from tunearena.cluster.quiet import WORKER_SETUP_HOOK, drop_worker_noise, quiet_driver
 from tunearena.errors import UserError
+from tunearena.remote_code import ENV as TRUST_REMOTE_CODE_ENV
 
 # Passed through to every worker when the driver has them: offline switches must hold on
-# the workers too, or a worker may try the hub that the driver was told to avoid.
-PASSTHROUGH_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME")
+# the workers too, or a worker may try the hub that the driver was told to avoid; and a
+# worker loads a model with the run's trust_remote_code answer, not transformers' prompt.
+PASSTHROUGH_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME",
+                   "HF_HUB_CACHE", TRUST_REMOTE_CODE_ENV)
 
 
 class ClusterConnectionError(UserError, RuntimeError):

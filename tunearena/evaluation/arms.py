@@ -25,6 +25,7 @@ from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig
 from tunearena.evaluation.report.numbers import primary_score, sample_track
 from tunearena.evaluation.results import PRIMARY_METRIC
 from tunearena.evaluation.tasks import task_rows
+from tunearena.remote_code import trust_remote_code
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,7 @@ def prompt_tokens(tokenizer_dir: str, task_dir: Path, tasks: dict[str, dict[str,
 
     from tunearena.evaluation.prompt import model_input
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=trust_remote_code())
 
     def length(prompt: str) -> int:
         text, _ = model_input(prompt, tokenizer, chat_template)

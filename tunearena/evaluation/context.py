@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunearena.errors import UserError
 from tunearena.evaluation.prompt import model_input
+from tunearena.remote_code import trust_remote_code
 
 if TYPE_CHECKING:
     from tunearena.evaluation.benchmarks import QAItem
@@ -53,8 +54,10 @@ def model_max_length(model_dir: str | Path) -> int:
     from lm_eval.models.utils import resolve_max_length
     from transformers import AutoConfig, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(model_dir)
-    return resolve_max_length(config, AutoTokenizer.from_pretrained(model_dir))
+    trusted = trust_remote_code()
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trusted)
+    return resolve_max_length(
+        config, AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trusted))
 
 
 def tokens_needed(request: Request, tokenizer) -> int:
@@ -196,7 +199,7 @@ def measure_prompts(model_dir: str, evaluation: EvaluationConfig,
     from tunearena.evaluation.tasks import MAX_ANSWER_TOKENS, task_rows
 
     max_length = model_max_length(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code())
     requests = {b.name: {context: task_requests(task_rows(task_dir, task), MAX_ANSWER_TOKENS,
                                                 tokenizer, chat_template)
                          for context, task in tasks[b.name].items()}

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tunearena.evaluation.benchmarks import BenchmarkError
+from tunearena.remote_code import trust_remote_code
 
 # Evaluation reads only local model dirs and local data: refuse the hub rather than hang on it.
 # Set before the Hugging Face libraries are imported, since they read these once at import.
@@ -84,7 +85,8 @@ def score_model(
         task_manager = _task_manager([*extra_task_paths, own_dir], include_defaults)
         _check_tasks(task_manager, task_names, [*extra_task_paths, own_dir], include_defaults)
         model, tokenizer = loaded if loaded is not None else load_model(model_dir, device)
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
+                  trust_remote_code=trust_remote_code())
         results = lm_eval.simple_evaluate(
             model=lm,
             tasks=list(task_names),
@@ -132,9 +134,11 @@ def load_model(model_dir: Path, device: str = "cpu") -> tuple:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with _quiet():
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True,
+                                                  trust_remote_code=trust_remote_code())
         model = AutoModelForCausalLM.from_pretrained(
-            model_dir, local_files_only=True, dtype=torch.float32 if device == "cpu" else "auto"
+            model_dir, local_files_only=True, dtype=torch.float32 if device == "cpu" else "auto",
+            trust_remote_code=trust_remote_code(),
         ).to(device)
     return model.eval(), tokenizer
 

@@ -27,6 +27,7 @@ from tunearena.training.config import (
     TrainingConfig,
     resolve_stages,
 )
+from tunearena.training.model_dir import means_local_dir
 
 
 class ExperimentConfig(StrictModel):
@@ -148,8 +149,13 @@ def _resolve_paths(raw: dict, base_dir: Path) -> None:
         if Path(value).is_absolute():
             return value
         candidate = (base_dir / value).resolve()
-        # model.base may be a hub id ("org/name"); only rewrite what names a local path.
-        if may_be_hub_id and not (value.startswith(".") or candidate.exists()):
+        # model.base may be a hub id ("org/name"); only rewrite what names a local path, or
+        # reads as one gone wrong (a typo of a dir beside the config), so the input check
+        # names the missing dir instead of looking for a hub id.
+        if may_be_hub_id and value.startswith("~"):
+            return str(Path(value).expanduser())
+        if may_be_hub_id and not (value.startswith(".") or candidate.exists()
+                                  or means_local_dir(value, base_dir)):
             return value
         return str(candidate)
 

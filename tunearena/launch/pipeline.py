@@ -171,7 +171,8 @@ class Pipeline:
         questions = {name: [q.question for q in items] for name, items in benchmarks.items()}
         # Every stage's records are measured with the base's tokenizer, which each stage's
         # model keeps; loaded once, and only when a prepare step runs.
-        tokenizer = cache(lambda: AutoTokenizer.from_pretrained(cfg.model.base))
+        tokenizer = cache(lambda: AutoTokenizer.from_pretrained(
+            cfg.model.base, trust_remote_code=cfg.model.trust_remote_code))
 
         def step(kind: str, stage: Stage) -> str:
             # A run without stages has one, named ft; its steps keep their plain names.

@@ -38,7 +38,8 @@ def run_preflight(cfg: ExperimentConfig, console: Console) -> bool:
         console.print("training is not enabled: there is nothing to preflight")
         return True
     run_dir = (cfg.runs_dir / cfg.name).resolve()
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model.base)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.base,
+                                              trust_remote_code=cfg.model.trust_remote_code)
     chat = cfg.model.chat_template is True  # resolved by check_inputs
     storage = cfg.cluster.storage_path or str(run_dir / "ray")
     checks = []

@@ -32,6 +32,12 @@ class ModelConfig(StrictModel):
     answer follows the assistant's header; ``instruction`` records train as that user/assistant
     exchange; ``text`` records stay plain. The input check resolves ``auto``, and the run's
     ``config.yaml`` records the value used."""
+    trust_remote_code: bool = False
+    """Let a model dir's own Python code run: a ``config.json`` (or ``tokenizer_config.json``)
+    with an ``auto_map`` names classes in ``.py`` files beside it, which transformers imports
+    to build the model. False: the input check refuses such a model, naming it (never a
+    prompt). Set it true only for a model whose code you have read or whose author you trust;
+    every load (training workers, scoring, export) then runs that code."""
 
     @field_validator("chat_template", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from tunearena.remote_code import trust_remote_code
 from tunearena.training.summary import ExportCheck, TrainingSummary
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def merge_adapter(base_dir: str, adapter_dir: Path, out_dir: Path, dtype: torch.
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, trust_remote_code=trust_remote_code())
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(out_dir, safe_serialization=True)
 
@@ -106,11 +107,11 @@ def reload_loss(model_dir: Path, batch: dict[str, torch.Tensor], dtype: torch.dt
 
     model: torch.nn.Module
     if base_dir is None:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code())
     else:
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, trust_remote_code=trust_remote_code())
         model = PeftModel.from_pretrained(base, model_dir)
     return batch_loss(model, {k: v.cpu() for k, v in batch.items()})
 
@@ -171,7 +172,7 @@ def export_verified(engine, cfg: TrainingConfig, worker: Worker, check_batch: di
     if not is_lora or cfg.lora.merge:
         checks.append(check_losses_match(
             "model", trained_loss, reload_loss(out, check_batch, dtype), tolerance))
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code())
     tokenizer.save_pretrained(out)
     if is_lora:
         tokenizer.save_pretrained(out / ADAPTER_DIR)

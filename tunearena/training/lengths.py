@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tunearena.errors import UserError
+from tunearena.remote_code import trust_remote_code
 from tunearena.training.formats import DataError, tokenize_record
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ def model_context(model_dir: str) -> int | None:
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(model_dir)
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code())
     except (OSError, ValueError):  # no such dir or id, or a config without a model type
         return None
     config = getattr(config, "text_config", None) or config

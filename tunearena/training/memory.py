@@ -13,6 +13,7 @@ import ray
 import torch
 
 from tunearena.cluster.preflight import Check
+from tunearena.remote_code import trust_remote_code
 from tunearena.training.batch import BatchPlan
 from tunearena.training.config import LoraConfig, TrainingConfig
 from tunearena.training.ds_config import bucket_elements
@@ -68,9 +69,9 @@ def model_shape(model_dir: str, lora: LoraConfig | None) -> ModelShape:
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code())
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code())
         if lora is not None:
             from peft import get_peft_model
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 
+from tunearena.remote_code import trust_remote_code
 from tunearena.training.config import TrainingConfig
 from tunearena.training.data import IGNORE_INDEX
 
@@ -55,7 +56,7 @@ def load_model(model_dir: str, cfg: TrainingConfig, bf16: bool,
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
         )
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs, trust_remote_code=trust_remote_code())
     model.config.use_cache = False  # the KV cache is for generation; training never reads it
     if cfg.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad, so it also works

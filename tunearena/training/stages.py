@@ -16,6 +16,7 @@ from rich.console import Console
 
 from tunearena.cluster.config import ClusterConfig
 from tunearena.files import iter_jsonl
+from tunearena.remote_code import trust_remote_code
 from tunearena.training.config import DatasetConfig, Stage, TrainingConfig, ancestors
 from tunearena.training.data import TaskRecords, TokenizedSplit
 from tunearena.training.mixture import Mixture
@@ -142,7 +143,7 @@ def stop_ids(model_dir: str) -> set[int]:
     from transformers import GenerationConfig
 
     try:
-        eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
+        eos = GenerationConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code()).eos_token_id
     except OSError:  # no generation_config.json: the tokenizer's EOS alone
         return set()
     return set(eos) if isinstance(eos, list) else set() if eos is None else {eos}
@@ -216,7 +217,7 @@ def load_stage(stage: Stage, stages: list[Stage], base: str, run_dir: Path,
     model_dir, init_adapter = stage_origin(stage, stages, base, run_dir / "models")
     training = training_config(stage.training, run_dir)
     tasks, replay_fraction = stage_tasks(stage, stages, run_dir / "data")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code())
     train, validation, mixture = tokenize_stage(training, tasks, tokenizer, replay_fraction,
                                                 chat_template)
     replayed = [t.name.removeprefix(REPLAY_PREFIX) for t in tasks

@@ -15,42 +15,20 @@ from ray.train.torch import TorchTrainer
 from tunearena.cluster.config import ClusterConfig
 from tunearena.cluster.ray_cluster import resolve_use_gpu, scaling_config, worker_env
 from tunearena.errors import UserError
+from tunearena.remote_code import trust_remote_code
 from tunearena.training import checkpoint as ckpt
 from tunearena.training.config import Stage, TrainingConfig
 from tunearena.training.data import TokenizedSplit
 from tunearena.training.loop import EXPORT_MARKER, train_loop_per_worker
 from tunearena.training.mixture import Mixture
+from tunearena.training.model_dir import ModelDirError, check_model_dir  # noqa: F401 (re-exported)
 from tunearena.training.progress import StageProgress
 from tunearena.training.stage_data import prepare_stage_data, stage_mixture
 from tunearena.training.summary import TrainingSummary
 
 
-class ModelDirError(UserError, ValueError):
-    """A base model that cannot be loaded; the message says what is missing."""
-
-
 class MethodUnavailable(UserError, RuntimeError):
     """A training method this cluster or installation cannot run (QLoRA without CUDA)."""
-
-
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
-
-
-def check_model_dir(model: str) -> None:
-    """Fail before any worker starts when a local model dir lacks a config or weights.
-
-    A hub id (no such local path) is left to ``from_pretrained``.
-    """
-    path = Path(model)
-    if not path.exists():
-        if model.startswith((".", "/")) or path.suffix:
-            raise ModelDirError(f"model dir {model} does not exist")
-        return
-    if not (path / "config.json").is_file():
-        raise ModelDirError(f"model dir {model} has no config.json")
-    if not any((path / f).is_file() for f in WEIGHT_FILES):
-        raise ModelDirError(f"model dir {model} has no weights (expected one of {', '.join(WEIGHT_FILES)})")
 
 
 def uses_bf16(cfg: TrainingConfig, use_gpu: bool) -> bool:
@@ -113,7 +91,8 @@ def run_stage(
         from transformers import AutoTokenizer
 
         prepared = prepare_stage_data(Stage(name, "base", cfg),
-                                      AutoTokenizer.from_pretrained(model_dir))
+                                      AutoTokenizer.from_pretrained(
+                                          model_dir, trust_remote_code=trust_remote_code()))
         data = (prepared.train, prepared.validation)
     train, val = data
     if mixture is None:
