@@ -39,7 +39,191 @@ class Case:
 
 # --- model files: weights, hub ids, custom code ------------------------------------------
 
+
+def _check_model(model: Path | str, *overrides: str) -> list[str]:
+    """``tunearena check`` on the demo config with ``model.base`` replaced."""
+    return ["check", str(DEMO), "--set", f"model.base={model}",
+            *(a for o in overrides for a in ("--set", o))]
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def _edit_json(path: Path, **changes) -> None:
+    import json
+
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _garble_header(d: Path) -> None:
+    data = bytearray((d / "model.safetensors").read_bytes())
+    data[9:17] = b"\xff" * 8  # inside the JSON header, past its opening brace
+    (d / "model.safetensors").write_bytes(bytes(data))
+
+
+def _grow_vocab(d: Path) -> None:
+    import json
+
+    vocab = json.loads((d / "config.json").read_text())["vocab_size"]
+    _edit_json(d / "config.json", vocab_size=vocab + 7)
+
+
+def add_custom_code(d: Path, marker: Path, where: str = "config.json") -> None:
+    """Give model dir ``d`` an ``auto_map`` (in ``where``) naming a module that writes
+    ``marker`` when imported: proof, if the file appears, that the dir's code ran."""
+    (d / "evil.py").write_text(
+        "from pathlib import Path\n"
+        f"Path({str(marker)!r}).write_text('ran')\n"
+        "from transformers import LlamaConfig, PreTrainedTokenizerFast\n\n"
+        "class EvilConfig(LlamaConfig):\n    pass\n\n"
+        "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+    auto_map = ({"AutoConfig": "evil.EvilConfig"} if where == "config.json"
+                else {"AutoTokenizer": [None, "evil.EvilTokenizer"]})
+    _edit_json(d / where, auto_map=auto_map)
+
+
+def _shard(d: Path, drop_second: bool = True) -> None:
+    """Split the weights into two shards with an index; drop the second shard."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(d / "model.safetensors")
+    (d / "model.safetensors").unlink()
+    names = sorted(state)
+    halves = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    for file, keys in halves.items():
+        save_file({k: state[k] for k in keys}, d / file)
+    weight_map = {k: file for file, keys in halves.items() for k in keys}
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    if drop_second:
+        (d / "model-00002-of-00002.safetensors").unlink()
+
+
+def _to_bin(d: Path) -> None:
+    """Weights as a truncated ``pytorch_model.bin`` instead of safetensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    torch.save(load_file(d / "model.safetensors"), d / "pytorch_model.bin")
+    (d / "model.safetensors").unlink()
+    _truncate(d / "pytorch_model.bin")
+
+
+def _weights_as_dir(d: Path) -> None:
+    (d / "model.safetensors").unlink()
+    (d / "model.safetensors").mkdir()
+
+
+def _model_case(name: str, damage: Callable[[Path], None], words: tuple[str, ...],
+                base: Callable[[Path], Path] = lambda d: d) -> Case:
+    """A tiny model dir (``make_tiny_model_dir``), damaged, checked as ``model.base``."""
+
+    def build(tmp_path: Path) -> tuple[list[str], list[Path]]:
+        from conftest import make_tiny_model_dir
+
+        d = make_tiny_model_dir(tmp_path / "model")
+        damage(d)
+        return _check_model(base(d)), [d]
+
+    return Case(name, build, 2, words)
+
+
+def _tiny_gguf(path: Path) -> Path:
+    """A GGUF file with one 64x64 F32 tensor (not a loadable model: enough to be read)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((64, 64), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _gguf_case(name: str, damage: Callable[[Path], None], words: tuple[str, ...]) -> Case:
+    def build(tmp_path: Path) -> tuple[list[str], list[Path]]:
+        path = _tiny_gguf(tmp_path / "tiny.gguf")
+        damage(path)
+        return _check_model(path, f"model.gguf_cache_dir={tmp_path / 'cache'}"), [path]
+
+    return Case(name, build, 2, words)
+
+
+def _garbage_gguf(path: Path) -> None:
+    path.write_bytes(b"GGUF" + bytes(range(256)) * 8)
+
+
+def _relative_typo(base: str, words: tuple[str, ...]) -> Case:
+    """A config beside a model dir ``base_model`` whose ``model.base`` is ``base``."""
+
+    def build(tmp_path: Path) -> tuple[list[str], list[Path]]:
+        from conftest import make_tiny_model_dir
+
+        (tmp_path / "models").mkdir()
+        d = make_tiny_model_dir(tmp_path / "base_model")
+        config = tmp_path / "experiment.yaml"
+        config.write_text(f"model:\n  base: {base}\n"
+                          "evaluation:\n  enabled: false\n  arms: [base]\n")
+        return ["check", str(config)], [d, config]
+
+    return Case(f"typo_relative_path:{base}", build, 2, words)
+
+
+def _directory_as_gguf(tmp_path: Path) -> tuple[list[str], list[Path]]:
+    (tmp_path / "model.gguf").mkdir()
+    return _check_model(tmp_path / "model.gguf"), []
+
+
 MODEL_CASES: list[Case] = [
+    _model_case("truncated_safetensors", lambda d: _truncate(d / "model.safetensors"),
+                ("model.safetensors is damaged", "truncated", "download it again")),
+    _model_case("truncated_safetensors_header",
+                lambda d: _truncate(d / "model.safetensors", 0.001),
+                ("model.safetensors is damaged", "truncated: its header claims")),
+    _model_case("safetensors_header_not_json", _garble_header,
+                ("model.safetensors is damaged", "header is not valid JSON")),
+    _model_case("embedding_rows_vs_vocab_size", _grow_vocab,
+                ("model.embed_tokens.weight", "vocab_size", "different models")),
+    _model_case("embedding_width_vs_hidden_size",
+                lambda d: _edit_json(d / "config.json", hidden_size=32),
+                ("model.embed_tokens.weight", "hidden size 32", "different models")),
+    _model_case("custom_code_in_config",
+                lambda d: add_custom_code(d, d.parent / "ran"),
+                ("ships its own Python code", "config.json has an auto_map",
+                 "model.trust_remote_code")),
+    _model_case("custom_code_in_tokenizer",
+                lambda d: add_custom_code(d, d.parent / "ran", "tokenizer_config.json"),
+                ("tokenizer_config.json has an auto_map", "model.trust_remote_code")),
+    _model_case("missing_shard", _shard,
+                ("model-00002-of-00002.safetensors", "weights file not found")),
+    _model_case("truncated_pytorch_bin", _to_bin, ("pytorch_model.bin is damaged",)),
+    _model_case("weights_file_is_a_directory", _weights_as_dir,
+                ("model.safetensors is a directory, not a weights file",)),
+    _model_case("config_json_not_json", lambda d: (d / "config.json").write_text("{oops"),
+                ("config.json cannot be read as JSON", "damaged")),
+    _model_case("base_is_a_file_not_a_dir", lambda d: None,
+                ("is a file", "name the model dir"), base=lambda d: d / "model.safetensors"),
+    Case("hub_id_offline_not_cached",
+         lambda tmp_path: (_check_model("tunearena-tests/not-a-cached-model"), []), 2,
+         ("not a local dir and not in the offline Hugging Face cache", "hf download",
+          "HF_HUB_OFFLINE=0")),
+    _relative_typo("base_modle", ("base_modle does not exist", "no such model dir",
+                                  "did you mean", "base_model?")),
+    _relative_typo("models/tiny", ("models/tiny does not exist", "config file's directory")),
+    _relative_typo("./base-model", ("base-model does not exist", "did you mean")),
+    _gguf_case("truncated_gguf", lambda p: _truncate(p, 0.75),
+               ("tiny.gguf is not a complete GGUF file", "truncated", "fetch it again")),
+    _gguf_case("garbled_gguf", _garbage_gguf,
+               ("tiny.gguf is not a complete GGUF file", "fetch it again")),
+    Case("directory_given_as_gguf_file", _directory_as_gguf, 2,
+         ("model.gguf is a directory, not a GGUF file",)),
 ]
 
 

@@ -21,11 +21,15 @@ DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 @pytest.fixture
 def model_dir(tmp_path) -> Path:
-    """A model dir that passes the cheap checks (config + weights file present)."""
+    """A model dir that passes the model checks (a config, a complete safetensors file) and
+    nothing after them, so each test reaches the input it breaks."""
+    import torch
+    from safetensors.torch import save_file
+
     d = tmp_path / "model"
     d.mkdir()
     (d / "config.json").write_text("{}")
-    (d / "model.safetensors").write_bytes(b"")
+    save_file({"w": torch.zeros(2)}, d / "model.safetensors")
     return d
 
 

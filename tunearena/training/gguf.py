@@ -180,8 +180,7 @@ def _write_model_dir(path: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    # A GGUF file carries no Python: nothing of the folder it sits in may run.
-    kwargs: dict = {"gguf_file": path.name, "dtype": torch.float32, "trust_remote_code": False}
+    kwargs: dict = {"gguf_file": path.name, "dtype": torch.float32}
     try:  # transformers >= 5.x may keep GGUF blocks packed; ask for plain weights
         from transformers import GgufConfig
 
@@ -190,7 +189,8 @@ def _write_model_dir(path: Path, out: Path) -> None:
         pass
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name,
                                               trust_remote_code=False)
-    loaded = AutoModelForCausalLM.from_pretrained(path.parent, **kwargs)
+    # A GGUF file carries no Python: nothing of the folder it sits in may run.
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, **kwargs, trust_remote_code=False)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
