@@ -113,6 +113,26 @@ def _to_bin(d: Path) -> None:
     _truncate(d / "pytorch_model.bin")
 
 
+class _RunsCode:
+    """Unpickling it would run ``touch MARKER``; torch's plain-tensor loader refuses it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import subprocess
+
+        return (subprocess.call, (["touch", str(self.marker)],))
+
+
+def pickle_that_runs_code(d: Path, marker: Path) -> None:
+    """Weights as a ``pytorch_model.bin`` whose pickle would create ``marker`` if loaded."""
+    import torch
+
+    torch.save({"model.embed_tokens.weight": _RunsCode(marker)}, d / "pytorch_model.bin")
+    (d / "model.safetensors").unlink()
+
+
 def _weights_as_dir(d: Path) -> None:
     (d / "model.safetensors").unlink()
     (d / "model.safetensors").mkdir()
@@ -204,6 +224,9 @@ MODEL_CASES: list[Case] = [
     _model_case("missing_shard", _shard,
                 ("model-00002-of-00002.safetensors", "weights file not found")),
     _model_case("truncated_pytorch_bin", _to_bin, ("pytorch_model.bin is damaged",)),
+    _model_case("pytorch_bin_pickle_runs_code",
+                lambda d: pickle_that_runs_code(d, d.parent / "ran"),
+                ("pytorch_model.bin holds more than plain tensors", "could run code")),
     _model_case("weights_file_is_a_directory", _weights_as_dir,
                 ("model.safetensors is a directory, not a weights file",)),
     _model_case("config_json_not_json", lambda d: (d / "config.json").write_text("{oops"),

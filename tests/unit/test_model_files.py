@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_tiny_model_dir
-from test_bad_inputs import _shard, add_custom_code
+from test_bad_inputs import _shard, add_custom_code, pickle_that_runs_code
 
 from tunearena.cluster.config import ClusterConfig
 from tunearena.cluster.ray_cluster import worker_env
@@ -65,6 +65,14 @@ def test_sharded_and_bin_weights_pass(tmp_path):
     torch.save(load_file(as_bin / "model.safetensors"), as_bin / "pytorch_model.bin")
     (as_bin / "model.safetensors").unlink()
     check_model_dir(str(as_bin))
+
+
+def test_a_bin_pickle_that_runs_code_is_refused_unrun(tmp_path):
+    d = make_tiny_model_dir(tmp_path / "model")
+    pickle_that_runs_code(d, tmp_path / "ran")
+    with pytest.raises(ModelDirError, match="holds more than plain tensors"):
+        check_model_dir(str(d))
+    assert not (tmp_path / "ran").exists()
 
 
 def test_shard_missing_a_tensor_the_index_names(tmp_path):

@@ -89,7 +89,12 @@ def bin_shapes(path: Path) -> Shapes:
 
     try:
         state = torch.load(path, map_location="meta", weights_only=True, mmap=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as e:
+    except pickle.UnpicklingError as e:
+        first = str(e).split(". ")[0].splitlines()[0]
+        raise ModelDirError(
+            f"{path} holds more than plain tensors ({first}): loading it could run code. "
+            f"Use the model's safetensors weights, or convert a copy you trust") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).split(". ")[0].splitlines()[0] if str(e) else type(e).__name__
         raise damaged(path, f"torch cannot read it as plain tensors: {first}") from None
     if not isinstance(state, dict):
