@@ -64,13 +64,13 @@ def check_record_lengths(prepared: list[PreparedData], training: TrainingConfig,
     for data in prepared:
         if not counts_long(data.format, training.packing):
             continue
-        long = {split: [r for r in getattr(data, split) if could_exceed(r, data.format, seq_len)]
-                for split in ("train", "validation")}
+        train, validation = ([r for r in split if could_exceed(r, data.format, seq_len)]
+                             for split in (data.train, data.validation))
         # With drop, a file fails only when every record is over; one that cannot be is fine.
-        if training.long_records == "drop" and len(long["train"]) < len(data.train):
+        if training.long_records == "drop" and len(train) < len(data.train):
             continue
-        if long["train"] or long["validation"]:
-            suspects.append(replace(data, **long))
+        if train or validation:
+            suspects.append(replace(data, train=train, validation=validation))
     if not suspects:
         return
     tok = tokenizer()
