@@ -68,11 +68,11 @@ def check_inputs(cfg: ExperimentConfig, runs_dir_here: bool = True,
 
     questions = {b.name: load_qa(b.path, b.track) for b in cfg.evaluation.benchmarks
                  if b.path is not None}
-    asked = {name: [q.question for q in items] for name, items in questions.items()}
+    texts = {name: [q.question for q in items] for name, items in questions.items()}
     prepared = {}
     for stage in cfg.resolved_stages():
         check_seq_len(stage.training, cfg.model.base, f"stage {stage.name}")
-        prepared[stage.name] = check_stage_files(stage, asked)
+        prepared[stage.name] = check_stage_files(stage, texts)
         check_trackers_available(stage.training.tracking)
     if cfg.rag.enabled and cfg.rag.corpus is not None:
         from tunearena.rag.corpus import load_documents

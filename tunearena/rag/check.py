@@ -47,7 +47,11 @@ def check_rag(cfg: RagConfig) -> int:
             "sentence-transformers model dir, or leave it unset for the packaged MiniLM"
         ) from None
     check_chunk_tokens(cfg, embedder)
-    index = make_index(cfg.index_factory, embedder.get_embedding_dimension())
+    dim = embedder.get_embedding_dimension()
+    if dim is None:
+        raise RagIndexError(f"rag.embedding_model {cfg.embedding_model!r} states no embedding "
+                            "dimension; use a sentence-transformers model that does")
+    index = make_index(cfg.index_factory, dim)
     ivf = faiss.try_extract_index_ivf(index)
     n_chunks = len(docs)
     if cfg.top_k > n_chunks or (ivf is not None and ivf.nlist > n_chunks):
@@ -61,7 +65,7 @@ def check_rag(cfg: RagConfig) -> int:
             f"question would get the whole corpus; set rag.top_k to at most {n_chunks}, or "
             "lower rag.chunk_tokens")
     if index.is_trained:
-        _probe(index, cfg, embedder.get_embedding_dimension())
+        _probe(index, cfg, dim)
     return n_chunks
 
 
