@@ -8,6 +8,7 @@ names the field, the bad value and what is allowed ("did you mean ...?").
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -58,13 +59,14 @@ def _unwrap(annotation: Any) -> Any:
 
 
 def format_validation_error(
-    err: ValidationError, root: type[BaseModel], source: str = "config"
+    err: ValidationError, root: type[BaseModel], source: str | Callable[[Any], str] = "config"
 ) -> ConfigError:
-    """One readable line per problem: ``source: field.path: message (got X)``."""
+    """One readable line per problem: ``source: field.path: message (got X)``; ``source`` may
+    be a function of the pydantic error, for a config assembled from several sources."""
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
-        path = ".".join(str(p) for p in loc) or "<root>"
+        path = ".".join(str(p) for p in loc)
         if e["type"] == "extra_forbidden":
             owner = _model_at(root, loc[:-1])
             allowed = sorted(owner.model_fields) if owner else []
@@ -72,10 +74,12 @@ def format_validation_error(
             msg = f"unknown key {str(loc[-1])!r}"
             msg += f"; did you mean {hint[0]!r}?" if hint else f"; allowed: {', '.join(allowed)}"
         else:
-            msg = e["msg"]
+            msg = e["msg"].removeprefix("Value error, ")
             if "input" in e and not isinstance(e["input"], dict):
                 msg += f" (got {e['input']!r})"
-        lines.append(f"{source}: {path}: {msg}")
+        where = source(e) if callable(source) else source
+        # A rule across sections (a model validator) has no field of its own; it names them.
+        lines.append(f"{where}: {path}: {msg}" if path else f"{where}: {msg}")
     return ConfigError("\n".join(lines))
 
 

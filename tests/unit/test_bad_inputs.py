@@ -11,6 +11,7 @@ A case builds its input in ``tmp_path`` and returns the command line; files it l
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,7 +253,151 @@ MODEL_CASES: list[Case] = [
 
 # --- data and config: training files, corpus, index, YAML, --set --------------------------
 
+DEMO_DOMAIN = REPO / "examples" / "demo_world" / "domain"
+
+
+def _check(tmp: Path, *overrides: str, command: str = "check") -> list[str]:
+    """``tunearena check`` (or ``run``) of the demo config, its run directory in ``tmp``."""
+    argv = [command, str(DEMO), "--set", f"runs_dir={tmp / 'runs'}"]
+    for assignment in overrides:
+        argv += ["--set", assignment]
+    return argv
+
+
+def _jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def _data_case(file: str, records: list[dict], key: str = "stages.0.datasets.0.path"):
+    """A case whose training (or other) file at ``key`` holds ``records``."""
+    def build(tmp: Path) -> tuple[list[str], list[Path]]:
+        path = _jsonl(tmp / file, records)
+        return _check(tmp, f"{key}={path}"), [path]
+    return build
+
+
+def _file_case(file: str, content: bytes, key: str):
+    def build(tmp: Path) -> tuple[list[str], list[Path]]:
+        path = tmp / file
+        path.write_bytes(content)
+        return _check(tmp, f"{key}={path}"), [path]
+    return build
+
+
+def _leaked_qa(tmp: Path) -> tuple[list[str], list[Path]]:
+    """Instruction records that are the test questions themselves: all dropped as leaks."""
+    questions = [json.loads(line)["question"]
+                 for line in (DEMO_DOMAIN / "qa_test.jsonl").read_text().splitlines()[:5]]
+    path = _jsonl(tmp / "leaked.jsonl",
+                  [{"prompt": f"Question: {q}\nAnswer:", "response": " yes"} for q in questions])
+    return _check(tmp, f"stages.1.datasets.0.path={path}"), [path]
+
+
+def _huge_line(tmp: Path) -> tuple[list[str], list[Path]]:
+    path = tmp / "huge.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        f.write(json.dumps({"text": "A small record."}) + "\n")
+        f.write(json.dumps({"text": "word " * (2 * 2**20)}) + "\n")  # 10 MiB on line 2
+    return _check(tmp, f"stages.0.datasets.0.path={path}"), [path]
+
+
+def _runs_dir_under_file(command: str):
+    def build(tmp: Path) -> tuple[list[str], list[Path]]:
+        blocker = tmp / "runs"
+        blocker.write_text("not a directory\n")
+        return [command, str(DEMO), "--set", f"runs_dir={blocker / 'sub'}"], [blocker]
+    return build
+
+
+def _config_file(name: str, content: str | None):
+    """A config file ``name`` holding ``content`` (None: a directory of that name)."""
+    def build(tmp: Path) -> tuple[list[str], list[Path]]:
+        path = tmp / name
+        if content is None:
+            path.mkdir()
+            (path / "demo.yaml").write_bytes(DEMO.read_bytes())
+        else:
+            path.write_text(content, encoding="utf-8")
+        return ["check", str(path)], [path]
+    return build
+
+
+def _directory_for(key: str):
+    def build(tmp: Path) -> tuple[list[str], list[Path]]:
+        folder = tmp / "folder"
+        folder.mkdir()
+        _jsonl(folder / "inside.jsonl", [{"text": "a record"}])
+        return _check(tmp, f"{key}={folder}"), [folder]
+    return build
+
+
+def _demo_only(*overrides: str):
+    def build(tmp: Path) -> tuple[list[str], list[Path]]:
+        return _check(tmp, *overrides), [DEMO_DOMAIN]
+    return build
+
+
+LONG_ANSWER = {"prompt": "Question: Tell me everything.\nAnswer:",
+               "response": " The whole story, told again and again." * 60}
+
 DATA_CASES: list[Case] = [
+    Case("training-file-all-empty",
+         _data_case("empty.jsonl", [{"text": ""}, {"text": "   "}, {"text": "\t"}]), 2,
+         ("empty.jsonl", "no record is left after cleaning", "3 read",
+          "3 dropped as empty or garbled", "training.data_prep")),
+    Case("training-file-all-leaked", _leaked_qa, 2,
+         ("leaked.jsonl", "no record is left after cleaning", "5 read",
+          "5 dropped as holding a benchmark question", "leak_check")),
+    Case("training-file-is-a-directory", _directory_for("stages.0.datasets.0.path"), 2,
+         ("folder: is a directory, expected a training file",)),
+    Case("corpus-is-a-directory", _directory_for("rag.corpus"), 2,
+         ("folder: is a directory, expected a corpus file",)),
+    Case("corpus-is-a-csv-table",
+         _file_case("docs.csv", b"id,text\nd1,Some text\n", "rag.corpus"), 2,
+         ("docs.csv: a .csv table", "JSONL", "to_json(")),
+    Case("benchmark-utf16-without-bom",
+         _file_case("qa.jsonl", '{"id": "a"}\n'.encode("utf-16-le"),
+                    "evaluation.benchmarks.0.path"), 2,
+         ("qa.jsonl", "UTF-16 without a byte-order mark", "save it as UTF-8")),
+    Case("benchmark-in-latin-1",
+         _file_case("qa.jsonl", json.dumps({"id": "a", "question": "Où?", "choices": ["x"],
+                                            "answer": 0}, ensure_ascii=False).encode("latin-1"),
+                    "evaluation.benchmarks.0.path"), 2,
+         ("qa.jsonl:1: not valid UTF-8", "save the file as UTF-8")),
+    Case("huge-jsonl-line", _huge_line, 2,
+         ("huge.jsonl:2", "a record of 10.0 MiB", "over the 8 MiB", "split it")),
+    Case("records-longer-than-seq-len",
+         _data_case("long.jsonl", [LONG_ANSWER, {"prompt": "Q?\nAnswer:", "response": " A"}],
+                    "stages.1.datasets.0.path"), 2,
+         ("stage qa", "long.jsonl: 1 record(s)", "longer than training.seq_len 256",
+          "long_records: drop")),
+    Case("faiss-factory-unparsable", _demo_only("rag.index_factory=HNSWx,Flatt"), 2,
+         ("'HNSWx,Flatt'", "could not parse index string", "rag.index_factory")),
+    Case("faiss-ivf-lists-above-chunks", _demo_only("rag.index_factory=IVF4096,Flat"), 2,
+         ("rag.index_factory", "4096 lists", "only 30 chunks")),
+    Case("faiss-search-params-unknown", _demo_only("rag.index_search_params=nprobe=4"), 2,
+         ("'nprobe=4'", "rag.index_search_params")),
+    Case("top-k-above-corpus-chunks", _demo_only("rag.top_k=100"), 2,
+         ("rag.top_k is 100", "gives only 30 chunks", "at most 30")),
+    Case("chunk-tokens-above-embedder", _demo_only("rag.chunk_tokens=1000"), 2,
+         ("rag.chunk_tokens (1000) exceeds", "at most 254")),
+    Case("embedding-model-missing", _demo_only("rag.embedding_model=no-such-embedder"), 2,
+         ("rag.embedding_model 'no-such-embedder' cannot be loaded",)),
+    Case("runs-dir-under-a-file", _runs_dir_under_file("check"), 2,
+         ("runs_dir", "is a file, not a directory", "--set runs_dir=")),
+    Case("runs-dir-under-a-file-run", _runs_dir_under_file("run"), 2,
+         ("runs_dir", "is a file, not a directory")),
+    Case("config-is-a-directory", _config_file("configs", None), 2,
+         ("configs: is a directory, expected a config file",)),
+    Case("config-empty", _config_file("empty.yaml", "# nothing yet\n"), 2,
+         ("empty.yaml: the file is empty", "model:", "base:", "benchmarks:")),
+    Case("config-is-a-list", _config_file("list.yaml", "- model\n- training\n"), 2,
+         ("list.yaml: the top level is a list, expected a mapping of sections",)),
+    Case("set-index-past-the-stages", _demo_only("stages.5.lr=1"), 2,
+         ("--set 'stages.5.lr=1'", "there is no stages.5", "stages has 3 entries (0 to 2)")),
+    Case("set-value-blamed-on-set", _demo_only("rag.chunk_overlap_tokens=500"), 2,
+         ("error: --set rag.chunk_overlap_tokens=500: rag:", "must be smaller")),
 ]
 
 

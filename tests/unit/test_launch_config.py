@@ -214,3 +214,57 @@ def test_ft_arms_need_a_merged_lora_model(tmp_path):
         "training:\n  datasets: [{path: t.jsonl}]\n  method: lora\n  lora: {merge: false}\n")
     with pytest.raises(ConfigError, match="its stage has lora.merge false"):
         load_config(write(tmp_path, text))
+
+
+def test_the_minimal_config_an_empty_file_is_shown_is_valid(tmp_path):
+    from tunearena.launch.config import MINIMAL_CONFIG
+
+    cfg = load_config(write(tmp_path, MINIMAL_CONFIG))
+    assert cfg.model.base == "my-model-dir" and cfg.evaluation.arms == ["base"]
+    with pytest.raises(ConfigError, match=r"the file is empty.*\nmodel:\n  base:"):
+        load_config(write(tmp_path, "# to do\n"))
+
+
+def test_a_config_with_a_bom_and_crlf_loads(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + MINIMAL.replace("\n", "\r\n").encode())
+    assert load_config(path).evaluation.arms == ["base"]
+
+
+def test_a_config_in_latin_1_is_named(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_bytes(MINIMAL.encode() + "# café\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="exp.yaml: not valid UTF-8.*save the file as UTF-8"):
+        load_config(path)
+
+
+def test_set_on_a_list_says_which_entries_there_are():
+    with pytest.raises(ConfigError, match=r"there is no stages\.3: stages has 3 entries \(0 to 2\)"):
+        load_config(DEMO, ["stages.3.lr=1"])
+    with pytest.raises(ConfigError, match=r"stages\.qa is not a number: stages has 3 entries"):
+        load_config(DEMO, ["stages.qa.lr=1"])
+    with pytest.raises(ConfigError, match=r"there is no evaluation\.arms\.9: .* has 5 entries"):
+        load_config(DEMO, ["evaluation.arms.9=base"])
+    with pytest.raises(ConfigError, match=r"there is no stages\.0\.datasets\.0: .* is empty"):
+        apply_override({"stages": [{"datasets": []}]}, "stages.0.datasets.0.path=x")
+
+
+def test_errors_a_set_causes_are_blamed_on_it_and_the_files_on_the_file(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(DEMO, ["training.lr=fast", "rag.top_k=3"])
+    assert str(err.value).startswith("--set training.lr=fast: training.lr:")
+    assert str(DEMO) not in str(err.value)
+    # A rule across fields, broken by a --set, names the --set too.
+    with pytest.raises(ConfigError, match=r"^--set rag.chunk_overlap_tokens=500: rag: "):
+        load_config(DEMO, ["rag.chunk_overlap_tokens=500"])
+    # A mistake in the file stays the file's, even with an unrelated --set beside it.
+    bad = write(tmp_path, MINIMAL + "seed: many\n")
+    with pytest.raises(ConfigError, match=rf"^{bad}: seed: "):
+        load_config(bad, ["rag.top_k=3"])
+
+
+def test_a_directory_or_a_list_given_as_the_config(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory, expected a config file"):
+        load_config(tmp_path)
+    with pytest.raises(ConfigError, match="the top level is a list, expected a mapping"):
+        load_config(write(tmp_path, "- model: {base: x}\n"))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import ray
 
+from tunearena.configbase import ConfigError
 from tunearena.evaluation.benchmarks import BenchmarkError
 from tunearena.launch.cli import main
 from tunearena.launch.config import load_config
@@ -85,3 +87,44 @@ def test_cli_reports_one_clear_line_and_claims_nothing(tmp_path, capsys):
     assert "rag.top_k" in err and "zero" in err and "Traceback" not in err
     assert not ray.is_initialized()
     assert not any(tmp_path.iterdir())
+
+
+def test_runs_dir_is_written_to_and_left_as_it_was(tmp_path):
+    from tunearena.launch.inputs import check_runs_dir
+
+    check_runs_dir(tmp_path / "runs" / "deeper", "exp")  # the nearest parent that exists
+    check_runs_dir(tmp_path, "exp")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "exp").write_text("a file where the run directory would go\n")
+    with pytest.raises(ConfigError, match=r"runs_dir .*: .*exp is a file, not a directory"):
+        check_runs_dir(tmp_path, "exp")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory")
+def test_a_read_only_runs_dir_is_named(tmp_path):
+    from tunearena.launch.inputs import check_runs_dir
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(ConfigError, match=r"runs_dir .*locked.*: cannot write in .*locked"):
+            check_runs_dir(locked / "runs", "exp")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_a_refused_write_in_runs_dir_becomes_a_config_error(tmp_path, monkeypatch):
+    """As root (this sandbox) no directory is read-only, so the filesystem's refusal is
+    raised where the check writes its probe file."""
+    import tempfile
+
+    from tunearena.launch.inputs import check_runs_dir
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", refuse)
+    with pytest.raises(ConfigError, match=r"cannot write in .* \(Permission denied\); set "
+                                          r"runs_dir to a directory you can write to"):
+        check_runs_dir(tmp_path, "exp")

@@ -358,6 +358,29 @@ def test_a_file_left_empty_names_the_path(tmp_path):
         prepare_dataset(DatasetConfig(path=path), DataPrepConfig(), 0.1, 0, {})
 
 
+def test_a_file_left_empty_says_how_many_were_read_and_why_each_went(tmp_path):
+    question = QUESTIONS["products"][0]
+    path = write_jsonl(tmp_path / "mixed.jsonl",
+                       [{"text": ""}, {"text": f"Q: {question}"}, {"text": f"q:  {question}"}])
+    with pytest.raises(DataError) as err:
+        prepare_dataset(DatasetConfig(path=path), DataPrepConfig(), 0.1, 0, QUESTIONS)
+    message = str(err.value)
+    assert "3 read, 1 dropped as empty or garbled" in message
+    assert "1 dropped as exact duplicates" in message
+    assert "1 dropped as holding a benchmark question (leak_check: drop)" in message
+    assert "near-duplicates" not in message  # a step that dropped nothing is not listed
+    assert "training.data_prep" in message
+
+
+def test_leak_lines_of_a_json_array_file_are_where_the_records_start(tmp_path):
+    path = tmp_path / "export.json"
+    records = [{"text": "The Zephyr lamp is blue."},
+               {"text": f"Asked: {QUESTIONS['products'][0]}"}]
+    path.write_text(json.dumps(records, indent=2), encoding="utf-16")
+    report = prepare_dataset(DatasetConfig(path=path), DataPrepConfig(), 0.0, 0, QUESTIONS).report
+    assert report["leak_examples"][0]["line"] == 5
+
+
 def test_a_split_error_names_the_path(tmp_path):
     path = write_jsonl(tmp_path / "two.jsonl", RECORDS[:2])
     with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: 2 records leave none"):

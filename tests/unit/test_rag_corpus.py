@@ -79,3 +79,15 @@ def test_empty_corpus(tmp_path, content):
     path.write_text(content, encoding="utf-8")
     with pytest.raises(CorpusError, match="corpus is empty"):
         load_documents(path)
+
+
+def test_a_corpus_exported_as_a_json_array_in_utf16_is_read(tmp_path):
+    path = tmp_path / "corpus.json"
+    docs = [{"id": "a", "text": "Alpha ünïcode."}, {"id": "b", "text": "Bravo.", "title": "B"}]
+    path.write_text(json.dumps(docs, indent=1, ensure_ascii=False), encoding="utf-16")
+    assert load_documents(path) == [Document("a", "Alpha ünïcode."), Document("b", "Bravo.", "B")]
+
+
+def test_a_directory_given_for_the_corpus_is_named_as_one(tmp_path):
+    with pytest.raises(CorpusError, match="is a directory, expected a corpus file"):
+        load_documents(tmp_path)

@@ -61,6 +61,14 @@ def test_bad_json_names_file_and_line(tmp_path):
         read_jsonl(path, "text")
 
 
+def test_a_file_saved_by_a_windows_editor_is_read(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"prompt": "Q?", "response": "A"}\r\n'
+                     + b'{"prompt": "Q2?", "response": "B"}\r\n\r\n')
+    assert read_jsonl(path, "instruction") == [{"prompt": "Q?", "response": "A"},
+                                                {"prompt": "Q2?", "response": "B"}]
+
+
 def test_line_numbers_count_blank_lines(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "a"}\n\n["a list"]\n', encoding="utf-8")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
@@ -175,52 +175,120 @@ def input_paths(cfg: ExperimentConfig) -> list[Path]:
     return found
 
 
+def _list_entry(node: list, part: str, key: str, assignment: str) -> int:
+    """The index ``part`` names in the list at ``key``; a wrong one says what there is."""
+    if part.isdigit() and int(part) < len(node):
+        return int(part)
+    there = (f"{key} is empty" if not node else
+             f"{key} has {len(node)} {'entry' if len(node) == 1 else 'entries'} "
+             f"(0 to {len(node) - 1})")
+    want = f"there is no {key}.{part}" if part.isdigit() else f"{key}.{part} is not a number"
+    raise ConfigError(f"--set {assignment!r}: {want}: {there}; a --set can change an entry "
+                      "but not add one (add it to the YAML file)")
+
+
 def apply_override(raw: dict, assignment: str) -> None:
     """Apply one ``a.b.c=value`` override; the value is parsed as YAML (``2``, ``true``, ``[1]``)."""
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. training.max_steps=10")
     key, value = assignment.split("=", 1)
     parts = key.strip().split(".")
-    node = raw
+    node: object = raw
     for i, part in enumerate(parts[:-1]):
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
+        where = ".".join(parts[:i])
+        if isinstance(node, list):
+            node = node[_list_entry(node, part, where, assignment)]
             continue
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {assignment!r}: {'.'.join(parts[: i + 1])} is not a section")
+            raise ConfigError(f"--set {assignment!r}: {where or 'the config'} is not a section "
+                              f"(it holds {node!r})")
         node = node.setdefault(part, {})
     try:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {assignment!r}: value is not valid YAML: {e}") from None
-    last = parts[-1]
-    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-        node[int(last)] = parsed
+    last, where = parts[-1], ".".join(parts[:-1])
+    if isinstance(node, list):
+        node[_list_entry(node, last, where, assignment)] = parsed
     elif isinstance(node, dict):
         node[last] = parsed
     else:
-        raise ConfigError(f"--set {assignment!r}: {'.'.join(parts[:-1])} is not a section")
+        raise ConfigError(f"--set {assignment!r}: {where} is not a section (it holds {node!r})")
 
 
-def load_config(path: Path | str, overrides: list[str] = ()) -> ExperimentConfig:
-    """Read, override and validate an experiment YAML; errors name the file and field."""
-    path = Path(path)
+MINIMAL_CONFIG = """\
+model:
+  base: my-model-dir            # a Hugging Face model dir, a GGUF file or a hub id
+evaluation:
+  arms: [base]
+  benchmarks:
+    - {name: mine, path: qa.jsonl, kind: domain}
+"""
+"""The least a config holds; ``training`` or ``stages`` add fine-tuning, ``rag`` retrieval."""
+
+
+def _read_yaml(path: Path) -> dict:
+    """The top-level mapping of the YAML file ``path``; what it is not is said plainly."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, expected a config file (YAML), e.g. "
+                          "configs/demo.yaml")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8 ({e}); save the file as UTF-8") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty (or only comments); a config needs at "
+                          f"least:\n{MINIMAL_CONFIG}and training: or stages: to fine-tune, rag: "
+                          "to compare retrieval (configs/demo.yaml shows every section)")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    raw = copy.deepcopy(raw)
-    _resolve_paths(raw, path.resolve().parent)
+        raise ConfigError(f"{path}: the top level is a {type(raw).__name__}, expected a mapping "
+                          f"of sections (model:, training:, evaluation:, ...), e.g.:\n"
+                          f"{MINIMAL_CONFIG}")
+    return raw
+
+
+def _blamed_on(raw_file: dict, overrides: Sequence[str], path: Path) -> Callable[[dict], str]:
+    """Who a validation error is blamed on: the YAML file when the file alone has it, else the
+    ``--set`` arguments (the one whose key it lies under, when one does)."""
+    try:
+        ExperimentConfig.model_validate(copy.deepcopy(raw_file))
+        from_file: set[tuple] = set()
+    except ValidationError as e:
+        from_file = {(tuple(x["loc"]), x["msg"]) for x in e.errors()}
+
+    def related(assignment: str, loc: tuple) -> bool:
+        key = tuple(assignment.split("=", 1)[0].strip().split("."))
+        loc_keys = tuple(str(p) for p in loc)
+        n = min(len(key), len(loc_keys))
+        return n > 0 and key[:n] == loc_keys[:n]
+
+    def source(error: dict) -> str:
+        if not overrides or (tuple(error["loc"]), error["msg"]) in from_file:
+            return str(path)
+        named = [a for a in overrides if related(a, tuple(error["loc"]))] or list(overrides)
+        return ", ".join(f"--set {a}" for a in named)
+
+    return source
+
+
+def load_config(path: Path | str, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read, override and validate an experiment YAML; errors name the file and field, and an
+    error that only the ``--set`` arguments cause names them rather than the file."""
+    path = Path(path)
+    raw_file = copy.deepcopy(_read_yaml(path))
+    _resolve_paths(raw_file, path.resolve().parent)
+    raw = copy.deepcopy(raw_file)
     for assignment in overrides:
         apply_override(raw, assignment)
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        raise format_validation_error(e, ExperimentConfig, str(path)) from None
+        raise format_validation_error(e, ExperimentConfig,
+                                      _blamed_on(raw_file, overrides, path)) from None
     # One seed for the experiment: training inherits it unless the YAML set its own.
     if "seed" not in (raw.get("training") or {}):
         cfg.training.seed = cfg.seed

@@ -2,29 +2,40 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
+from tunearena.configbase import ConfigError
 from tunearena.evaluation.arm import Arm
 from tunearena.evaluation.benchmarks import QAItem, load_qa
 from tunearena.launch.config import ExperimentConfig
 
 
-def chat_template_of(base: str, setting: bool | str, trust_remote_code: bool = False) -> bool:
+def chat_template_of(base: str, setting: bool | str) -> bool:
     """``model.chat_template`` resolved against ``base``'s tokenizer (see
     ``formats.resolve_chat_template``); when false, the tokenizer is not read."""
-    from transformers import AutoTokenizer
-
     from tunearena.training.formats import resolve_chat_template
-    from tunearena.training.model_dir import ModelDirError
 
     if setting is False:
         return False
+    return resolve_chat_template(setting, load_tokenizer(base), base)
+
+
+def load_tokenizer(base: str):
+    """``base``'s tokenizer; one that cannot be loaded is a ``ModelDirError``."""
+    from transformers import AutoTokenizer
+
+    from tunearena.remote_code import trust_remote_code
+    from tunearena.training.model_dir import ModelDirError
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(base, trust_remote_code=trust_remote_code())
     except (OSError, ValueError) as e:
         raise ModelDirError(f"model {base}: its tokenizer cannot be loaded: {e}") from None
-    return resolve_chat_template(setting, tokenizer, base)
 
 
-def check_inputs(cfg: ExperimentConfig) -> tuple[dict[str, list[QAItem]], list]:
+def check_inputs(cfg: ExperimentConfig, runs_dir_here: bool = True,
+                 ) -> tuple[dict[str, list[QAItem]], list]:
     """Read every input file once, before any cluster resource is claimed.
 
     A broken benchmark found after an hour of training would waste the hour; here it fails in
@@ -36,6 +47,13 @@ def check_inputs(cfg: ExperimentConfig) -> tuple[dict[str, list[QAItem]], list]:
     truncated or mismatched file is named), a hub id in the offline cache; a dir that ships
     its own code is refused unless ``model.trust_remote_code``, which is recorded here for
     every later load in this process and its Ray workers (``tunearena.remote_code``).
+
+    Training files are cleaned, leak-checked, split and measured against ``seq_len`` as the
+    prepare step will (``training.data_check``); with ``+rag`` arms, the index's factory
+    string, search parameters, embedder and ``top_k`` are tried against the corpus
+    (``rag.check``); with ``runs_dir_here`` (false for a job whose run directory is on the
+    cluster), ``runs_dir`` is written to.
+
     A GGUF ``model.base`` is converted here (once; a cached conversion is reused) and
     ``cfg.model.base`` is pointed at the converted dir, so training, the RAG arms, scoring,
     export and preflight all read a plain Hugging Face dir, and a broken file is named now.
@@ -44,31 +62,36 @@ def check_inputs(cfg: ExperimentConfig) -> tuple[dict[str, list[QAItem]], list]:
     answer; ``true`` for a tokenizer without one is a ``ChatTemplateError``.
     """
     from tunearena.remote_code import set_trust_remote_code
+    from tunearena.training.data_check import check_stage_files
     from tunearena.training.gguf import resolve_base
     from tunearena.training.lengths import check_seq_len
     from tunearena.training.model_dir import check_model_dir
-    from tunearena.training.prepare import read_jsonl
 
     trusted = cfg.model.trust_remote_code
     set_trust_remote_code(trusted)
+    if runs_dir_here:
+        check_runs_dir(cfg.runs_dir, cfg.name)
     cfg.model.base = resolve_base(cfg.model.base, cfg.model.gguf_cache_dir)
     check_model_dir(cfg.model.base, trusted)
     from tunearena.training.tracking import check_trackers_available
 
+    questions = {b.name: load_qa(b.path, b.track) for b in cfg.evaluation.benchmarks
+                 if b.path is not None}
+    texts = {name: [q.question for q in items] for name, items in questions.items()}
+    prepared = {}
     for stage in cfg.resolved_stages():
         check_seq_len(stage.training, cfg.model.base, f"stage {stage.name}")
-        replayed = stage.replay.datasets if stage.replay else []
-        for ds in [*stage.training.datasets, *replayed]:
-            read_jsonl(ds.path, ds.format, allow_empty=True)
-            if ds.validation_path is not None:
-                read_jsonl(ds.validation_path, ds.format, allow_empty=True)
+        prepared[stage.name] = check_stage_files(stage, texts)
         check_trackers_available(stage.training.tracking)
     if cfg.rag.enabled and cfg.rag.corpus is not None:
         from tunearena.rag.corpus import load_documents
 
-        load_documents(cfg.rag.corpus)
-    questions = {b.name: load_qa(b.path, b.track) for b in cfg.evaluation.benchmarks
-                 if b.path is not None}
+        if any(Arm.parse(a).context == "rag" for a in cfg.evaluation.arms):
+            from tunearena.rag.check import check_rag
+
+            check_rag(cfg.rag)  # the index will be built: the corpus, FAISS, top_k
+        else:
+            load_documents(cfg.rag.corpus)
     external = [b for b in cfg.evaluation.benchmarks if b.lm_eval_task is not None]
     if external and cfg.evaluation.enabled:
         from tunearena.evaluation.harness import check_lm_eval_task
@@ -85,5 +108,38 @@ def check_inputs(cfg: ExperimentConfig) -> tuple[dict[str, list[QAItem]], list]:
         assert fewshot.path is not None  # the config refuses +fewshot arms without it
         asked = {q.question for items in questions.values() for q in items}
         examples = draw_examples(load_pool(fewshot.path), fewshot.k, cfg.seed, asked)
-    cfg.model.chat_template = chat_template_of(cfg.model.base, cfg.model.chat_template, trusted)
+    cfg.model.chat_template = chat_template_of(cfg.model.base, cfg.model.chat_template)
+    _check_lengths(cfg, prepared)
     return questions, examples
+
+
+def _check_lengths(cfg: ExperimentConfig, prepared: dict[str, list]) -> None:
+    """Each stage's records against its ``seq_len``, with the base model's tokenizer."""
+    from functools import cache
+
+    from tunearena.training.data_check import check_record_lengths
+    from tunearena.training.lengths import model_context
+
+    tokenizer = cache(lambda: load_tokenizer(cfg.model.base))
+    for stage in cfg.resolved_stages():
+        check_record_lengths(prepared[stage.name], stage.training, tokenizer,
+                             cfg.model.chat_template is True, model_context(cfg.model.base),
+                             f"stage {stage.name}")
+
+
+def check_runs_dir(runs_dir: Path, name: str) -> None:
+    """Write a file where the run directory will be made (in ``runs_dir/name``, or in its
+    nearest parent that exists), so that a ``runs_dir`` that cannot be written is named now,
+    not after the inputs were read and a cluster started. Writes nothing that stays."""
+    target = (runs_dir / name).resolve()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    fix = "set runs_dir to a directory you can write to (--set runs_dir=...)"
+    if not existing.is_dir():
+        raise ConfigError(f"runs_dir {runs_dir}: {existing} is a file, not a directory, so "
+                          f"the run directory {target} cannot be made there; {fix}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".tunearena-check-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"runs_dir {runs_dir}: cannot write in {existing} "
+                          f"({e.strerror or e}); {fix}") from None

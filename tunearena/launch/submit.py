@@ -92,7 +92,7 @@ def submit(config_path: Path, overrides: list[str], address: str, working_dir: P
                       f"there before any worker starts: {escape(listed)}", soft_wrap=True)
     else:
         console.print("checking inputs")
-        check_inputs(cfg)
+        check_inputs(cfg, runs_dir_here=False)
     client = connect(address)
     if cfg.resolved_stages():
         console.print(f"cluster resources: {check_cluster_fits(cfg, address)}", soft_wrap=True)

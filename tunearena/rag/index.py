@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 from sentence_transformers import SentenceTransformer
 
+from tunearena.errors import UserError
 from tunearena.rag.chunking import Chunk, chunk_documents
 from tunearena.rag.config import RagConfig
 from tunearena.rag.corpus import load_documents
@@ -39,6 +40,11 @@ INDEX_FILE = "index.faiss"
 CHUNKS_FILE = "chunks.jsonl"
 META_FILE = "meta.json"
 ANN_QUERIES = 200  # chunk vectors sampled as queries for the ANN recall recorded at build
+
+
+class RagIndexError(UserError, ValueError):
+    """An index the ``rag`` section asks for that cannot be built: the message names the key
+    (``rag.index_factory``, ``rag.index_search_params``, ``rag.chunk_tokens``, ...)."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +62,8 @@ def make_index(factory: str, dim: int) -> faiss.Index:
     try:
         return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
-        raise ValueError(
-            f"invalid index_factory {factory!r}: {_faiss_message(e)}; set rag.index_factory to "
+        raise RagIndexError(
+            f"invalid index_factory {factory!r}: {faiss_message(e)}; set rag.index_factory to "
             "a FAISS factory string such as 'Flat', 'HNSW32' or 'IVF256,Flat'"
         ) from None
 
@@ -68,13 +74,14 @@ def fill_index(index: faiss.Index, vectors: np.ndarray) -> faiss.Index:
     ``IDMap`` and ``IDMap2`` indexes take explicit ids (their ``add`` raises); they get the row
     numbers, so their ids mean what every other index's do.
     """
-    _check_trainable(index, len(vectors))
+    check_trainable(index, len(vectors))
     if not index.is_trained:
         try:
             index.train(vectors)
         except RuntimeError as e:
-            raise ValueError(
-                f"could not train the index on {len(vectors)} vectors: {_faiss_message(e)}"
+            raise RagIndexError(
+                f"could not train the index on {len(vectors)} vectors: {faiss_message(e)}; "
+                "choose another rag.index_factory"
             ) from None
     if isinstance(faiss.downcast_index(index), faiss.IndexIDMap):  # IndexIDMap2 derives from it
         index.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64))
@@ -110,15 +117,16 @@ def set_search_params(index: faiss.Index, search_params: str) -> None:
     ``"nprobe=16"`` (IVF lists visited) or ``"nprobe=16,efSearch=128"``.
 
     Factory strings carry no search-time parameters; this string is how an index's config
-    sets them. ``""`` sets nothing. Raises ``ValueError`` for a parameter the index lacks.
+    sets them. ``""`` sets nothing. Raises ``RagIndexError`` for a parameter the index lacks.
     """
     if not search_params:
         return
     try:
         faiss.ParameterSpace().set_index_parameters(index, search_params)
     except RuntimeError as e:
-        raise ValueError(
-            f"invalid search parameters {search_params!r} for this index: {_faiss_message(e)}"
+        raise RagIndexError(
+            f"invalid search parameters {search_params!r} for this index: {faiss_message(e)}; "
+            "fix rag.index_search_params (e.g. nprobe=16 for IVF, efSearch=128 for HNSW)"
         ) from None
 
 
@@ -258,7 +266,7 @@ def build_index(cfg: RagConfig, out_dir: Path) -> dict:
     and their self-matches are left out of both result lists. The summary is also written to
     ``meta.json``.
 
-    Raises ``CorpusError`` for a bad corpus and ``ValueError`` for chunks longer than the
+    Raises ``CorpusError`` for a bad corpus and ``RagIndexError`` for chunks longer than the
     embedder reads, search parameters the index lacks or an index that cannot be trained on
     this many chunks; all are checked before the (slow) embedding.
     """
@@ -268,18 +276,12 @@ def build_index(cfg: RagConfig, out_dir: Path) -> dict:
     docs = load_documents(cfg.corpus)
     embedder = load_embedder(cfg.embedding_model)
     tokenizer = embedder.tokenizer
-    # The embedder silently truncates longer inputs, which would drop the end of every chunk.
-    max_chunk_tokens = embedder.max_seq_length - tokenizer.num_special_tokens_to_add()
-    if cfg.chunk_tokens > max_chunk_tokens:
-        raise ValueError(
-            f"chunk_tokens ({cfg.chunk_tokens}) exceeds what {cfg.embedding_model!r} reads "
-            f"({max_chunk_tokens} tokens plus special tokens); lower chunk_tokens"
-        )
+    check_chunk_tokens(cfg, embedder)
     chunks = chunk_documents(docs, tokenizer, cfg.chunk_tokens, cfg.chunk_overlap_tokens)
     dim = embedder.get_embedding_dimension()
     search_params = cfg.index_search_params
     index = make_index(cfg.index_factory, dim)
-    _check_trainable(index, len(chunks))
+    check_trainable(index, len(chunks))
     set_search_params(index, search_params)
     texts = [c.text for c in chunks]
     if _embeds_with_ray_data(cfg, len(chunks)):
@@ -328,6 +330,18 @@ def build_index(cfg: RagConfig, out_dir: Path) -> dict:
     }
     _write_index_dir(Path(out_dir), index, chunks, meta)
     return summary
+
+
+def check_chunk_tokens(cfg: RagConfig, embedder: SentenceTransformer) -> None:
+    """Refuse chunks longer than the embedder reads: it silently truncates longer inputs,
+    which would drop the end of every chunk."""
+    max_chunk_tokens = embedder.max_seq_length - embedder.tokenizer.num_special_tokens_to_add()
+    if cfg.chunk_tokens > max_chunk_tokens:
+        raise RagIndexError(
+            f"rag.chunk_tokens ({cfg.chunk_tokens}) exceeds what {cfg.embedding_model!r} reads "
+            f"({max_chunk_tokens} tokens plus special tokens); set rag.chunk_tokens to at "
+            f"most {max_chunk_tokens}"
+        )
 
 
 def _embeds_with_ray_data(cfg: RagConfig, n_chunks: int) -> bool:
@@ -426,19 +440,21 @@ def _id_recall(exact_ids: np.ndarray, index_ids: np.ndarray) -> float:
     return found / n_exact
 
 
-def _check_trainable(index: faiss.Index, n_vectors: int) -> None:
+def check_trainable(index: faiss.Index, n_vectors: int) -> None:
+    """Refuse an IVF index with more lists than vectors to train it on."""
     # k-means needs at least one training point per IVF list; faiss's own error names neither
     # the factory string nor a way out.
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None and ivf.nlist > n_vectors:
-        raise ValueError(
-            f"an IVF index with {ivf.nlist} lists needs at least {ivf.nlist} vectors to train, "
-            f"but there are only {n_vectors} chunks; use fewer lists (faiss wants ~39 vectors "
-            f"a list: IVF{max(1, n_vectors // 39)}) or a Flat or HNSW32 index"
+        raise RagIndexError(
+            f"rag.index_factory: an IVF index with {ivf.nlist} lists needs at least "
+            f"{ivf.nlist} vectors to train, but there are only {n_vectors} chunks; use fewer lists (faiss wants ~39 vectors "
+            f"a list: IVF{max(1, n_vectors // 39)},Flat) or a Flat or HNSW32 index"
         )
 
 
-def _faiss_message(e: RuntimeError) -> str:
+def faiss_message(e: RuntimeError) -> str:
+    """FAISS's own text, without the C++ function and source location."""
     # faiss prefixes its messages with the C++ function and source location.
     return re.sub(r"^Error in .*? at \S+:\d+: ", "", str(e)).strip()
 

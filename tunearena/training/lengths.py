@@ -11,6 +11,7 @@ leaves them out, counted in the data report. Nothing is ever cut silently.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -73,7 +74,15 @@ def token_lengths(records: Sequence[dict], fmt: str, tokenizer,
                   chat_template: bool = False) -> list[int]:
     """Each record's length in tokens, as training tokenises it (EOS or end of turn
     included; through the chat template when the run's prompts go through it)."""
-    return [len(tokenize_record(r, fmt, tokenizer, chat_template)[0]) for r in records]
+    # Records past the model's limit are measured here on purpose, to be named; transformers'
+    # warning that such a sequence would break the model only alarms.
+    quiet = logging.getLogger("transformers.tokenization_utils_base")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return [len(tokenize_record(r, fmt, tokenizer, chat_template)[0]) for r in records]
+    finally:
+        quiet.setLevel(level)
 
 
 def fit_to_seq_len(prepared: PreparedData, tokenizer, training: TrainingConfig,

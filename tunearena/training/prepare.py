@@ -65,6 +65,13 @@ _BAD_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
 _WORDS = re.compile(r"\w+")
 
 COUNT_KEYS = ("empty_or_garbled", "exact_duplicates", "near_duplicates")
+DROP_REASONS = {
+    "empty_or_garbled": "empty or garbled (a blank field, or mostly not letters)",
+    "exact_duplicates": "exact duplicates",
+    "near_duplicates": "near-duplicates",
+    "leaked": "holding a benchmark question (leak_check: drop)",
+}
+"""Why each cleaning step drops a record, in the words an error gives."""
 LEAK_EXAMPLES = 5
 
 
@@ -283,9 +290,9 @@ class PreparedData:
 
 
 def _line_numbers(path: Path) -> list[int]:
-    """The 1-based line of each record in a JSONL file: ``read_jsonl`` skips blank lines."""
-    lines = path.read_bytes().split(b"\n")
-    return [n for n, line in enumerate(lines, start=1) if line.decode("utf-8").strip()]
+    """The 1-based line of each record in a training file, as ``read_jsonl`` read them (it
+    skips blank lines, and a JSON array's items may share a line or span several)."""
+    return [int(where.rsplit(":", 1)[1]) for where, _ in iter_jsonl(path, DataError, "file")]
 
 
 def _clean_file(
@@ -300,9 +307,12 @@ def _clean_file(
     leaking = {leak["index"] for leak in leaks} if cfg.leak_check == "drop" else set()
     kept = [i for n, i in enumerate(cleaned) if n not in leaking]
     if not kept:
-        dropped = ", ".join(f"{n} {step}" for step, n in {**counts, "leaked": len(leaking)}.items())
+        dropped = {**counts, "leaked": len(leaking)}
         raise DataError(f"{path}: no record is left after cleaning: {len(records)} read, "
-                        f"dropped {dropped}")
+                        + ", ".join(f"{n} dropped as {DROP_REASONS[step]}"
+                                    for step, n in dropped.items() if n)
+                        + "; give the file records to train on, or turn that cleaning off "
+                        "(training.data_prep: drop_garbled, deduplicate, leak_check)")
     lines = _line_numbers(path)
     report = {
         "path": str(path),
