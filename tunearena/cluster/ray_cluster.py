@@ -80,6 +80,26 @@ def resolve_auto() -> tuple[str, str]:
         f"local to run on an embedded Ray of this run's own")
 
 
+def join_failure(address: str, err: Exception) -> ClusterConnectionError:
+    """``ray.init``'s failure to join ``address`` in our words. Ray reports a refused token,
+    after retrying, as a ``ConnectionError`` raised from an error holding the
+    ``AuthenticationError``."""
+    text, cause = "", err
+    while cause is not None:  # the refusal is in the error this one was raised from
+        text += f"{type(cause).__name__}: {cause}\n"
+        cause = cause.__cause__ or cause.__context__
+    if "AuthenticationError" in text or "InvalidAuthToken" in text:
+        return ClusterConnectionError(
+            f"the cluster at {address} refused this driver: it was started with token "
+            f"authentication, and this driver sent no token or a wrong one. Set "
+            f"RAY_AUTH_MODE=token here and give the cluster's token (RAY_AUTH_TOKEN, "
+            f"RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token as on the head)")
+    first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+    return ClusterConnectionError(
+        f"cannot join the Ray cluster at {address}: {first}. Is it the head's GCS address "
+        f"(HOST:6379), and does the head run the same Ray version ({ray.__version__})?")
+
+
 def describe_cluster(address: str, found: str) -> str:
     """One line naming the cluster this driver joined: address, live nodes, CPUs, GPUs."""
     try:
@@ -89,8 +109,9 @@ def describe_cluster(address: str, found: str) -> str:
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     res = ray.cluster_resources()
     where = "" if found == "cluster.address" else f" ({found})"
-    return (f"joined the Ray cluster at {gcs}{where}: {nodes} node{'s' if nodes != 1 else ''}, "
-            f"{res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
+    counts = [(nodes, "node"), (res.get("CPU", 0), "CPU"), (res.get("GPU", 0), "GPU")]
+    return f"joined the Ray cluster at {gcs}{where}: " + ", ".join(
+        f"{n:g} {unit}{'s' if n != 1 else ''}" for n, unit in counts)
 
 
 def worker_env(cfg: ClusterConfig) -> dict[str, str]:
@@ -161,11 +182,8 @@ def ray_session(cfg: ClusterConfig, say: Callable[[str], None] = print) -> Itera
                 f"run's own") from None
         try:
             ray.init(address=address, runtime_env=runtime_env)
-        except ray.exceptions.AuthenticationError as err:
-            raise ClusterConnectionError(
-                f"the cluster at {address} refused this driver: {err}. A cluster started "
-                f"with token authentication needs RAY_AUTH_MODE=token and its token "
-                f"(RAY_AUTH_TOKEN, or ~/.ray/auth_token) here too") from None
+        except (ray.exceptions.AuthenticationError, ConnectionError, RuntimeError) as err:
+            raise join_failure(address, err) from None
         say(describe_cluster(address, found))
     drop_worker_noise()
     try:
