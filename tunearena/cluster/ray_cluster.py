@@ -84,7 +84,7 @@ def join_failure(address: str, err: Exception) -> ClusterConnectionError:
     """``ray.init``'s failure to join ``address`` in our words. Ray reports a refused token,
     after retrying, as a ``ConnectionError`` raised from an error holding the
     ``AuthenticationError``."""
-    text, cause = "", err
+    text, cause = "", err  # type: str, BaseException | None
     while cause is not None:  # the refusal is in the error this one was raised from
         text += f"{type(cause).__name__}: {cause}\n"
         cause = cause.__cause__ or cause.__context__
