@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,6 +132,20 @@ def test_a_stopped_run_resumes_to_the_same_final_loss(uninterrupted, ray_local, 
     with pytest.raises(ckpt.ResumeError, match=r"written by 2 workers.*this attempt has 1"):
         run_stage("stopped", str(tiny_model_dir), cfg,
                   CLUSTER.model_copy(update={"num_workers": 1}), tmp_path / "model", storage)
+
+    # A checkpoint whose files changed since they were saved is refused before any worker
+    # starts (DeepSpeed would unpickle them), naming the file; the original still resumes.
+    tampered = storage / "tampered"
+    shutil.copytree(storage / "stopped", tampered)
+    hashes = json.loads((tampered / stopped_at[0] / "tunearena_hashes_rank0.json").read_text())
+    assert {"tunearena_state.json", "rng_rank0.pt"} <= hashes["files"].keys()
+    states = tampered / stopped_at[0] / "deepspeed" / "mp_rank_00_model_states.pt"
+    assert "deepspeed/mp_rank_00_model_states.pt" in hashes["files"]
+    states.write_bytes(states.read_bytes() + b"\0")
+    with pytest.raises(ckpt.CheckpointMismatch,
+                       match=r"mp_rank_00_model_states.pt does not match the SHA-256.*Delete"):
+        run_stage("tampered", str(tiny_model_dir), cfg, CLUSTER, tmp_path / "model", storage)
+    shutil.rmtree(tampered)
 
     summary = run_stage("stopped", str(tiny_model_dir), cfg, CLUSTER, tmp_path / "model",
                         storage)

@@ -403,7 +403,55 @@ DATA_CASES: list[Case] = [
 
 # --- run directories, reports, cluster -----------------------------------------------------
 
+
+def _reported_run(tmp_path: Path) -> Path:
+    """A run dir with a good results.json and the reports rendered from it."""
+    from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
+    from tunearena.evaluation.report import summarise, write_reports, write_results
+
+    benchmarks = [BenchmarkConfig(name="dom", path="dom.jsonl", kind="domain")]
+    samples = {arm: {"dom": [{"id": f"q{i}", "acc": int(i < right), "acc_norm": 0}
+                             for i in range(10)]}
+               for arm, right in (("base", 3), ("base+rag", 7), ("ft", 5), ("ft+rag", 8))}
+    results = summarise(samples, benchmarks,
+                        EvaluationConfig(benchmarks=benchmarks, bootstrap_samples=200),
+                        ReportConfig(), {})
+    run_dir = tmp_path / "runs" / "done"
+    run_dir.mkdir(parents=True)
+    write_results(run_dir, results)
+    write_reports(run_dir, results)
+    return run_dir
+
+
+def _report_over(results_json: str | None) -> Callable[[Path], tuple[list[str], list[Path]]]:
+    """``tunearena report`` on a reported run whose results.json became ``results_json``
+    (None: deleted); its reports must come through."""
+
+    def build(tmp_path: Path) -> tuple[list[str], list[Path]]:
+        run_dir = _reported_run(tmp_path)
+        path = run_dir / "results.json"
+        if results_json is None:
+            path.unlink()
+        else:
+            path.write_text(results_json)
+        return ["report", str(run_dir)], [run_dir / "report.html", run_dir / "report.md"]
+
+    return build
+
+
 RUN_CASES: list[Case] = [
+    Case("report-results-without-results", _report_over('{"arms": 5}'), 2,
+         ("results.json", "settings: Field required", "arms: Input should be a valid list",
+          "benchmarks: Field required", "report.md and report.html kept")),
+    Case("report-results-truncated", _report_over('{"schema_version": 3, "arms": ["ba'), 2,
+         ("results.json: not valid JSON", "kept as they were")),
+    Case("report-results-a-list", _report_over('[{"arms": ["base"]}]'), 2,
+         ("results.json: expected a JSON object, got list", "kept as they were")),
+    Case("report-results-missing", _report_over(None), 2,
+         ("results.json: results not found", "kept as they were")),
+    Case("report-results-empty-object",
+         _report_over('{"settings": {}, "arms": [], "benchmarks": {}}'), 2,
+         ("results.json", "kept as they were")),
 ]
 
 

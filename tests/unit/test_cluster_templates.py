@@ -212,6 +212,17 @@ def test_launcher_run_command_parses_and_loads_its_config():
                 gpu["min_workers"], "/shared")
 
 
+def test_launcher_dashboard_listens_on_loopback_and_says_how_to_reach_it():
+    # The dashboard is Ray's Jobs API: reachable means able to run code on the cluster.
+    [head_start] = [c for c in launcher()["head_start_ray_commands"] if "ray start" in c]
+    assert "--dashboard-host=127.0.0.1" in head_start
+    assert "0.0.0.0" not in LAUNCHER.read_text()
+    header = " ".join(ln.lstrip("# ") for ln in LAUNCHER.read_text().splitlines()
+                      if ln.startswith("#"))
+    assert "`ray dashboard cluster/templates/ray-cluster-gpu.yaml`" in header
+    assert "`ssh -L 8265:localhost:8265" in header
+
+
 # ------------------------------------------------------------------------------- RayJob
 
 
@@ -260,6 +271,17 @@ def test_rayjob_manifest_structure():
         assert container["image"] == image
         gpus = container["resources"]["limits"]["nvidia.com/gpu"]
         assert isinstance(gpus, int) and gpus >= 1
+
+
+def test_rayjob_dashboard_stays_inside_the_kubernetes_cluster():
+    # In a pod the operator and the submitter reach the dashboard at the pod's IP, so it
+    # listens on every interface there; the head Service is what keeps it in the cluster.
+    head = rayjob()["spec"]["rayClusterSpec"]["headGroupSpec"]
+    assert head["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+    assert head["serviceType"] == "ClusterIP"
+    text = RAYJOB.read_text()
+    assert "never make it a" in text and "LoadBalancer or NodePort" in text
+    assert "kubectl port-forward svc/<raycluster>-head-svc 8265:8265" in text
 
 
 def test_rayjob_shared_volume_holds_runs_and_checkpoints():

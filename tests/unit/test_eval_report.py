@@ -746,3 +746,32 @@ def test_a_stage_entry_may_be_the_whole_training_summary():
 def test_markdown_without_stages_has_no_stages_section():
     md = render_markdown(_summarise())
     assert "## Stages" not in md and "**Warning:**" not in md and "(= ft@" not in md
+
+
+def test_results_that_score_nothing_are_refused(tmp_path):
+    results = _summarise()
+    results["benchmarks"], results["samples"] = {}, {}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    with pytest.raises(ResultsError, match=re.escape(f"{path}: holds no results")):
+        load_results(path)
+
+
+def test_reports_are_replaced_together_or_not_at_all(tmp_path, monkeypatch):
+    import tunearena.evaluation.report as report
+
+    results = parse_results(_summarise())
+    md, html = report.write_reports(tmp_path, results)
+    before = {p: p.read_bytes() for p in (md, html)}
+    assert md.name == "report.md" and html.name == "report.html" and all(before.values())
+
+    def broken(view, results):
+        raise RuntimeError("the page failed to render")
+
+    monkeypatch.setattr(report, "render_html", broken)
+    md.write_text("older")
+    before[md] = md.read_bytes()
+    with pytest.raises(RuntimeError, match="failed to render"):
+        report.write_reports(tmp_path, results)
+    assert {p: p.read_bytes() for p in (md, html)} == before  # the Markdown was not replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.md"]

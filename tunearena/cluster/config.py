@@ -14,7 +14,9 @@ class ClusterConfig(StrictModel):
 
     address: str = "local"
     """``local`` starts an embedded Ray instance on this machine; ``auto`` joins the cluster
-    this machine belongs to; ``ray://HOST:10001`` or ``HOST:6379`` joins that cluster."""
+    ``RAY_ADDRESS`` names, else the one the last ``ray start`` on this machine recorded (never
+    another program's embedded instance); ``ray://HOST:10001`` or ``HOST:6379`` joins that
+    cluster."""
     num_cpus: int | None = Field(None, ge=1)
     """CPUs the embedded instance may use (``address: local`` only); default: all."""
     num_workers: int = Field(2, ge=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import ray
@@ -25,6 +25,9 @@ PASSTHROUGH_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLIN
 class ClusterConnectionError(UserError, RuntimeError):
     """Nothing answers at the cluster address given, or the cluster refused this driver."""
 
+    why = ""
+    """What the connection attempt met (``Connection refused``), when one was made."""
+
 
 def probe_address(host: str, port: int, what: str, timeout_s: float = 5.0) -> None:
     """Open (and close) a TCP connection, raising ``ClusterConnectionError`` within ``timeout_s``.
@@ -39,10 +42,12 @@ def probe_address(host: str, port: int, what: str, timeout_s: float = 5.0) -> No
         why = f"no answer within {timeout_s:g} s"
     except OSError as err:
         why = err.strerror or str(err)
-    raise ClusterConnectionError(
+    error = ClusterConnectionError(
         f"cannot reach {what} at {host}:{port}: {why}. Is the head node up, and is port {port} "
         f"reachable from this machine (a firewall, a VPN, or an SSH tunnel such as "
         f"`ray dashboard CLUSTER.yaml`)?")
+    error.why = why
+    raise error
 
 
 def probe_cluster(address: str) -> None:
@@ -52,6 +57,64 @@ def probe_cluster(address: str) -> None:
     if sep and port.isdigit() and host:
         what = "the Ray client server" if address.startswith("ray://") else "the Ray head (GCS)"
         probe_address(host.strip("[]"), int(port), what)
+
+
+def resolve_auto() -> tuple[str, str]:
+    """The cluster ``address: auto`` means: ``RAY_ADDRESS``, else the one the last
+    ``ray start`` on this machine recorded in Ray's temp dir (``$RAY_TMPDIR``, default
+    ``/tmp/ray``); returns (address, where it was found).
+
+    Ray's own ``auto`` goes on to join any Ray instance it finds among this machine's
+    processes, such as another program's embedded one; a run joins only a cluster someone
+    started on purpose, so that fallback is left out.
+    """
+    from ray._common.utils import get_ray_address_file
+    from ray._private.utils import read_ray_address
+
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"], "from RAY_ADDRESS"
+    recorded = read_ray_address(None)
+    if recorded:
+        return recorded, f"recorded by `ray start` in {get_ray_address_file(None)}"
+    raise ClusterConnectionError(
+        f"cluster.address is auto, but no Ray cluster is running here: RAY_ADDRESS is not set "
+        f"and no `ray start` recorded one in {get_ray_address_file(None)}. Start one with "
+        f"`ray start --head` (or join one: RAY_ADDRESS=HEAD:6379), or use cluster.address: "
+        f"local to run on an embedded Ray of this run's own")
+
+
+def join_failure(address: str, err: Exception) -> ClusterConnectionError:
+    """``ray.init``'s failure to join ``address`` in our words. Ray reports a refused token,
+    after retrying, as a ``ConnectionError`` raised from an error holding the
+    ``AuthenticationError``."""
+    text, cause = "", err  # type: str, BaseException | None
+    while cause is not None:  # the refusal is in the error this one was raised from
+        text += f"{type(cause).__name__}: {cause}\n"
+        cause = cause.__cause__ or cause.__context__
+    if "AuthenticationError" in text or "InvalidAuthToken" in text:
+        return ClusterConnectionError(
+            f"the cluster at {address} refused this driver: it was started with token "
+            f"authentication, and this driver sent no token or a wrong one. Set "
+            f"RAY_AUTH_MODE=token here and give the cluster's token (RAY_AUTH_TOKEN, "
+            f"RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token as on the head)")
+    first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+    return ClusterConnectionError(
+        f"cannot join the Ray cluster at {address}: {first}. Is it the head's GCS address "
+        f"(HOST:6379), and does the head run the same Ray version ({ray.__version__})?")
+
+
+def describe_cluster(address: str, found: str) -> str:
+    """One line naming the cluster this driver joined: address, live nodes, CPUs, GPUs."""
+    try:
+        gcs = ray.get_runtime_context().gcs_address or address
+    except Exception:  # a Ray client connection has no GCS address to show
+        gcs = address
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    res = ray.cluster_resources()
+    where = "" if found == "cluster.address" else f" ({found})"
+    counts = [(nodes, "node"), (res.get("CPU", 0), "CPU"), (res.get("GPU", 0), "GPU")]
+    return f"joined the Ray cluster at {gcs}{where}: " + ", ".join(
+        f"{n:g} {unit}{'s' if n != 1 else ''}" for n, unit in counts)
 
 
 def worker_env(cfg: ClusterConfig) -> dict[str, str]:
@@ -70,17 +133,22 @@ def worker_env(cfg: ClusterConfig) -> dict[str, str]:
     # by scanning the machine's processes, which fails where several clusters share one
     # machine: name the cluster. (Inside a Ray job, RAY_ADDRESS already holds it.)
     if cfg.address != "local" and not cfg.address.startswith("ray://"):
-        gcs = os.environ.get("RAY_ADDRESS") if cfg.address == "auto" else cfg.address
+        gcs = cfg.address
+        if gcs == "auto":  # the cluster joined, once joined
+            gcs = os.environ.get("RAY_ADDRESS") or (
+                ray.get_runtime_context().gcs_address if ray.is_initialized() else "")
         if gcs:
             env["RAY_ADDRESS"] = gcs
     return env
 
 
 @contextmanager
-def ray_session(cfg: ClusterConfig) -> Iterator[None]:
+def ray_session(cfg: ClusterConfig, say: Callable[[str], None] = print) -> Iterator[None]:
     """Connect to (or start) Ray for the duration of the block.
 
     An already-initialised Ray (a test's cluster, a notebook) is used as it is and left running.
+    Joining a cluster (any address but ``local``), ``say`` gets a line naming it: its address,
+    nodes, CPUs and GPUs.
     """
     if ray.is_initialized():
         yield
@@ -101,15 +169,25 @@ def ray_session(cfg: ClusterConfig) -> Iterator[None]:
             log_to_driver=True,
         )
     else:
-        if cfg.address != "auto":
-            probe_cluster(cfg.address)
+        address, found = (resolve_auto() if cfg.address == "auto"
+                          else (cfg.address, "cluster.address"))
+        if cfg.address == "auto":
+            runtime_env["env_vars"] = worker_env(cfg.model_copy(update={"address": address}))
         try:
-            ray.init(address=cfg.address, runtime_env=runtime_env)
-        except ray.exceptions.AuthenticationError as err:
+            probe_cluster(address)
+        except ClusterConnectionError as err:
+            if not found.startswith("recorded"):
+                raise
             raise ClusterConnectionError(
-                f"the cluster at {cfg.address} refused this driver: {err}. A cluster started "
-                f"with token authentication needs RAY_AUTH_MODE=token and its token "
-                f"(RAY_AUTH_TOKEN, or ~/.ray/auth_token) here too") from None
+                f"cluster.address is auto, but the cluster {found} ({address}) does not answer "
+                f"({err.why}): it was stopped, or its head is gone. Start one with `ray start "
+                f"--head`, or use cluster.address: local to run on an embedded Ray of this "
+                f"run's own") from None
+        try:
+            ray.init(address=address, runtime_env=runtime_env)
+        except (ray.exceptions.AuthenticationError, ConnectionError, RuntimeError) as err:
+            raise join_failure(address, err) from None
+        say(describe_cluster(address, found))
     drop_worker_noise()
     try:
         yield

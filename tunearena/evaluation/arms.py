@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from tunearena.cluster.config import ClusterConfig
+from tunearena.cluster.failures import root_cause
+from tunearena.errors import UserError
 from tunearena.evaluation.arm import Arm
 from tunearena.evaluation.benchmarks import QAItem
 from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig
@@ -65,8 +67,28 @@ class ArmJob:
     """Per benchmark, questions (``{"prompt", "choices"?}``) answered one at a time."""
 
 
-class ArmFailed(RuntimeError):
-    """One or more arms failed; the others' results were kept."""
+class ArmFailed(UserError, RuntimeError):
+    """One or more arms failed; the others' results were kept. The message names each failed
+    arm, the benchmark it was scoring where the error says which, the cause and what to
+    check."""
+
+
+def arm_failure(failed: list[tuple[ArmJob, BaseException]]) -> ArmFailed:
+    """One message for the arms that failed, the first one's cause in full."""
+    from tunearena.cluster.failures import first_line, hint, logs_hint
+
+    job, cause = failed[0]
+    text = str(cause)
+    named = [b for b, task in job.tasks.items() if task in text]
+    where = (f"benchmark {', '.join(named)}" if named
+             else f"benchmarks {', '.join(job.tasks)}" if len(job.tasks) > 1
+             else f"benchmark {', '.join(job.tasks)}")
+    fix = hint(cause, job.model_dir, "lower evaluation.batch_size, or give each arm a GPU", text)
+    return ArmFailed(
+        f"{len(failed)} arm(s) failed ({', '.join(str(j.arm) for j, _ in failed)}); the other "
+        f"arms' scores are kept. {job.arm} on {where} (model {job.model_dir}): "
+        f"{type(cause).__name__}: {first_line(cause)}" + (f". {fix}" if fix else "")
+        + f". {logs_hint()}")
 
 
 def score_arm(job: ArmJob, scoring: Scoring, device: str) -> dict[str, Any]:
@@ -114,24 +136,21 @@ def run_arms(
                                            max_retries=0)
     device = "cuda" if use_gpu else "cpu"
     pending = {remote.remote(job, scoring, device): job for job in jobs}
-    failed: list[tuple[str, BaseException]] = []
+    failed: list[tuple[ArmJob, BaseException]] = []
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         job = pending.pop(ready[0])
         try:
             result = ray.get(ready[0])
-        except ray.exceptions.RayTaskError as e:
-            cause = e.cause if isinstance(e.cause, BaseException) else e
-            failed.append((str(job.arm), cause))
+        except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError,
+                ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError) as e:
+            cause = root_cause(e)
+            failed.append((job, cause))
             on_error(job, cause)
             continue
         on_done(job, result)
     if failed:
-        arm, first = failed[0]
-        raise ArmFailed(
-            f"{len(failed)} arm(s) failed ({', '.join(a for a, _ in failed)}); "
-            f"{arm}: {type(first).__name__}: {first}"
-        ) from first
+        raise arm_failure(failed) from None
 
 
 def evaluate_arms(jobs: list[ArmJob], evaluation: EvaluationConfig, cluster: ClusterConfig,

@@ -442,14 +442,18 @@ def parse_results(data: Any, source: str = "results") -> Results:
 
 def load_results(path: Path) -> Results:
     """Read and check a run's ``results.json``; ``ResultsError`` (naming the path, and the
-    field) if it is missing, not JSON, or has a wrong field."""
+    field) if it is missing, not JSON, has a wrong field, or scores no arm or benchmark."""
     if not path.is_file():
         raise ResultsError(f"{path}: results not found (a finished `tunearena run` writes it)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ResultsError(f"{path}: not valid JSON: {e}") from None
-    return parse_results(data, str(path))
+    results = parse_results(data, str(path))
+    if not results.arms or not results.benchmarks:
+        raise ResultsError(f"{path}: holds no results (arms: {len(results.arms)}, benchmarks: "
+                           f"{len(results.benchmarks)}); a finished `tunearena run` writes both")
+    return results
 
 
 def _path(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:

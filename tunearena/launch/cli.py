@@ -91,7 +91,10 @@ def _report(run_dir: Path, console, err, table: bool = False) -> int:
     try:
         results = load_results(run_dir / "results.json")
     except UserError as e:
-        err.print(f"[bold red]error:[/bold red] {escape(str(e))}", markup=True, soft_wrap=True)
+        kept = [p.name for p in (run_dir / "report.md", run_dir / "report.html") if p.is_file()]
+        err.print(f"[bold red]error:[/bold red] {escape(str(e))}"
+                  + (f"\nnothing written; {' and '.join(kept)} kept as they were" if kept
+                     else ""), markup=True, soft_wrap=True)
         return 2
     if table:
         from tunearena.evaluation.report.markdown import summary_table

@@ -3,13 +3,20 @@ stage restarts from one.
 
 A checkpoint is DeepSpeed's own (every rank writes its shard into the same Ray checkpoint
 dir) plus ``tunearena_state.json`` from rank 0 (step, loss history, tracker run) and each
-rank's RNG state. Ray Train keeps the latest ``checkpoint_keep`` of them in
+rank's RNG state, and each rank's list of the SHA-256 of the files it wrote
+(``tunearena_hashes_rank<R>.json``). Ray Train keeps the latest ``checkpoint_keep`` of them in
 ``<storage>/<run name>/step_NNNNNNN`` and restores the latest when a run with the same name
 starts again: after a worker failure (``max_failures``) and on ``--resume``.
+
+DeepSpeed reads its files with ``torch.load(weights_only=False)``, which runs whatever code a
+crafted file holds; so a checkpoint is loaded only when every file in it is one the ranks
+listed and matches its hash (``verify``): the driver checks the whole checkpoint before any
+worker starts, each rank the files it reads before DeepSpeed opens them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -20,6 +27,8 @@ import torch
 from tunearena.errors import UserError
 
 STATE_FILE = "tunearena_state.json"
+HASH_FILE = "tunearena_hashes_rank{rank}.json"
+"""Each rank's ``{"algorithm": "sha256", "rank": R, "files": {relative path: hex digest}}``."""
 DEEPSPEED_TAG = "deepspeed"
 # Ray Train V2's record of the run's checkpoints, next to them in storage.
 RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
@@ -27,6 +36,11 @@ RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 
 class ResumeError(UserError, RuntimeError):
     """A checkpoint this attempt cannot continue from; the message says why and what to do."""
+
+
+class CheckpointMismatch(ResumeError):
+    """A checkpoint whose files are not the ones its ranks saved (changed, added, missing,
+    or never hashed); it is not loaded."""
 
 
 @dataclass
@@ -85,10 +99,14 @@ def save(engine, directory: Path, rank: int, state: TrainState, exclude_frozen: 
     torch.save(rng, directory / f"rng_rank{rank}.pt")
     if rank == 0:
         (directory / STATE_FILE).write_text(json.dumps(asdict(state)))
+    write_hashes(directory, rank)  # last: it covers every file this rank wrote
 
 
 def load(engine, directory: Path, rank: int, world_size: int, exclude_frozen: bool) -> TrainState:
     """Restore engine, optimizer, lr schedule and RNG from ``directory``; returns the state."""
+    # Before DeepSpeed unpickles anything: this rank's files and rank 0's (whose model
+    # states every rank reads) must be the ones saved.
+    verify(_local(), str(directory), str(directory), ranks={0, rank})
     state = json.loads((directory / STATE_FILE).read_text())
     check_world_size(state, world_size)
     load_path, _ = engine.load_checkpoint(
@@ -102,6 +120,91 @@ def load(engine, directory: Path, rank: int, world_size: int, exclude_frozen: bo
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
     return TrainState(**state)
+
+
+def write_hashes(directory: Path, rank: int) -> None:
+    """Record the SHA-256 of every file this rank put in ``directory`` (its part of a
+    checkpoint), beside them, so the hashes travel and rotate with the checkpoint."""
+    fs = _local()
+    files = {name: _sha256(fs, f"{directory}/{name}") for name in _files(fs, str(directory))}
+    (directory / HASH_FILE.format(rank=rank)).write_text(
+        json.dumps({"algorithm": "sha256", "rank": rank, "files": files}, indent=0))
+
+
+def verify(fs, root: str, where: str, ranks: set[int] | None = None) -> None:
+    """Refuse the checkpoint at ``root`` on ``fs`` (named ``where`` in messages) unless every
+    file in it is listed by one rank's hash file, every rank has one, and the files of
+    ``ranks`` (default: all) match their hashes. Raises ``CheckpointMismatch``."""
+
+    def refuse(what: str) -> CheckpointMismatch:
+        return CheckpointMismatch(
+            f"checkpoint {where}: {what}. It is not loaded: DeepSpeed's checkpoint files can run "
+            f"code when read, so only the files the run saved are. Delete the stage's "
+            f"checkpoint dir ({where.rstrip('/').rsplit('/', 1)[0]}) to train the stage from "
+            f"scratch, or rerun without --resume")
+
+    present = set(_files(fs, root))
+    lists = {}
+    for name in sorted(n for n in present if n.startswith("tunearena_hashes_rank")):
+        with fs.open_input_stream(f"{root}/{name}") as f:
+            record = json.loads(f.read())
+        lists[int(record["rank"])] = record["files"]
+        present.discard(name)
+    if not lists:
+        raise refuse(f"no {HASH_FILE.format(rank='<R>')} (the hashes of its files, recorded "
+                     f"when it was saved)")
+    if STATE_FILE not in present:
+        raise refuse(f"{STATE_FILE} is missing")
+    with fs.open_input_stream(f"{root}/{STATE_FILE}") as f:  # JSON: safe to read first
+        world_size = int(json.loads(f.read())["world_size"])
+    for rank in range(world_size):
+        if rank not in lists:
+            raise refuse(f"{HASH_FILE.format(rank=rank)} is missing")
+    listed = {name for files in lists.values() for name in files}
+    if present - listed:
+        raise refuse(f"{min(present - listed)} is not one of the files saved (no hash was "
+                     f"recorded for it)")
+    if listed - present:
+        raise refuse(f"{min(listed - present)} is missing")
+    for rank in sorted(lists if ranks is None else ranks & lists.keys()):
+        for name, digest in sorted(lists[rank].items()):
+            if _sha256(fs, f"{root}/{name}") != digest:
+                raise refuse(f"{name} does not match the SHA-256 recorded when it was saved "
+                             f"(changed or corrupted since)")
+
+
+def verify_latest(storage_path: str, run_name: str, dir_name: str) -> None:
+    """``verify`` the whole checkpoint ``dir_name`` of a run in storage, from the driver."""
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(_uri(storage_path))
+    path = f"{root.rstrip('/')}/{run_name}/{dir_name}"
+    verify(fs, path, path if "://" not in storage_path else
+           f"{storage_path.rstrip('/')}/{run_name}/{dir_name}")
+
+
+def _local():
+    import pyarrow.fs
+
+    return pyarrow.fs.LocalFileSystem()
+
+
+def _files(fs, root: str) -> list[str]:
+    """Paths (relative to ``root``) of the files under it, dot-files (Ray's markers) aside."""
+    import pyarrow.fs
+
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
+    names = [info.path[len(root.rstrip("/")) + 1:] for info in infos
+             if info.type == pyarrow.fs.FileType.File]
+    return sorted(n for n in names if not any(part.startswith(".") for part in n.split("/")))
+
+
+def _sha256(fs, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as f:
+        while chunk := f.read(1 << 23):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def check_world_size(state: dict, world_size: int) -> None:

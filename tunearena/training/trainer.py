@@ -19,6 +19,7 @@ from tunearena.remote_code import trust_remote_code
 from tunearena.training import checkpoint as ckpt
 from tunearena.training.config import Stage, TrainingConfig
 from tunearena.training.data import TokenizedSplit
+from tunearena.training.failures import TrainingFailedError, stage_failure
 from tunearena.training.loop import EXPORT_MARKER, train_loop_per_worker
 from tunearena.training.mixture import Mixture
 from tunearena.training.model_dir import ModelDirError, check_model_dir  # noqa: F401 (re-exported)
@@ -68,8 +69,9 @@ def run_stage(
     Ray must be initialised. ``name`` names the Ray Train run under ``storage_path``: when a
     run of that name has checkpoints there, training continues from the latest (call
     ``checkpoint.clear`` first for a fresh start). Workers that fail are restarted from the
-    latest checkpoint up to ``cluster.max_failures`` times. The exported model, verified by
-    reloading it, lands in ``out_dir`` (replaced atomically). Returns the training summary.
+    latest checkpoint up to ``cluster.max_failures`` times; past that, ``StageFailed`` names
+    the failed ranks and the cause. The exported model, verified by reloading it, lands in
+    ``out_dir`` (replaced atomically). Returns the training summary.
 
     ``data`` and ``mixture`` come from the caller when it prepared the stage's tasks (replay
     included); by default ``cfg.datasets`` are prepared as a run prepares them (cleaned as
@@ -86,7 +88,9 @@ def run_stage(
         with ckpt.open_checkpoint(storage, name, latest[0]).as_directory() as exported:
             return _collect_export(name, Path(exported), out_dir)
     if latest is not None:
-        ckpt.check_world_size(latest[1], cluster.num_workers)  # before claiming any worker
+        # Before claiming any worker: the same world size, and the files the run saved.
+        ckpt.check_world_size(latest[1], cluster.num_workers)
+        ckpt.verify_latest(storage, name, latest[0])
     if data is None:
         from transformers import AutoTokenizer
 
@@ -101,7 +105,10 @@ def run_stage(
     with StageProgress(name) as progress:
         trainer = _trainer(name, model_dir, cfg, cluster, storage, (train, val), mixture,
                            init_adapter, use_gpu, progress.queue)
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except TrainingFailedError as err:  # Ray's wording and frames: say it in ours
+            raise stage_failure(name, err, model_dir) from None
     if result.checkpoint is None:
         raise RuntimeError(f"stage {name!r} finished without an exported model")
     with result.checkpoint.as_directory() as exported:

@@ -9,6 +9,8 @@ results; "points" in sentences and tables are percentage points, printed with on
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 from tunearena.evaluation.report.build import summarise
@@ -32,13 +34,28 @@ def html_report(results: Results) -> str:
 
 
 def write_reports(run_dir: Path, results: Results) -> list[Path]:
-    """Write ``report.md`` and ``report.html`` for ``results`` into ``run_dir``, atomically;
-    returns their paths."""
+    """Write ``report.md`` and ``report.html`` for ``results`` into ``run_dir``; returns their
+    paths.
+
+    Both pages are rendered, then written to temp names, before either replaces its old file:
+    a failure while rendering or writing leaves the previous reports as they were.
+    """
     view = build_view(results)
-    paths = [run_dir / "report.md", run_dir / "report.html"]
-    for path, text in zip(paths, (render_markdown(view), render_html(view, results)), strict=True):
-        write_atomic(path, text)
-    return paths
+    texts = {run_dir / "report.md": render_markdown(view),
+             run_dir / "report.html": render_html(view, results)}
+    staged: dict[Path, Path] = {}
+    try:
+        for path, text in texts.items():
+            fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{path.name}.", suffix=".tmp")
+            staged[path] = Path(tmp)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+        for path, tmp in staged.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+    return list(texts)
 
 
 def write_results(run_dir: Path, results: Results) -> Path:
