@@ -13,12 +13,9 @@ import difflib
 import json
 from pathlib import Path
 
-from tunearena.errors import UserError
+from tunearena.training.weights import ModelDirError, check_weights
 
-
-class ModelDirError(UserError, ValueError):
-    """A base model that cannot be loaded; the message says what is missing."""
-
+__all__ = ["ModelDirError", "check_model_dir"]
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -140,7 +137,6 @@ def check_model_dir(model: str, trust_remote_code: bool = False) -> None:
     checked the same way in its cached snapshot; offline and not cached, it is refused with
     how to get it. A hub id that is not cached while online is left to ``from_pretrained``.
     """
-    from tunearena.training.weights import check_weights
 
     path = Path(model).expanduser()
     if not path.exists():

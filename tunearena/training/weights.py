@@ -14,7 +14,12 @@ import json
 import math
 from pathlib import Path
 
-from tunearena.training.model_dir import ModelDirError
+from tunearena.errors import UserError
+
+
+class ModelDirError(UserError, ValueError):
+    """A base model that cannot be loaded; the message says what is missing. Defined with the
+    weights, the lowest of the model-dir checks, and raised by all of them."""
 
 # Bytes per element of each safetensors dtype.
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2,
