@@ -5,22 +5,16 @@ Ray Train V2's ``fit()`` installs its own SIGINT handler (``_register_sigint_han
 asks the controller to abort and calls ``sys.exit``, so the driver's own handler (which marks
 the step interrupted and exits 130) never runs, and the run ends as ``SystemExit: 1`` seconds
 later. Here the controller's handle is kept instead, the driver's handler stays in charge, and
-the ``KeyboardInterrupt`` it raises (Ctrl-C, or SIGTERM turned into one) aborts the controller
-as Ray's handler would have, then goes on up.
+the ``KeyboardInterrupt`` it raises (Ctrl-C, or SIGTERM turned into one) asks the controller
+to abort, as Ray's handler would have, and goes on up at once: the driver must record the
+step as interrupted within the seconds a scheduler grants before its SIGKILL (``ray job
+stop`` waits 3 s). The driver's ``ray.shutdown`` (or, on a cluster, its disconnecting, which
+ends the actors it owns) stops whatever the abort has not.
 """
 
 from __future__ import annotations
 
-import logging
-
-import ray
 from ray.train.torch import TorchTrainer
-
-log = logging.getLogger(__name__)
-
-ABORT_TIMEOUT_S = 15.0
-"""How long an interrupted ``fit()`` waits for the controller to stop its workers; the
-driver's ``ray.shutdown`` ends whatever is left."""
 
 
 class InterruptibleTorchTrainer(TorchTrainer):
@@ -37,17 +31,7 @@ class InterruptibleTorchTrainer(TorchTrainer):
         try:
             return super().fit()
         except KeyboardInterrupt:
-            self._abort()
+            if self._controller is not None:
+                # Not waited for: the controller stops the workers, then exits itself.
+                self._controller.abort.remote()
             raise
-
-    def _abort(self) -> None:
-        """Ask the controller to stop the workers (it exits itself once they are stopped)."""
-        if self._controller is None:
-            return
-        try:
-            ray.get(self._controller.abort.remote(), timeout=ABORT_TIMEOUT_S)
-        except ray.exceptions.RayActorError:
-            pass  # the controller exits as its last act of aborting
-        except (ray.exceptions.RayError, KeyboardInterrupt) as e:
-            log.warning("the training controller did not abort cleanly (%s: %s); Ray's "
-                        "shutdown ends its workers", type(e).__name__, e)

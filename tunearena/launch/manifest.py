@@ -16,6 +16,9 @@ from typing import Any
 from tunearena.errors import UserError
 from tunearena.files import write_atomic
 
+STEP_KEYS = {"status", "config_hash", "artifacts"}
+"""What every step's entry holds from its start on."""
+
 
 class ManifestError(UserError, ValueError):
     """A ``manifest.json`` that cannot be read back."""
@@ -31,6 +34,9 @@ def read_manifest(run_dir: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict) or not isinstance(data.get("steps"), dict):
             raise ValueError("expected an object with a 'steps' object")
+        for name, entry in data["steps"].items():
+            if not (isinstance(entry, dict) and entry.keys() >= STEP_KEYS):
+                raise ValueError(f"step {name!r} lacks one of {', '.join(sorted(STEP_KEYS))}")
     except (ValueError, UnicodeDecodeError) as e:
         raise ManifestError(
             f"{path}: not a readable run manifest ({e}); the record of which steps finished "

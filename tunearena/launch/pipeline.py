@@ -31,7 +31,7 @@ from tunearena.launch.inputs import check_inputs
 from tunearena.launch.interrupts import descendants, reap, reclaim, signal_name
 from tunearena.launch.keys import code_version, prepare_key, retrieve_key, scoring_key, stage_key
 from tunearena.launch.lock import RunLock
-from tunearena.launch.manifest import Manifest, refuse_earlier_run
+from tunearena.launch.manifest import Manifest, read_manifest, refuse_earlier_run
 from tunearena.training.config import Stage
 from tunearena.training.stages import load_stage, preparation_lines, prepare_stage, train_stage
 from tunearena.training.summary import TrainingSummary
@@ -143,6 +143,8 @@ class Pipeline:
                                    f"[/yellow]", soft_wrap=True)
             if not self.resume:
                 refuse_earlier_run(self.run_dir)
+            else:
+                read_manifest(self.run_dir)  # a broken one is reported before any work
             try:
                 return self._run()
             except KeyboardInterrupt:
