@@ -89,3 +89,16 @@ def test_concurrent_writers_never_share_a_temp_file(tmp_path):
         t.join()
     assert not errors, errors[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+def test_closing_steps_tells_an_interrupt_from_a_failure(tmp_path):
+    m = Manifest.open(tmp_path, "cfg", "v")
+    m.start("train", "h")
+    with pytest.raises(KeyboardInterrupt), m.closing_steps():
+        raise KeyboardInterrupt  # Ctrl-C with no handler of ours: SIGINT
+    m.start("index", "h")
+    with pytest.raises(RuntimeError), m.closing_steps():
+        raise RuntimeError("boom")
+    steps = json.loads((tmp_path / "manifest.json").read_text())["steps"]
+    assert steps["train"]["status"] == "interrupted" and steps["train"]["signal"] == "SIGINT"
+    assert steps["index"]["status"] == "failed" and steps["index"]["error"] == "RuntimeError: boom"

@@ -57,8 +57,9 @@ def reclaim() -> None:
 
 
 def received_signal() -> int | None:
-    """The first signal that interrupted the block, or None (a plain ``KeyboardInterrupt``)."""
-    return _received[0] if _received else None
+    """The first signal that interrupted the current ``signals_interrupt`` block, or None (a
+    plain ``KeyboardInterrupt``, or none of our blocks active)."""
+    return _received[0] if _received and _active else None
 
 
 def signal_name() -> str:

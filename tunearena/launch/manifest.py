@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tunearena.errors import UserError
 from tunearena.files import write_atomic
+from tunearena.launch.interrupts import signal_name
 
 STEP_KEYS = {"status", "config_hash", "artifacts"}
 """What every step's entry holds from its start on."""
@@ -107,6 +110,21 @@ class Manifest:
         if running:
             self.save()
         return running
+
+    @contextmanager
+    def closing_steps(self) -> Iterator[None]:
+        """Steps still running when the block raises are marked at once: ``interrupted``
+        (with the signal's name) on ``KeyboardInterrupt``, which is how Ctrl-C and SIGTERM
+        arrive, else ``failed`` with the error. At once, because a scheduler's SIGKILL may
+        follow its SIGTERM within seconds."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.close_running("interrupted", signal_name())
+            raise
+        except BaseException as e:
+            self.close_running("failed", f"{type(e).__name__}: {e}")
+            raise
 
     def mark_reused(self, step: str) -> None:
         self.data["steps"][step]["reused"] = _now()

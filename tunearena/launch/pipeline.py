@@ -28,7 +28,7 @@ from tunearena.evaluation.benchmarks import QAItem
 from tunearena.files import write_atomic
 from tunearena.launch.config import ExperimentConfig, dump_config
 from tunearena.launch.inputs import check_inputs
-from tunearena.launch.interrupts import descendants, reap, reclaim, signal_name
+from tunearena.launch.interrupts import descendants, reap, reclaim
 from tunearena.launch.keys import code_version, prepare_key, retrieve_key, scoring_key, stage_key
 from tunearena.launch.lock import RunLock
 from tunearena.launch.manifest import Manifest, read_manifest, refuse_earlier_run
@@ -105,14 +105,8 @@ class Pipeline:
         self.console.rule(f"[bold]{name}")
         self.manifest.start(name, key)
         t0 = time.perf_counter()
-        try:
+        with self.manifest.closing_steps():  # failed, or interrupted by Ctrl-C or SIGTERM
             artifacts, outputs = fn()
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: not a failure, --resume reruns it
-            self.manifest.close_running("interrupted", signal_name())
-            raise
-        except BaseException as e:
-            self.manifest.fail(name, f"{type(e).__name__}: {e}")
-            raise
         duration = time.perf_counter() - t0
         stored = outputs.model_dump(mode="json") if isinstance(outputs, BaseModel) else outputs
         self.manifest.finish(name, artifacts, stored, duration)
@@ -133,7 +127,7 @@ class Pipeline:
     def run(self) -> Path:
         """Run every step, holding the run directory's lock; returns the path of the HTML
         report (report.md lies beside it). Steps still running when the run stops are marked
-        ``interrupted`` (a signal) or ``failed``."""
+        ``interrupted`` (by a signal) or ``failed``."""
         # The lock comes first: a second driver must hear who holds the directory, not what
         # the holder's half-written manifest says.
         with RunLock(self.run_dir, self.command) as lock:
@@ -145,14 +139,7 @@ class Pipeline:
                 refuse_earlier_run(self.run_dir)
             else:
                 read_manifest(self.run_dir)  # a broken one is reported before any work
-            try:
-                return self._run()
-            except KeyboardInterrupt:
-                self.manifest.close_running("interrupted", signal_name())
-                raise
-            except BaseException as e:
-                self.manifest.close_running("failed", f"{type(e).__name__}: {e}")
-                raise
+            return self._run()
 
     def _run(self) -> Path:
         cfg = self.cfg
@@ -168,7 +155,8 @@ class Pipeline:
         retrieval: dict[str, dict] = {}
         scores = ArmScores()
         scored, lengths = benchmarks, None
-        with ExitStack() as stack:
+        # Steps still running when the block stops are marked before Ray shuts down.
+        with ExitStack() as stack, self.manifest.closing_steps():
             ray = _Ray(cfg.cluster, stack, self.console)
             # Retrieval reads no trained model, so it runs first: every prompt a RAG arm will
             # score is then known, and measured against the context, before training.
