@@ -80,8 +80,9 @@ class RunLock:
             fd = self._lock_current_file()
         except OSError as e:
             raise RunDirUnwritable(
-                f"cannot create {self.path}: {e.strerror or e}; set runs_dir to a directory "
-                f"this user can write, or fix the directory's permissions") from None
+                f"cannot create or lock {self.path}: {e.strerror or e}; runs_dir must be a "
+                f"directory this user can write, on a filesystem with file locks (flock)"
+            ) from None
         stale = os.pread(fd, 4096, 0).decode("utf-8", "replace")
         self.stale = Holder.parse(stale)
         me = Holder(os.getpid(), socket.gethostname(), self.command,
