@@ -13,9 +13,11 @@ file behind.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import io
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -30,6 +32,10 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".xlsx", ".xls", ".ods", ".parquet")
 refused on line 1."""
 
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+# The process's umask, read once (setting it is the only way to read it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def iter_jsonl(
@@ -191,7 +197,19 @@ def _array_items(path: Path, encoding: str, error: type[Exception]
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same directory and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` through a temp file in the same directory and a rename.
+
+    The temp file's name is unique (``mkstemp``), so two writers of one file never write into
+    each other's half-written temp; the last rename wins, and every reader sees a whole file.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would create it; mkstemp makes it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tunearena.launch.cli import main
+from tunearena.launch.lock import RunLock
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "configs" / "demo.yaml"
@@ -439,7 +443,7 @@ def _report_over(results_json: str | None) -> Callable[[Path], tuple[list[str], 
     return build
 
 
-RUN_CASES: list[Case] = [
+REPORT_CASES: list[Case] = [
     Case("report-results-without-results", _report_over('{"arms": 5}'), 2,
          ("results.json", "settings: Field required", "arms: Input should be a valid list",
           "benchmarks: Field required", "report.md and report.html kept")),
@@ -455,7 +459,87 @@ RUN_CASES: list[Case] = [
 ]
 
 
-ALL_CASES = [*MODEL_CASES, *DATA_CASES, *RUN_CASES]
+_HELD_LOCKS: list[RunLock] = []  # held until the session ends, like a driver still running
+
+
+def _run(tmp: Path, *extra: str) -> list[str]:
+    """``tunearena run`` of the demo config into ``tmp/runs/r``."""
+    return ["run", str(DEMO), "--set", f"runs_dir={tmp / 'runs'}", "--set", "name=r", *extra]
+
+
+def _earlier_run(tmp: Path, **steps: dict) -> Path:
+    """A run directory ``tmp/runs/r`` whose manifest holds ``steps``; returns the manifest."""
+    run_dir = tmp / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    entries = {name.replace("__", ":"): {"config_hash": "0123", "started": "2026-01-01T10:00:00",
+                                         "artifacts": {}, **entry}
+               for name, entry in steps.items()}
+    path = run_dir / "manifest.json"
+    path.write_text(json.dumps({"created": "2026-01-01T10:00:00", "steps": entries}))
+    return path
+
+
+def _truncated_manifest(tmp: Path) -> tuple[list[str], list[Path]]:
+    path = _earlier_run(tmp, index={"status": "done"})
+    path.write_text(path.read_text()[:40])  # a disk that filled up mid-write
+    return _run(tmp, "--resume"), [path]
+
+
+def _manifest_without_hashes(tmp: Path) -> tuple[list[str], list[Path]]:
+    path = _earlier_run(tmp)
+    path.write_text(json.dumps({"steps": {"index": {"status": "done"}}}))
+    return _run(tmp, "--resume"), [path]
+
+
+def _locked_run_dir(tmp: Path) -> tuple[list[str], list[Path]]:
+    path = _earlier_run(tmp, prepare={"status": "done"}, train={"status": "running"})
+    lock = RunLock(path.parent, "tunearena run first.yaml")
+    lock.acquire()
+    _HELD_LOCKS.append(lock)
+    return _run(tmp, "--resume"), [path]
+
+
+def _stale_lock(tmp: Path) -> tuple[list[str], list[Path]]:
+    path = _earlier_run(tmp, train={"status": "failed", "error": "RuntimeError: worker died"})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid names a driver that is gone; the kernel released its flock
+    (path.parent / ".lock").write_text(json.dumps(
+        {"pid": dead.pid, "host": "h1", "command": "tunearena run old.yaml", "since": "then"}))
+    return _run(tmp), [path]
+
+
+def _failed_run(tmp: Path) -> tuple[list[str], list[Path]]:
+    path = _earlier_run(tmp, prepare__s1={"status": "done"},
+                        train__s1={"status": "failed", "error": "RuntimeError: worker died\nmore"})
+    return _run(tmp), [path]
+
+
+def _interrupted_run(tmp: Path) -> tuple[list[str], list[Path]]:
+    path = _earlier_run(tmp, train__s1={"status": "interrupted", "signal": "SIGTERM"})
+    return _run(tmp), [path]
+
+
+RUN_CASES: list[Case] = [
+    Case("truncated manifest, --resume", _truncated_manifest, 2,
+         ("manifest.json: not a readable run manifest", "Remove it and rerun with --resume",
+          "--set name=")),
+    Case("manifest step without its hash, --resume", _manifest_without_hashes, 2,
+         ("manifest.json: not a readable run manifest", "step 'index' lacks")),
+    Case("run dir locked by a running driver, --resume", _locked_run_dir, 2,
+         ("is in use by pid", f"pid {os.getpid()}", "(tunearena run first.yaml)",
+          "one driver per run directory")),
+    Case("stale lock of a dead driver, earlier run failed", _stale_lock, 2,
+         ("the previous driver of this run", "(tunearena run old.yaml), died holding it",
+          "step train failed (RuntimeError: worker died)", "Pass --resume to continue it")),
+    Case("failed run, rerun without --resume", _failed_run, 2,
+         ("already holds a run: step train:s1 failed (RuntimeError: worker died)",
+          "Pass --resume to continue it", "--set name=...")),
+    Case("interrupted run, rerun without --resume", _interrupted_run, 2,
+         ("step train:s1 was interrupted (SIGTERM)", "Pass --resume to continue it")),
+]
+
+
+ALL_CASES = [*MODEL_CASES, *DATA_CASES, *REPORT_CASES, *RUN_CASES]
 
 
 def _digest(path: Path) -> str:

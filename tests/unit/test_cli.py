@@ -76,3 +76,43 @@ def test_reference_rows_say_type_default_and_meaning(reference):
                if line.startswith("| `cluster.num_workers` |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells == ["`cluster.num_workers`", "int", "`2`", cells[3]] and cells[3]
+
+
+def _raised() -> KeyError:
+    try:
+        {}["tokenizer"]  # a bug of ours, as a user would meet it
+    except KeyError as e:
+        return e
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("has_run_dir", [True, False])
+def test_an_internal_error_is_one_line_and_its_traceback_is_saved(tmp_path, capsys,
+                                                                  has_run_dir):
+    from rich.console import Console
+
+    from tunearena.launch.cli import _internal_error
+
+    run_dir = tmp_path / "run" if has_run_dir else None
+    if run_dir is not None:
+        run_dir.mkdir()
+    code = _internal_error(_raised(), run_dir, ["run", "x.yaml"], False, Console(stderr=True))
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1
+    assert "internal error: KeyError: 'tokenizer'" in err and "Traceback" not in err
+    saved = Path(err.split("the full traceback is in ")[1].split(" (")[0])
+    if run_dir is not None:
+        assert saved == run_dir / "error.log"
+    text = saved.read_text()
+    assert "tunearena run x.yaml" in text and "Traceback" in text and '{}["tokenizer"]' in text
+    if run_dir is None:
+        saved.unlink()
+
+
+def test_debug_prints_the_traceback_too(tmp_path, capsys):
+    from rich.console import Console
+
+    from tunearena.launch.cli import _internal_error
+
+    assert _internal_error(_raised(), tmp_path, ["run"], True, Console(stderr=True)) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import threading
 
-from tunearena.launch.manifest import Manifest
+import pytest
+
+from tunearena.files import write_atomic
+from tunearena.launch.manifest import Manifest, ManifestError, read_manifest
 
 
 def test_done_step_is_reusable_only_with_same_hash_and_artifacts(tmp_path):
@@ -36,3 +40,65 @@ def test_manifest_write_leaves_no_temp_file(tmp_path):
     m = Manifest.open(tmp_path, "cfg", "v")
     m.start("report", "h")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+def test_running_steps_are_closed_as_interrupted_with_their_signal(tmp_path):
+    m = Manifest.open(tmp_path, "cfg", "v")
+    m.start("prepare", "h")
+    m.finish("prepare", {}, {}, 0.1)
+    m.start("evaluate:base", "h")
+    m.start("evaluate:ft", "h")
+    assert m.close_running("interrupted", "SIGTERM") == ["evaluate:base", "evaluate:ft"]
+    steps = json.loads((tmp_path / "manifest.json").read_text())["steps"]
+    assert steps["prepare"]["status"] == "done"
+    assert {steps[s]["status"] for s in ("evaluate:base", "evaluate:ft")} == {"interrupted"}
+    assert steps["evaluate:ft"]["signal"] == "SIGTERM"
+
+
+def test_a_truncated_manifest_is_named_with_what_to_do(tmp_path):
+    Manifest.open(tmp_path, "cfg", "v").start("train", "h")
+    path = tmp_path / "manifest.json"
+    path.write_text(path.read_text()[:30])
+    with pytest.raises(ManifestError) as e:
+        read_manifest(tmp_path)
+    assert str(path) in str(e.value) and "--resume" in str(e.value)
+    with pytest.raises(ManifestError):
+        Manifest.open(tmp_path, "cfg", "v")
+    assert len(path.read_text()) == 30, "a manifest that cannot be read is not overwritten"
+
+
+def test_concurrent_writers_never_share_a_temp_file(tmp_path):
+    # With one fixed temp name, one writer's rename moved another's half-written file into
+    # place (or found it gone). Every reader must see one writer's whole text.
+    path = tmp_path / "manifest.json"
+    texts = [json.dumps({"writer": i, "pad": "x" * 200_000}) for i in range(4)]
+    errors: list[BaseException] = []
+
+    def write(text: str) -> None:
+        try:
+            for _ in range(25):
+                write_atomic(path, text)
+                assert path.read_text() in texts
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+def test_closing_steps_tells_an_interrupt_from_a_failure(tmp_path):
+    m = Manifest.open(tmp_path, "cfg", "v")
+    m.start("train", "h")
+    with pytest.raises(KeyboardInterrupt), m.closing_steps():
+        raise KeyboardInterrupt  # Ctrl-C with no handler of ours: SIGINT
+    m.start("index", "h")
+    with pytest.raises(RuntimeError), m.closing_steps():
+        raise RuntimeError("boom")
+    steps = json.loads((tmp_path / "manifest.json").read_text())["steps"]
+    assert steps["train"]["status"] == "interrupted" and steps["train"]["signal"] == "SIGINT"
+    assert steps["index"]["status"] == "failed" and steps["index"]["error"] == "RuntimeError: boom"

@@ -337,11 +337,13 @@ def check_collective(
     # Imported here, not at the top: ray.train pulls in torch (seconds), and every node's
     # storage probe imports this module.
     from ray.train import FailureConfig, LoggingConfig, RunConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
+
+    from tunearena.cluster.interruptible import InterruptibleTorchTrainer
 
     name = f"tunearena-preflight-{uuid.uuid4().hex[:12]}"
     uri = _resolve_storage(storage_path)
-    trainer = TorchTrainer(
+    trainer = InterruptibleTorchTrainer(
         # V2 hands rank 0's return value back; the annotation still says it returns None.
         _all_reduce_loop,  # type: ignore[arg-type]
         scaling_config=scaling_config(cfg, use_gpu),

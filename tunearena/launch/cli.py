@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 
 # Nothing is ever fetched from a model hub at run time unless the user says so.
@@ -25,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config field, e.g. --set training.max_steps=10 (repeatable)")
+        p.add_argument("--debug", action="store_true",
+                       help="on an internal error, print the full traceback too (it is always "
+                       "saved: RUN_DIR/error.log, or a temp file before the run dir exists)")
 
     run = sub.add_parser("run", help="run an experiment config end to end")
     run.add_argument("config", type=Path, help="experiment YAML")
@@ -129,8 +134,67 @@ def _job_command(args: argparse.Namespace, console, err) -> int:
         return 2
 
 
+def _internal_error(error: Exception, run_dir: Path | None, argv: list[str], debug: bool,
+                    err) -> int:
+    """A bug of ours (or an error nobody translated yet): one line, and the traceback saved
+    where the user can attach it to a report; ``--debug`` prints it too. Exit 1."""
+    text = "".join(traceback.format_exception(error))
+    header = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} tunearena {' '.join(argv)}\n"
+    try:
+        if run_dir is None or not run_dir.is_dir():
+            raise OSError
+        path = run_dir / "error.log"
+        with path.open("a", encoding="utf-8") as f:
+            f.write(header + text)
+    except OSError:
+        fd, name = tempfile.mkstemp(prefix="tunearena-error-", suffix=".log")
+        path = Path(name)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(header + text)
+    if debug:
+        sys.stderr.write(text)
+    from rich.markup import escape
+
+    err.print(f"[bold red]internal error:[/bold red] {escape(type(error).__name__)}: "
+              f"{escape(str(error).splitlines()[0] if str(error) else '')}", soft_wrap=True)
+    err.print(f"the full traceback is in {escape(str(path))} (please attach it to a bug "
+              f"report; --debug prints it)", soft_wrap=True)
+    return 1
+
+
+def _command(args: argparse.Namespace, argv: list[str], console) -> int:
+    """``run``, ``demo``, ``check``, ``preflight`` and ``submit``: build the config, do it.
+    Sets ``args.run_dir`` once the run directory is known."""
+    from tunearena.launch.config import dump_config, load_config
+    from tunearena.launch.inputs import check_inputs
+    from tunearena.launch.pipeline import Pipeline
+
+    if args.command == "submit":
+        from tunearena.cluster.jobs import dashboard_address
+        from tunearena.launch.submit import show_logs, submit
+
+        address = dashboard_address(args.address)
+        job_id = submit(args.config, args.overrides, address, args.working_dir,
+                        args.resume, console)
+        return show_logs(address, job_id, True, console) if args.follow else 0
+    cfg = load_config(DEMO_CONFIG if args.command == "demo" else args.config, args.overrides)
+    if args.command == "preflight":
+        from tunearena.launch.preflight import run_preflight
+
+        return 0 if run_preflight(cfg, console) else 1
+    if args.command == "check":
+        check_inputs(cfg)
+        console.print(dump_config(cfg), end="")
+        console.print("[green]config and inputs are valid[/green]")
+        return 0
+    args.run_dir = (cfg.runs_dir / cfg.name).resolve()
+    Pipeline(cfg, console, resume=args.resume, command=" ".join(["tunearena", *argv])).run()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     from rich.console import Console
 
@@ -146,49 +210,29 @@ def main(argv: list[str] | None = None) -> int:
     transformers.utils.logging.disable_progress_bar()
 
     from tunearena.errors import UserError
-    from tunearena.launch.config import dump_config, load_config
-    from tunearena.launch.inputs import check_inputs
-    from tunearena.launch.pipeline import Pipeline
+    from tunearena.launch.interrupts import exit_status, signals_interrupt
 
     if args.command == "reference":
         from tunearena.launch.config import config_reference
 
         sys.stdout.write(config_reference())
         return 0
-    config_path = DEMO_CONFIG if args.command == "demo" else args.config
-    try:
-        if args.command == "submit":
-            from tunearena.cluster.jobs import dashboard_address
-            from tunearena.launch.submit import show_logs, submit
-
-            address = dashboard_address(args.address)
-            job_id = submit(args.config, args.overrides, address, args.working_dir,
-                            args.resume, console)
-            return show_logs(address, job_id, True, console) if args.follow else 0
-        cfg = load_config(config_path, args.overrides)
-        if args.command == "preflight":
-            from tunearena.launch.preflight import run_preflight
-
-            return 0 if run_preflight(cfg, console) else 1
-        if args.command == "check":
-            check_inputs(cfg)
-            console.print(dump_config(cfg), end="")
-            console.print("[green]config and inputs are valid[/green]")
-            return 0
-        # A stopped Ray job, or a scheduler ending an allocation, sends SIGTERM: unwind as
-        # Ctrl-C does, so the manifest records the step as stopped and Ray shuts down.
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    args.run_dir = None
+    # A stopped Ray job, or a scheduler ending an allocation, sends SIGTERM: it unwinds as
+    # Ctrl-C does (the manifest marks the step interrupted, Ray shuts down), and exits 143.
+    with signals_interrupt():
         try:
-            Pipeline(cfg, console, resume=args.resume).run()
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-        return 0
-    except UserError as e:  # the input or the cluster is wrong: its message, no traceback
-        err.print(f"[bold red]error:[/bold red] {escape(str(e))}", markup=True, soft_wrap=True)
-        return 2
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted; completed steps are kept (rerun with --resume)[/yellow]")
-        return 130
+            return _command(args, argv, console)
+        except UserError as e:  # the input or the cluster is wrong: its message, no traceback
+            err.print(f"[bold red]error:[/bold red] {escape(str(e))}", markup=True,
+                      soft_wrap=True)
+            return 2
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted; completed steps are kept (rerun with --resume)"
+                      "[/yellow]" if args.run_dir else "[yellow]interrupted[/yellow]")
+            return exit_status()
+        except Exception as e:
+            return _internal_error(e, args.run_dir, argv, args.debug, err)
 
 
 if __name__ == "__main__":

@@ -21,23 +21,20 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from tunearena.cluster.config import ClusterConfig
-from tunearena.errors import UserError
 from tunearena.evaluation import arms as scoring
 from tunearena.evaluation.arm import Arm
 from tunearena.evaluation.arms import ArmScores
 from tunearena.evaluation.benchmarks import QAItem
 from tunearena.files import write_atomic
 from tunearena.launch.config import ExperimentConfig, dump_config
-from tunearena.launch.inputs import check_inputs
+from tunearena.launch.inputs import check_inputs, check_runs_dir
+from tunearena.launch.interrupts import descendants, reap, reclaim
 from tunearena.launch.keys import code_version, prepare_key, retrieve_key, scoring_key, stage_key
-from tunearena.launch.manifest import Manifest
+from tunearena.launch.lock import RunLock
+from tunearena.launch.manifest import Manifest, read_manifest, refuse_earlier_run
 from tunearena.training.config import Stage
 from tunearena.training.stages import load_stage, preparation_lines, prepare_stage, train_stage
 from tunearena.training.summary import TrainingSummary
-
-
-class RunDirExists(UserError, RuntimeError):
-    """Refusing to overwrite an earlier run's results."""
 
 
 def _json(path: Path, data: Any) -> None:
@@ -53,25 +50,40 @@ class _Ray:
     """The run's one Ray session, started when a step first needs it; it serves training and
     scoring. ``checked``: the cluster-wide preflight checks (storage, collective) have passed."""
 
-    def __init__(self, cfg: ClusterConfig, stack: ExitStack):
-        self.cfg, self.stack = cfg, stack
+    def __init__(self, cfg: ClusterConfig, stack: ExitStack, console: Console):
+        self.cfg, self.stack, self.console = cfg, stack, console
         self.started = self.checked = False
 
     def ensure(self) -> None:
+        import ray
+
         from tunearena.cluster.ray_cluster import ray_session
 
-        if not self.started:
-            self.stack.enter_context(ray_session(self.cfg))
-            self.started = True
+        if self.started:
+            return
+        if not ray.is_initialized():
+            # Ours to start, so ours to clean up: after ray.shutdown (the stack unwinds in
+            # reverse), end any process Ray started here and left running.
+            self.stack.callback(self._reap, descendants())
+        self.stack.enter_context(ray_session(self.cfg))
+        reclaim()  # ray.init takes SIGTERM for itself
+        self.started = True
+
+    def _reap(self, before: set) -> None:
+        if left := reap(before):
+            self.console.print(f"[dim]ended {len(left)} process(es) Ray left running: "
+                               f"{', '.join(left)}[/dim]")
 
 
 class Pipeline:
     """The steps of one run, sharing its config, run directory, manifest and console."""
 
-    def __init__(self, cfg: ExperimentConfig, console: Console, resume: bool = False):
+    def __init__(self, cfg: ExperimentConfig, console: Console, resume: bool = False,
+                 command: str = "tunearena run"):
         self.cfg = cfg
         self.console = console
         self.resume = resume
+        self.command = command  # written into the run directory's lock, for whoever finds it
         self.run_dir = (cfg.runs_dir / cfg.name).resolve()
         self.storage = cfg.cluster.storage_path or str(self.run_dir / "ray")
         self.manifest = Manifest(self.run_dir, {"steps": {}})  # opened by run()
@@ -93,11 +105,8 @@ class Pipeline:
         self.console.rule(f"[bold]{name}")
         self.manifest.start(name, key)
         t0 = time.perf_counter()
-        try:
+        with self.manifest.closing_steps():  # failed, or interrupted by Ctrl-C or SIGTERM
             artifacts, outputs = fn()
-        except BaseException as e:
-            self.manifest.fail(name, f"{type(e).__name__}: {e}")
-            raise
         duration = time.perf_counter() - t0
         stored = outputs.model_dump(mode="json") if isinstance(outputs, BaseModel) else outputs
         self.manifest.finish(name, artifacts, stored, duration)
@@ -116,16 +125,28 @@ class Pipeline:
         return str(path.relative_to(self.run_dir))
 
     def run(self) -> Path:
-        """Run every step; returns the path of the HTML report (report.md lies beside it)."""
+        """Run every step, holding the run directory's lock; returns the path of the HTML
+        report (report.md lies beside it). Steps still running when the run stops are marked
+        ``interrupted`` (by a signal) or ``failed``."""
+        # The lock comes first: a second driver must hear who holds the directory, not what
+        # the holder's half-written manifest says. A runs_dir that cannot hold the directory
+        # is named as such before the lock tries to make it.
+        check_runs_dir(self.cfg.runs_dir, self.cfg.name)
+        with RunLock(self.run_dir, self.command) as lock:
+            if lock.stale is not None:
+                self.console.print(f"[yellow]the previous driver of this run, "
+                                   f"{lock.stale.describe()}, died holding it; taking over"
+                                   f"[/yellow]", soft_wrap=True)
+            if not self.resume:
+                refuse_earlier_run(self.run_dir)
+            else:
+                read_manifest(self.run_dir)  # a broken one is reported before any work
+            return self._run()
+
+    def _run(self) -> Path:
         cfg = self.cfg
-        if (self.run_dir / "manifest.json").exists() and not self.resume:
-            raise RunDirExists(
-                f"{self.run_dir} already holds a run; pass --resume to continue it, or choose "
-                f"another name (--set name=...) to keep both"
-            )
         self.console.print(f"checking inputs for run [bold]{cfg.name}[/bold]")
         benchmarks, examples = check_inputs(cfg)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.run_dir / "config.yaml", dump_config(cfg))
         config_key = cfg.section_hash(*ExperimentConfig.model_fields)
         self.manifest = Manifest.open(self.run_dir, config_key, code_version())
@@ -136,8 +157,9 @@ class Pipeline:
         retrieval: dict[str, dict] = {}
         scores = ArmScores()
         scored, lengths = benchmarks, None
-        with ExitStack() as stack:
-            ray = _Ray(cfg.cluster, stack)
+        # Steps still running when the block stops are marked before Ray shuts down.
+        with ExitStack() as stack, self.manifest.closing_steps():
+            ray = _Ray(cfg.cluster, stack, self.console)
             # Retrieval reads no trained model, so it runs first: every prompt a RAG arm will
             # score is then known, and measured against the context, before training.
             if any(a.context == "rag" for a in arms):

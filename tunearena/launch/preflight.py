@@ -28,6 +28,7 @@ def run_preflight(cfg: ExperimentConfig, console: Console) -> bool:
 
     from tunearena.cluster.preflight import format_checks
     from tunearena.cluster.ray_cluster import ray_session
+    from tunearena.launch.interrupts import reclaim
     from tunearena.training.stage_data import prepare_stage_data
     from tunearena.training.stages import preflight_checks, training_config
 
@@ -44,6 +45,7 @@ def run_preflight(cfg: ExperimentConfig, console: Console) -> bool:
     storage = cfg.cluster.storage_path or str(run_dir / "ray")
     checks = []
     with ray_session(cfg.cluster):
+        reclaim()  # ray.init takes SIGTERM for itself: give it back to the interrupt handler
         for i, stage in enumerate(stages):
             t = training_config(stage.training, run_dir)
             data = prepare_stage_data(stage, tokenizer, stages, asked, chat)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import ray
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
-from ray.train.torch import TorchTrainer
 
 from tunearena.cluster.config import ClusterConfig
+from tunearena.cluster.interruptible import InterruptibleTorchTrainer
 from tunearena.cluster.ray_cluster import resolve_use_gpu, scaling_config, worker_env
 from tunearena.errors import UserError
 from tunearena.remote_code import trust_remote_code
@@ -117,12 +117,13 @@ def run_stage(
 
 def _trainer(name: str, model_dir: str, cfg: TrainingConfig, cluster: ClusterConfig, storage: str,
              data: tuple[TokenizedSplit, TokenizedSplit | None], mixture: Mixture,
-             init_adapter: Path | None, use_gpu: bool, progress) -> TorchTrainer:
+             init_adapter: Path | None, use_gpu: bool, progress) -> InterruptibleTorchTrainer:
     """The Ray Train trainer of one stage; ``progress`` is the queue rank 0 puts its log
     lines in (None: rank 0 prints them)."""
     train, val = data
     data_ref = ray.put({"train": asdict(train), "val": asdict(val) if val is not None else None})
-    return TorchTrainer(
+    # Ctrl-C and SIGTERM stay the driver's to handle (see cluster/interruptible.py).
+    return InterruptibleTorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "training": cfg.model_dump(mode="json"),
