@@ -40,6 +40,9 @@ class Case:
     words: tuple[str, ...]
     no_traceback: bool = True
     marks: tuple = field(default=())
+    env: tuple[tuple[str, str | None], ...] = ()
+    """Environment for the command: ``(name, value)``, ``{tmp}`` in a value standing for
+    ``tmp_path``; a value of None unsets the variable."""
 
 
 # --- model files: weights, hub ids, custom code ------------------------------------------
@@ -539,7 +542,22 @@ RUN_CASES: list[Case] = [
 ]
 
 
-ALL_CASES = [*MODEL_CASES, *DATA_CASES, *REPORT_CASES, *RUN_CASES]
+# Ray's own session files (what `ray start` recorded) are looked for under a private
+# RAY_TMPDIR, so clusters other programs run on this machine are not seen.
+_NO_CLUSTER = (("RAY_TMPDIR", "{tmp}"), ("RAY_ADDRESS", None))
+
+CLUSTER_CASES: list[Case] = [
+    Case("cluster-address-auto-with-no-cluster",
+         lambda tmp: (["preflight", str(DEMO), "--set", "cluster.address=auto"], []), 2,
+         ("no Ray cluster is running here", "ray start --head", "cluster.address: local"),
+         env=_NO_CLUSTER),
+    Case("cluster-address-nobody-answers",
+         lambda tmp: (["preflight", str(DEMO), "--set", "cluster.address=127.0.0.1:1"], []), 2,
+         ("cannot reach", "127.0.0.1:1"), env=_NO_CLUSTER),
+]
+
+
+ALL_CASES = [*CLUSTER_CASES, *MODEL_CASES, *DATA_CASES, *REPORT_CASES, *RUN_CASES]
 
 
 def _digest(path: Path) -> str:
@@ -550,7 +568,12 @@ def _digest(path: Path) -> str:
 
 @pytest.mark.parametrize(
     "case", [pytest.param(c, id=c.name, marks=c.marks) for c in ALL_CASES])
-def test_bad_input(case: Case, tmp_path, capsys):
+def test_bad_input(case: Case, tmp_path, capsys, monkeypatch):
+    for name, value in case.env:
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value.format(tmp=tmp_path))
     argv, keep = case.build(tmp_path)
     before = {p: _digest(p) for p in keep}
     code = main(argv)
