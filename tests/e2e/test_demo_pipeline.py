@@ -207,10 +207,11 @@ def test_latency_per_arm_includes_retrieval_and_counts_added_prompt_tokens(resul
 
 
 def file_stamps(run_dir: Path) -> dict[str, tuple[int, bytes]]:
-    """Every file of a run but its bookkeeping (manifest, resolved config): mtime and bytes."""
+    """Every file of a run but its bookkeeping (manifest, resolved config, the driver's lock):
+    mtime and bytes."""
     return {str(p.relative_to(run_dir)): (p.stat().st_mtime_ns, p.read_bytes())
             for p in run_dir.rglob("*")
-            if p.is_file() and p.name not in ("manifest.json", "config.yaml")}
+            if p.is_file() and p.name not in ("manifest.json", "config.yaml", ".lock")}
 
 
 def test_resume_reuses_every_completed_step(demo_run):
