@@ -154,7 +154,12 @@ def test_sections_in_order_with_the_verdict_first(page, results):
     assert decision["verdict"] == "both"
     verdict = " ".join(page.text["verdict"].split())
     assert verdict.startswith(f"Verdict {decision['verdict']} {decision['sentence']}")
-    assert decision["rule"] in verdict and decision["confidence"] in verdict
+    assert all(reason in verdict for reason in decision["reasons"])
+    assert decision["confidence"] in verdict
+    bullets = [" ".join(b["text"].split()) for b in decision["summary"]]
+    assert bullets and all(b in verdict for b in bullets)
+    # The summary comes before the rule's reasons, which are there on demand.
+    assert verdict.index(bullets[-1]) < verdict.index(decision["reasons"][0])
     assert page.tags[0][0] == "html" and page.tags[0][1] == {"lang": "en"}
 
 

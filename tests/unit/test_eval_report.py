@@ -300,7 +300,7 @@ def test_verdict_both():
     assert d["verdict"] == "both"
     assert d["sentence"].startswith("Use both")
     assert d["rule"].startswith("both: ft+rag beats base, base+rag and ft on every domain")
-    assert "no general benchmark shows forgetting beyond the 2-point tolerance" in d["rule"]
+    assert "No general benchmark shows forgetting beyond the 2-point tolerance." in d["reasons"]
     decisive = [e["comparison"] for e in d["evidence"] if e["decisive"]]
     assert decisive == ["ft+rag - base", "ft+rag - base+rag", "ft+rag - ft"]
     assert "Decided by: ft+rag - base on dom (+62.5 points" in d["confidence"]
@@ -311,7 +311,7 @@ def test_verdict_fine_tune_when_ft_plus_rag_adds_nothing():
     d = _summarise(_world({"base": 10, "base+rag": 25, "ft": 30, "ft+rag": 30}), {})["decision"]
     assert d["verdict"] == "fine-tune"
     assert d["rule"].startswith("fine-tune: ft beats base on every domain benchmark")
-    assert "both does not hold (ft+rag is not shown to beat ft)" in d["rule"]
+    assert "Not both: ft+rag is not shown to beat ft." in d["reasons"]
     assert "ft - base+rag on dom (+12.5 points" in d["confidence"]
 
 
@@ -322,7 +322,7 @@ def test_verdict_fine_tune_not_blocked_by_an_unscored_rag_arm():
     ).to_json()
     d = results["decision"]
     assert d["verdict"] == "fine-tune"
-    assert "both does not hold (ft+rag was not scored)" in d["rule"]
+    assert "Not both: ft+rag was not scored." in d["reasons"]
     assert "Forgetting was not measured for a fine-tuned arm." in d["confidence"]
 
 
@@ -333,23 +333,24 @@ def test_verdict_rag_when_fine_tuning_forgets():
     )
     d = _summarise(world, {})["decision"]
     assert d["verdict"] == "RAG"
-    assert "fine-tuning forgets beyond the 2-point tolerance (ft on gen)" in d["rule"]
-    assert d["sentence"].startswith("Use retrieval (RAG) with the base model")
+    assert "Not fine-tune: fine-tuning forgets beyond the 2-point tolerance (ft on gen)." in d["reasons"]
+    assert d["sentence"].startswith("Use RAG: let the model you started from read passages")
+    assert d["chosen"] == "base+rag"
 
 
 def test_verdict_rag_when_fine_tuning_is_worse_than_rag():
     d = _summarise(_world({"base": 10, "base+rag": 35, "ft": 20, "ft+rag": 20}), {})["decision"]
     assert d["verdict"] == "RAG"
-    assert "fine-tuning does not win (ft is worse than base+rag" in d["rule"]
+    assert "Not fine-tune: ft is worse than base+rag on dom." in d["reasons"]
 
 
 def test_verdict_neither_and_every_decisive_interval_spans_zero():
     d = _summarise(_world(dict.fromkeys(["base", "base+rag", "ft", "ft+rag"], 10)), {})["decision"]
     assert d["verdict"] == "neither"
-    assert d["rule"] == (
-        "neither: base+rag is not shown to beat base; ft is not shown to beat base; "
-        "ft+rag is not shown to beat base."
-    )
+    assert d["reasons"] == ["Not RAG: base+rag is not shown to beat base.",
+                            "Not fine-tune: ft is not shown to beat base.",
+                            "Not both: ft+rag is not shown to beat base."]
+    assert d["rule"] == "neither: " + " ".join(d["reasons"])
     assert "All of them span zero: no evidence of a difference." in d["confidence"]
     assert {e["position"] for e in d["evidence"]} == {"spans zero"}
 
@@ -361,7 +362,7 @@ def test_verdict_neither_without_a_domain_benchmark():
     ).to_json()
     d = results["decision"]
     assert (d["verdict"], d["evidence"]) == ("neither", [])
-    assert "no domain benchmark was scored" in d["rule"]
+    assert "No domain benchmark was scored" in d["rule"]
 
 
 def _row(diff, lo, hi):
@@ -415,8 +416,8 @@ def test_decide_reads_only_the_results_and_zero_is_not_above_zero():
 def test_markdown_puts_the_verdict_first():
     md = render_markdown(_summarise())
     assert md.index("## Verdict: RAG") < md.index("## Headline") < md.index("## Scores")
-    assert "**Use retrieval (RAG) with the base model" in md
-    assert "- **Rule**: RAG: base+rag beats base" in md
+    assert "**Use RAG: let the model you started from" in md
+    assert "**Why RAG** (the rule, checked in order):\n\n- base+rag beats base" in md
     assert re.search(r"\| ft\+rag - ft \| \+25\.0 \| \+[\d.]+ to \+[\d.]+ \| better than ft \|", md)
 
 

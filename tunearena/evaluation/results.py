@@ -190,6 +190,30 @@ class Evidence(_Model):
 Verdict = Literal["fine-tune", "RAG", "both", "neither"]
 
 
+class Figure(_Model):
+    """One number a summary bullet states, and the table it comes from, so a reader (or a
+    test) can find it again: ``source`` names the table, ``arm``, ``against`` and
+    ``benchmark`` the row. ``points`` are percentage points (a fraction in results), ``ms``
+    milliseconds, ``usd`` dollars, ``tokens`` prompt tokens."""
+
+    source: Literal["score", "pair", "forgetting", "latency", "cost_of_pass", "prompt_tokens",
+                    "training_cost"]
+    arm: str
+    against: str | None = None
+    benchmark: str | None = None
+    value: float
+    ci: Interval | None = None
+    unit: Literal["points", "ms", "usd", "tokens"] = "points"
+
+
+class SummaryBullet(_Model):
+    """One bullet of the report's first screen, with every number it states."""
+
+    kind: Literal["gain", "general", "cost", "runner_up", "disagreement"]
+    text: str
+    figures: list[Figure] = []
+
+
 class Decision(_Model):
     verdict: Verdict
     sentence: str
@@ -197,6 +221,13 @@ class Decision(_Model):
     confidence: str
     rule_in_full: list[str] = []
     evidence: list[Evidence] = []
+    chosen: str | None = None
+    """The arm the verdict puts forward (ft+rag, ft, base+rag; None for neither)."""
+    reasons: list[str] = []
+    """``rule`` as short sentences, one per condition it checked."""
+    summary: list[SummaryBullet] = []
+    """The first screen's bullets: gain, general cost, money and latency, the runner-up and
+    any benchmark that disagrees with the verdict."""
 
 
 with warnings.catch_warnings():

@@ -8,6 +8,7 @@ from tunearena.evaluation.arm import Arm
 from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
 from tunearena.evaluation.report import numbers, sentences
 from tunearena.evaluation.report.numbers import Samples, Scores
+from tunearena.evaluation.report.summary import summary_bullets
 from tunearena.evaluation.report.verdict import decide
 from tunearena.evaluation.results import Forgetting, Results, parse_results
 
@@ -70,7 +71,9 @@ def summarise(
     results.headline = sentences.headline(
         per_benchmark, arms, results.forgetting.summary, conf, given.stages
     ) + sentences.language_headline(language, conf)
-    results.decision = decide(results)
+    decision = decide(results)
+    results.decision = decision.model_copy(
+        update={"summary": summary_bullets(results, decision)})
     results.samples = samples
     if given.stages is not None:
         matrix = numbers.stage_matrix(per_benchmark, scores, given.stages)

@@ -49,6 +49,7 @@ def render_html(view: ReportView, results: Results) -> str:
         "ci": view.ci,
         "decision": {"rule_in_full": [], **view.decision} if view.decision else None,
         "headline": view.headline,
+        "warnings": [w for b in view.benchmarks for w in b.get("warnings", [])],
         "benchmarks": view.benchmarks,
         "dropped_sentence": view.dropped_sentence,
         "accuracy_plot": plots.accuracy_plot(benchmarks, results.settings.confidence, colours)

@@ -23,8 +23,10 @@ def render_markdown(view: ReportView) -> str:
     lines = [f"# {view.title}", ""]
     if view.decision:
         d = view.decision
-        lines += [f"## Verdict: {d['verdict']}", "", f"**{d['sentence']}**", "",
-                  f"- **Rule**: {d['rule']}", f"- **Confidence**: {d['confidence']}", ""]
+        lines += [f"## Verdict: {d['verdict']}", "", f"**{d['sentence']}**", ""]
+        lines += [f"- {b['text']}" for b in d["summary"]]
+        lines += ["", f"**Why {d['verdict']}** (the rule, checked in order):", "",
+                  *(f"- {r}" for r in d["reasons"]), "", f"**How sure**: {d['confidence']}", ""]
     if view.stages and view.stages["warning"]:
         lines += [f"**Warning:** {view.stages['warning']}", ""]
     lines += ["## Headline", "", *(f"- {s}" for s in view.headline), ""]

@@ -22,13 +22,18 @@ RULE_IN_FULL = (
 """The decision rule, checked in this order; the first clause that holds gives the verdict."""
 
 _SENTENCES = {
-    "both": "Use both: fine-tune the model and give it retrieved passages (RAG).",
-    "fine-tune": "Fine-tune the model: it beats the base model, and RAG is not shown to do better.",
-    "RAG": "Use retrieval (RAG) with the base model: it beats the base model, and fine-tuning "
-    "is not shown to be worth it.",
+    "both": "Use both: train the model further on your data (fine-tune) and let it read "
+    "passages retrieved from your documents when it answers (RAG).",
+    "fine-tune": "Fine-tune: the model trained further on your data answers your questions "
+    "better than the model you started from, and letting it read your documents (RAG) is not "
+    "shown to do better.",
+    "RAG": "Use RAG: let the model you started from read passages retrieved from your "
+    "documents when it answers; training it further (fine-tuning) is not shown to be worth it.",
     "neither": "Neither: no option is shown to be worth it on these questions; keep the base "
     "model, or score more questions to settle it.",
 }
+CHOSEN = {"both": "ft+rag", "fine-tune": "ft", "RAG": "base+rag", "neither": None}
+"""The arm each verdict puts forward."""
 
 Comparison = tuple[str, str]  # (a, b): the interval of a minus b, paired question by question
 Condition = tuple[bool, str, list[Comparison]]  # holds?, why not, the intervals it read
@@ -61,17 +66,19 @@ class _Intervals:
         missing = [arm for arm in (a, b) if arm not in self.results.arms]
         if missing:
             return False, f"{missing[0]} was not scored", []
-        values = [self.get(a, b, name) for name in self.domain]
-        ok = bool(values) and all(v is not None and v[1] > 0 for v in values)
-        return ok, f"{a} is not shown to beat {b}", [(a, b)]
+        values = {name: self.get(a, b, name) for name in self.domain}
+        short = [name for name, v in values.items() if v is None or v[1] <= 0]
+        ok = bool(values) and not short
+        where = "" if len(short) == len(values) else f" on {', '.join(short)}"
+        return ok, f"{a} is not shown to beat {b}{where}", [(a, b)]
 
     def not_worse(self, a: str, b: str) -> Condition:
         """Whether a - b lies below zero on no domain benchmark (trivially, b unscored)."""
         if a not in self.results.arms or b not in self.results.arms:
             return True, "", []
-        values = [self.get(a, b, name) for name in self.domain]
-        ok = not any(v is not None and v[2] < 0 for v in values)
-        return ok, f"{a} is worse than {b}", [(a, b)]
+        values = {name: self.get(a, b, name) for name in self.domain}
+        worse = [name for name, v in values.items() if v is not None and v[2] < 0]
+        return not worse, f"{a} is worse than {b} on {', '.join(worse)}", [(a, b)]
 
 
 def decide(results: Results) -> Decision:
@@ -119,8 +126,8 @@ def decide(results: Results) -> Decision:
         name: next(((reason, comps) for ok, reason, comps in conds if not ok), None)
         for name, conds in conditions.items()
     }
-    verdict, rule, decisive = _rule(domain, conditions, failures,
-                                    _kept(ft_checks, forgot, acceptable[1], tol))
+    verdict, reasons, decisive = _rule(domain, conditions, failures,
+                                       _kept(ft_checks, forgot, acceptable[1], tol))
     decisive = list(dict.fromkeys(decisive))
     evidence = [
         Evidence(comparison=f"{a} - {b}", benchmark=name, diff=diff, ci=(lo, hi),
@@ -134,7 +141,9 @@ def decide(results: Results) -> Decision:
     return Decision(
         verdict=verdict,  # type: ignore[arg-type]
         sentence=_SENTENCES[verdict],
-        rule=rule,
+        rule=f"{verdict}: " + " ".join(reasons),
+        reasons=reasons,
+        chosen=CHOSEN[verdict],
         confidence=_confidence(evidence, ft_checks, domain, results),
         rule_in_full=list(RULE_IN_FULL),
         evidence=evidence,
@@ -158,33 +167,35 @@ def _rule(
     conditions: dict[str, list[Condition]],
     failures: dict[str, tuple[str, list[Comparison]] | None],
     kept: str,
-) -> tuple[str, str, list[Comparison]]:
-    """The verdict, the rule's sentence, and the comparisons that decided it."""
+) -> tuple[str, list[str], list[Comparison]]:
+    """The verdict, the rule's reasons (one short sentence per condition it checked), and
+    the comparisons that decided it."""
 
-    def why_not(*names: str) -> str:
-        reasons = dict.fromkeys(f[0] for f in (failures[n] for n in names) if f is not None)
-        return "; ".join(reasons)
+    def not_(name: str) -> str:
+        failure = failures[name]
+        assert failure is not None
+        return f"Not {name}: {failure[0]}."
 
+    kept = kept[0].upper() + kept[1:] + "."
     if not domain:
-        return ("neither",
-                "neither: no domain benchmark was scored, so no arm can be shown to help.", [])
+        return ("neither", ["No domain benchmark was scored, so no arm can be shown to help."],
+                [])
     if failures["both"] is None:
         return ("both",
-                "both: ft+rag beats base, base+rag and ft on every domain benchmark (each "
-                f"interval lies above zero), and {kept}.",
+                ["ft+rag beats base, base+rag and ft on every domain benchmark (each interval "
+                 "lies above zero).", kept],
                 [c for _, _, comps in conditions["both"] for c in comps])
     if failures["fine-tune"] is None:
         return ("fine-tune",
-                "fine-tune: ft beats base on every domain benchmark (the interval lies above "
-                f"zero), is not shown to be worse than base+rag, and {kept}; both does not "
-                f"hold ({why_not('both')}).",
+                ["ft beats base on every domain benchmark (each interval lies above zero).",
+                 "ft is not shown to be worse than base+rag.", kept, not_("both")],
                 [c for _, _, comps in conditions["fine-tune"] for c in comps])
     if failures["RAG"] is None:
         return ("RAG",
-                "RAG: base+rag beats base on every domain benchmark (the interval lies above "
-                f"zero), and fine-tuning does not win ({why_not('fine-tune', 'both')}).",
+                ["base+rag beats base on every domain benchmark (each interval lies above "
+                 "zero).", not_("fine-tune"), not_("both")],
                 [("base+rag", "base"), *failures["fine-tune"][1], *failures["both"][1]])
-    return ("neither", f"neither: {why_not('RAG', 'fine-tune', 'both')}.",
+    return ("neither", [not_("RAG"), not_("fine-tune"), not_("both")],
             [c for n in ("RAG", "fine-tune", "both") for c in (failures[n] or ("", []))[1]])
 
 

@@ -76,7 +76,7 @@ def build_view(results: Results) -> ReportView:
     return ReportView(
         title="tunearena report" + (f": {run.name}" if run and run.name else ""),
         ci=f"{fmt.pct_label(conf)} CI",
-        decision=_decision(results.decision),
+        decision=_decision(results.decision, results),
         headline=results.headline,
         benchmarks=[_benchmark(name, b, selected) for name, b in results.benchmarks.items()],
         stages=stages,
@@ -116,9 +116,16 @@ def tone(verdict: str) -> str:
     return "neutral"
 
 
-def _decision(decision: Decision | None) -> dict[str, Any] | None:
+def _decision(decision: Decision | None, results: Results) -> dict[str, Any] | None:
+    """The decision as printed; results written before the summary existed get it here."""
+    from tunearena.evaluation.report.summary import summary_bullets
+
     if decision is None:
         return None
+    if not decision.summary:
+        decision = decision.model_copy(update={"summary": summary_bullets(results, decision)})
+    if not decision.reasons:
+        decision = decision.model_copy(update={"reasons": [decision.rule]})
     evidence = [
         {"comparison": e.comparison, "benchmark": e.benchmark, "diff": fmt.signed(e.diff),
          "ci": fmt.signed_ci(e.ci), "position": e.position, "decisive": e.decisive}
@@ -151,7 +158,8 @@ def _benchmark(name: str, bench: Benchmark, selected: str | None) -> dict[str, A
     return {"name": name, "kind": bench.kind, "n": bench.n, "track": bench.track,
             "n_clusters": bench.n_clusters if bench.clustered_by else None,
             "primary": primary, "secondary": secondary,
-            "metric": METRIC_LABELS.get(primary, primary), "rows": rows, "pairs": pairs}
+            "metric": METRIC_LABELS.get(primary, primary), "rows": rows, "pairs": pairs,
+            "warnings": list(getattr(bench, "warnings", []))}
 
 
 def _language(name: str, bench: LanguageBenchmark) -> dict[str, Any]:
