@@ -37,7 +37,8 @@ def render_html(view: ReportView, results: Results) -> str:
     forgetting = view.forgetting
     if forgetting and results.forgetting:
         forgetting = {**forgetting, "plot": plots.forgetting_plot(
-            results.forgetting.checks, results.forgetting.tolerance, colours)}
+            results.forgetting.checks, results.forgetting.tolerance, colours,
+            results.selected_stage)}
     retrieval = {name: r for name, r in (results.retrieval or {}).items()
                  if isinstance(r, BenchmarkRetrieval)}
     sections = view.sections
@@ -52,7 +53,8 @@ def render_html(view: ReportView, results: Results) -> str:
         "warnings": [w for b in view.benchmarks for w in b.get("warnings", [])],
         "benchmarks": view.benchmarks,
         "dropped_sentence": view.dropped_sentence,
-        "accuracy_plot": plots.accuracy_plot(benchmarks, results.settings.confidence, colours)
+        "accuracy_plot": plots.accuracy_plot(benchmarks, results.settings.confidence, colours,
+                                             results.selected_stage)
         if benchmarks else None,
         "stages": stages,
         "forgetting": forgetting,
