@@ -46,7 +46,9 @@ def summary_bullets(results: Results, decision: Decision) -> list[SummaryBullet]
     domain = [n for n, b in results.benchmarks.items() if b.kind == "domain"]
     if not domain:
         return []
-    chosen = decision.chosen
+    from tunearena.evaluation.report.verdict import CHOSEN
+
+    chosen = decision.chosen or CHOSEN[decision.verdict]  # results written before ``chosen``
     shown = chosen or _best(results, domain, [a for a in OPTIONS if a in results.arms])
     bullets = [_gain(results, domain, chosen, shown)] if shown else []
     if shown:
@@ -78,9 +80,11 @@ def _gain_vs_base(results: Results, arm: str, name: str) -> Figure | None:
                   value=row.diff_vs_base, ci=row.diff_ci)
 
 
-def _said(f: Figure, conf: str) -> str:
+def _said(f: Figure, conf: str, where: bool = False) -> str:
+    """``+5.0 points (95% CI +0.6 to +10.6)``; with ``where``, ``... on <benchmark> (...)``."""
     assert f.ci is not None
-    return f"{signed(f.value)} points, {conf} {signed(f.ci[0])} to {signed(f.ci[1])}"
+    on = f" on {f.benchmark}" if where else ""
+    return f"{signed(f.value)} points{on} ({conf} {signed(f.ci[0])} to {signed(f.ci[1])})"
 
 
 def _best(results: Results, domain: list[str], arms: list[str]) -> str | None:
@@ -100,8 +104,8 @@ def _gain(results: Results, domain: list[str], chosen: str | None, arm: str) -> 
     for f in figures:
         bench = results.benchmarks[f.benchmark or ""]
         parts.append(f"{percent(bench.arms[arm].score)} right against "
-                     f"{percent(bench.arms['base'].score)} on {f.benchmark} "
-                     f"({_said(f, conf)})")
+                     f"{percent(bench.arms['base'].score)} on {f.benchmark}, "
+                     f"{_said(f, conf)}")
     if chosen:
         text = f"Gain on your questions: {plain_name(arm)} gets " + "; ".join(parts) + "."
     else:
@@ -122,16 +126,21 @@ def _general(results: Results, arm: str) -> SummaryBullet | None:
                              "general benchmark was scored).")
     conf, tol = _conf(results), points(forgetting.tolerance)
     judged = {"forgetting": f"beyond the {tol} tolerance",
-              "none": f"within the {tol} tolerance",
-              "inconclusive": f"possibly beyond the {tol} tolerance"}
+              "none": f"within the {tol} tolerance"}
     parts, figures = [], []
     for c in checks:
         figures.append(Figure(source="forgetting", arm=arm, against="base",
                               benchmark=c.benchmark, value=c.change, ci=c.ci))
         moved = (f"loses {unsigned(-c.change)} points" if c.change < 0 else
                  f"gains {unsigned(c.change)} points" if c.change > 0 else "keeps its score")
+        if c.status == "inconclusive":
+            judgement = (f"within the {tol} tolerance, though its interval reaches past it"
+                         if -c.change <= forgetting.tolerance else
+                         f"past the {tol} tolerance, though its interval reaches back within it")
+        else:
+            judgement = judged[c.status]
         parts.append(f"{moved} on {c.benchmark} ({conf} {signed(c.ci[0])} to "
-                     f"{signed(c.ci[1])}), {judged[c.status]}")
+                     f"{signed(c.ci[1])}), {judgement}")
     return SummaryBullet(kind="general", text="Cost in general ability: it "
                          + "; ".join(parts) + ".", figures=figures)
 
@@ -184,7 +193,7 @@ def _pair(results: Results, a: str, b: str, name: str) -> Figure | None:
 def _runner_up(results: Results, domain: list[str], chosen: str, runner: str) -> SummaryBullet:
     conf = _conf(results)
     figures = [f for f in (_pair(results, runner, chosen, n) for n in domain) if f]
-    parts = [f"{_said(f, conf)} on {f.benchmark}" for f in figures]
+    parts = [_said(f, conf, where=True) for f in figures]
     text = f"Runner-up: {plain_name(runner)}"
     text += (", against the chosen option: " + "; ".join(parts)) if parts else ""
     checks = [c for c in (results.forgetting.checks if results.forgetting else [])
