@@ -286,7 +286,7 @@ def test_recall_curve_is_plotted_in_the_retrieval_section_beside_its_table(resul
     # The table stays: the curve is one more column of the per-benchmark table.
     _, per_benchmark = [t["rows"] for t in page.table("generic") if t["section"] == "retrieval"]
     assert per_benchmark[0][-1] == "recall curve"
-    assert per_benchmark[1][-1].startswith('{"1": 0.55')
+    assert per_benchmark[1][-1].startswith("1: 55.0%, 2: 90.0%")  # not raw JSON
     # Without any recall_curve there is no plot, and no error.
     plain = _Page(render_html(results))
     assert not any("recall" in a.get("alt", "") for t, a in plain.tags if t == "img")

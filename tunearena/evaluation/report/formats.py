@@ -61,7 +61,8 @@ def label(key: str) -> str:
 
 def value(v: Any, key: str = "") -> str:
     """Any JSON value in a table cell: yes/no, thousands separators, four significant
-    digits, a recall as a percentage, a list joined by commas."""
+    digits, a recall as a percentage, a list joined by commas, a flat dict as ``key: value``
+    pairs."""
     if v is None:
         return NONE
     if isinstance(v, bool):
@@ -74,6 +75,9 @@ def value(v: Any, key: str = "") -> str:
         return f"{v:,.4g}" if abs(v) < 1e6 else f"{v:,.0f}"
     if isinstance(v, list) and all(not isinstance(x, dict | list) for x in v):
         return ", ".join(value(x, key) for x in v)
+    if isinstance(v, dict) and all(not isinstance(x, dict | list) for x in v.values()):
+        # e.g. a recall curve: "1: 90.0%, 5: 100.0%", each value formatted as its key's
+        return ", ".join(f"{k}: {value(x, key)}" for k, x in v.items())
     if isinstance(v, dict | list):
         return json.dumps(v, separators=(", ", ": "))
     return str(v)
