@@ -60,6 +60,7 @@ def render_html(view: ReportView, results: Results) -> str:
         "recall_plot": plots.recall_plot(retrieval, list(benchmarks)),
         "cost": sections.get("cost"),
         "cost_sentence": view.cost_sentence,
+        "cost_of_pass": view.cost_of_pass,
         "latency_sentence": view.latency_sentence,
         "prompt_sentence": view.prompt_sentence,
         "latency": sections.get("latency"),

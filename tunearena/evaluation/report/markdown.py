@@ -45,12 +45,15 @@ def render_markdown(view: ReportView) -> str:
     for bench in view.language:
         lines += _language(bench, view.ci)
     for key, title in _SECTIONS:
-        if key in view.sections:
+        if key in view.sections or (key == "cost" and view.cost_of_pass):
             lines += [f"## {title}", ""]
             if key == "latency" and view.latency_sentence:
                 lines += [view.latency_sentence, ""]
-            for table in view.sections[key]:
+            for table in view.sections.get(key, []):
                 lines += [*table_lines(table), ""]
+            if key == "cost" and view.cost_of_pass:
+                lines += [view.cost_of_pass["sentence"], "",
+                          *table_lines(view.cost_of_pass["table"]), ""]
             if key == "training" and view.history:
                 lines += [*table_lines(_history(view.history)), ""]
     return "\n".join(lines).rstrip() + "\n"
