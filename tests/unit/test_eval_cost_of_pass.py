@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
-from tunearena.evaluation.report import markdown_report, summarise
+from tunearena.evaluation.report import html_report, markdown_report, summarise
 from tunearena.evaluation.report.view import build_view
 from tunearena.evaluation.results import parse_results
 
@@ -157,3 +157,6 @@ def test_cost_of_pass_round_trips_and_is_reported():
     assert "#### Cost per correct answer" in md
     assert "spread over 1,000 answers" in md
     assert "| ft (= ft@b) | dom | 75.0% | $4.10 | $5.47 |" in md
+    html = html_report(results)
+    assert '<h3 id="cost-of-pass">Cost per correct answer</h3>' in html
+    assert "<td class=\"num\">$5.47</td>" in html
