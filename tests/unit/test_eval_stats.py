@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 
@@ -151,3 +153,117 @@ def test_paired_clustered_diff_has_the_known_sign_and_is_wider():
 def test_clusters_must_name_one_cluster_per_value():
     with pytest.raises(ValueError, match="one cluster per value: 2 for 3"):
         mean_ci([1, 1, 1], clusters=["a", "b"])
+
+
+# What the report says about its own intervals: too few documents, too wide to decide, and
+# how many questions it rests on.
+
+def _choice(ids: list[str], right: list[int], docs: Sequence[str | None]) -> list[dict]:
+    return [{"id": i, "acc": r, "acc_norm": r, "doc_id": d}
+            for i, r, d in zip(ids, right, docs, strict=True)]
+
+
+def _summarise_dom(samples: dict, benchmarks=None, tolerance: float = 0.05):
+    from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
+    from tunearena.evaluation.report import summarise
+
+    benchmarks = benchmarks or [BenchmarkConfig(name="dom", path="dom.jsonl", kind="domain")]
+    evaluation = EvaluationConfig(benchmarks=benchmarks, arms=list(samples),
+                                  bootstrap_samples=500, forgetting_tolerance=tolerance,
+                                  fewshot={"path": "train.jsonl"})
+    return summarise(samples, benchmarks, evaluation, ReportConfig(), {})
+
+
+def _fewshot_misses_one_per_document(n_docs: int, per_doc: int):
+    """Base answers every question; few-shot misses the first question of every document."""
+    ids = [f"q{i}" for i in range(n_docs * per_doc)]
+    docs = [f"doc{i // per_doc}" for i in range(len(ids))]
+    fewshot = [int(i % per_doc != 0) for i in range(len(ids))]
+    return _summarise_dom({"base": {"dom": _choice(ids, [1] * len(ids), docs)},
+                           "base+fewshot": {"dom": _choice(ids, fewshot, docs)}})
+
+
+def test_two_documents_are_too_few_and_every_verdict_says_so():
+    from tunearena.evaluation.report import markdown_report
+    from tunearena.evaluation.report.view import build_view
+
+    # As with evaluation.limit=10 on the demo: 10 questions from 2 documents.
+    results = _fewshot_misses_one_per_document(n_docs=2, per_doc=5)
+    bench = results.benchmarks["dom"]
+    row = bench.arms["base+fewshot"]
+    assert row.diff_ci[1] < 0  # the interval alone would claim "worse"
+    assert row.verdict == "worse than base (too few documents to trust)"
+    assert [w.kind for w in bench.warnings] == ["few_documents"]
+    assert bench.warnings[0].message.startswith("The 10 questions come from 2 documents")
+    md = markdown_report(results)
+    assert "Few-shot prompting hurts on dom (too few documents to trust)" in md
+    assert "| worse than base (too few documents to trust) |" in md
+    assert "dom (2 documents)" in results.decision.confidence
+    view = build_view(results)
+    assert view.benchmarks[0]["rows"][1]["tone"] == "neutral"
+    assert [(w["benchmark"], w["kind"]) for w in view.warnings] == [("dom", "few_documents")]
+
+
+def test_thirty_documents_carry_no_warning():
+    results = _fewshot_misses_one_per_document(n_docs=30, per_doc=2)
+    bench = results.benchmarks["dom"]
+    assert (bench.n, bench.n_clusters) == (60, 30)
+    assert bench.warnings == []
+    assert bench.arms["base+fewshot"].verdict == "worse than base"
+    assert "too few" not in results.decision.confidence
+
+
+def test_few_questions_without_shared_documents_are_too_few_too():
+    ids = [f"q{i}" for i in range(8)]
+    results = _summarise_dom({"base": {"dom": _choice(ids, [1] * 8, [None] * 8)},
+                              "base+fewshot": {"dom": _choice(ids, [0] * 8, [None] * 8)}})
+    bench = results.benchmarks["dom"]
+    assert bench.clustered_by is None
+    assert bench.arms["base+fewshot"].verdict == "worse than base (too few questions to trust)"
+    assert bench.warnings[0].message.startswith("There are only 8 questions")
+
+
+def test_an_interval_past_the_tolerance_on_both_sides_is_too_wide_to_decide():
+    ids = [f"q{i}" for i in range(20)]
+    base = [i % 2 for i in range(20)]
+    # As many questions won as lost against base: a mean of 0 with an interval of about
+    # +-30 points, far past a 5-point tolerance either way.
+    swapped = [int(i < 10) for i in range(20)]
+    results = _summarise_dom({"base": {"dom": _choice(ids, base, [None] * 20)},
+                              "base+fewshot": {"dom": _choice(ids, swapped, [None] * 20)},
+                              "ft": {"dom": _choice(ids, base, [None] * 20)}})
+    bench = results.benchmarks["dom"]
+    lo, hi = bench.arms["base+fewshot"].diff_ci
+    assert lo < -0.05 and hi > 0.05
+    (warning,) = bench.warnings
+    assert (warning.kind, warning.arms) == ("wide_interval", ["base+fewshot"])
+    assert "5-point tolerance on both sides" in warning.message
+    # With a tolerance wider than the interval, it decides something: no warning.
+    wide_tolerance = _summarise_dom({"base": {"dom": _choice(ids, base, [None] * 20)},
+                                     "base+fewshot": {"dom": _choice(ids, swapped, [None] * 20)}},
+                                    tolerance=0.5)
+    assert wide_tolerance.benchmarks["dom"].warnings == []
+
+
+def test_two_tracks_on_one_question_file_count_its_questions_once():
+    from tunearena.evaluation.config import BenchmarkConfig
+
+    ids = [f"q{i}" for i in range(40)]
+    docs = [f"doc{i}" for i in range(40)]
+    choice = _choice(ids, [int(i < 30) for i in range(40)], docs)
+    generative = [{"id": i, "exact_match": int(n < 20), "f1": float(n < 20), "prediction": "x",
+                   "doc_id": d} for n, (i, d) in enumerate(zip(ids, docs, strict=True))]
+    shared = [BenchmarkConfig(name="mc", path="qa.jsonl", kind="domain"),
+              BenchmarkConfig(name="words", path="qa.jsonl", kind="domain", track="generative")]
+    samples = {arm: {"mc": choice, "words": generative} for arm in ("base", "base+fewshot")}
+    results = _summarise_dom(samples, shared)
+    assert results.benchmarks["words"].same_questions_as == "mc"
+    assert results.benchmarks["mc"].same_questions_as is None
+    assert results.decision.confidence.startswith(
+        "Based on 40 domain questions (each scored two ways), at 95% confidence.")
+    # Two files: two sets of questions, even with the same ids.
+    apart = [shared[0], BenchmarkConfig(name="words", path="other.jsonl", kind="domain",
+                                        track="generative")]
+    results = _summarise_dom(samples, apart)
+    assert results.benchmarks["words"].same_questions_as is None
+    assert results.decision.confidence.startswith("Based on 80 domain questions, at 95%")

@@ -7,7 +7,7 @@ import pytest
 
 from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
 from tunearena.evaluation.report import html_report, markdown_report, summarise
-from tunearena.evaluation.report.formats import signed, unsigned
+from tunearena.evaluation.report.formats import signed, unsigned, usd
 from tunearena.evaluation.results import Figure, Results, parse_results
 
 BENCHMARKS = [
@@ -94,6 +94,12 @@ def _table_value(saved: dict, f: Figure) -> tuple[float, list[float] | None]:
         return saved["latency"][f.arm]["prompt_tokens_added"], None
     if f.source == "training_cost":
         return saved["cost"]["usd"], None
+    if f.source == "cost_of_pass":
+        priced = saved["cost_of_pass"]["arms"][f.arm]
+        if f.benchmark is None:
+            return priced["usd_per_answer"], None
+        bench = priced["benchmarks"][f.benchmark]
+        return bench["usd_per_correct"], bench["usd_per_correct_ci"]
     raise AssertionError(f"no table holds {f}")
 
 
@@ -115,6 +121,8 @@ def test_every_number_in_the_summary_is_in_a_table_below_it(world):
                 assert (signed(f.value) in bullet.text
                         or f"{unsigned(abs(f.value))} points" in bullet.text), (bullet.text, f)
                 assert f"{signed(f.ci[0])} to {signed(f.ci[1])}" in bullet.text  # type: ignore[index]
+            if f.unit == "usd" and f.source == "cost_of_pass":  # stated per 1,000
+                assert usd(1000 * f.value) in bullet.text, (bullet.text, f)
     # The chosen option's own general-ability cost is stated, not a rejected stage's.
     if decision["chosen"] is not None:
         general = [b for b in bullets if b.kind == "general"]
@@ -151,7 +159,15 @@ def test_no_disagreement_bullet_when_every_benchmark_agrees():
     cost = decision.summary[2].text
     assert "42 ms at the median (the base model: 6 ms)" in cost
     assert "retrieved passages add 134 prompt tokens" in cost
-    assert "fine-tuning cost $1.25 once" in cost
+    # Cost-of-pass: serving time at the price plus training spread over the queries, over
+    # the accuracy (the world's ft+rag gets 55 and 45 of 60 right).
+    priced = WORLDS["both"].cost_of_pass.arms["ft+rag"]  # type: ignore[union-attr]
+    price = WORLDS["both"].cost_of_pass.settings.serving_usd_per_device_hour  # type: ignore[union-attr]
+    assert priced.usd_per_answer == pytest.approx(42.0 / 3.6e6 * price + 1.25 / 100_000)
+    per_correct = priced.benchmarks["products"].usd_per_correct
+    assert per_correct == pytest.approx(priced.usd_per_answer / (55 / 60))
+    assert f"{usd(1000 * per_correct)} on products" in cost
+    assert "$1.25 of training and index spread over 100,000 questions" in cost
 
 
 def test_neither_names_the_closest_option_and_no_chosen_arm():

@@ -104,7 +104,9 @@ class EvaluationConfig(StrictModel):
 
     forgetting_tolerance: float = Field(0.02, ge=0, le=1)
     """A drop in general accuracy up to this (absolute) is called negligible; a stage that
-    forgets more is not chosen as ``ft`` while another stays within it."""
+    forgets more is not chosen as ``ft`` while another stays within it. A benchmark whose
+    interval against base reaches past it on both sides is warned about as too wide to
+    decide."""
 
     @field_validator("arms")
     @classmethod
@@ -134,6 +136,12 @@ class ReportConfig(StrictModel):
 
     gpu_hour_cost_usd: float = Field(2.5, ge=0)
     """Price of one accelerator-hour (CPU-hours are priced the same on a CPU-only run)."""
+    queries: int = Field(100_000, ge=1)
+    """Questions the chosen option is expected to answer over its life: cost-of-pass spreads
+    the one-off costs (training a model, building the RAG index) over this many answers."""
+    serving_hour_cost_usd: float | None = Field(None, ge=0)
+    """Price of one hour of the device answers are served on, for cost-of-pass (each answer
+    costs its measured answer time at this price); unset: ``gpu_hour_cost_usd``."""
 
     @model_validator(mode="before")
     @classmethod

@@ -20,13 +20,15 @@ from tunearena.errors import UserError
 from tunearena.training.gguf import GGUFConversion
 from tunearena.training.summary import ExportCheck, ReplaySummary, TrainingSummary
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """1 (no ``schema_version`` key): a generative benchmark's exact match, its interval and its
 token F1 sat under ``acc``, ``acc_ci`` and ``acc_norm``, and the training summary also held
 ``tensors``; 2: they sit under ``exact_match``, ``exact_match_ci`` and ``f1``; 3: adds
 ``prompt_lengths`` (the model's context and the questions dropped for overflowing it), the
 data report's ``over_seq_len`` counts, ``probe``, and the run's ``prompt_format`` (a file of
-version 2 lacks them and loads as it is: its prompts were all plain)."""
+version 2 lacks them and loads as it is: its prompts were all plain); 4: adds each
+benchmark's ``warnings`` and ``same_questions_as``, and ``cost_of_pass`` (a file of version 3
+lacks them and loads as it is)."""
 
 Interval = tuple[float, float]
 """A confidence interval ``(lo, hi)``; a two-element list in JSON."""
@@ -110,6 +112,22 @@ class Pair(_Model):
     verdict: str
 
 
+class StatWarning(_Model):
+    """A reason not to read a benchmark's intervals as they stand.
+
+    ``few_documents``: the questions come from fewer than ``MIN_CLUSTERS`` source documents
+    (or, when none shares a document, there are fewer questions than that), too few for a
+    bootstrap interval to be trusted; every verdict of the benchmark that claims a difference
+    then carries ``(too few documents to trust)`` (or ``questions``). ``wide_interval``: the
+    interval against base of each arm in ``arms`` reaches past both ``-tolerance`` and
+    ``+tolerance``, so these questions cannot tell a gain of the tolerance from a loss of it."""
+
+    kind: Literal["few_documents", "wide_interval"]
+    message: str
+    arms: list[str] = []
+    """``wide_interval``: the arms whose interval against base is that wide."""
+
+
 class ChoiceBenchmark(_Model):
     """A multiple-choice benchmark: a row per arm, and ``pairs`` between non-base arms.
     CIs resample source documents (``clustered_by``) when questions share one."""
@@ -122,6 +140,10 @@ class ChoiceBenchmark(_Model):
     n_clusters: int | None = None
     arms: dict[str, ChoiceRow]
     pairs: dict[str, Pair] = {}
+    warnings: list[StatWarning] = []
+    same_questions_as: str | None = None
+    """The first benchmark scoring the same question file (on the other track), if any: its
+    questions are counted once."""
 
 
 class GenerativeBenchmark(_Model):
@@ -135,6 +157,10 @@ class GenerativeBenchmark(_Model):
     n_clusters: int | None = None
     arms: dict[str, GenerativeRow]
     pairs: dict[str, Pair] = {}
+    warnings: list[StatWarning] = []
+    same_questions_as: str | None = None
+    """The first benchmark scoring the same question file (on the other track), if any: its
+    questions are counted once."""
 
 
 Benchmark = Annotated[ChoiceBenchmark | GenerativeBenchmark, Field(discriminator="track")]
@@ -159,6 +185,7 @@ class LanguageBenchmark(_Model):
     n: int
     bytes: int
     arms: dict[str, BitsRow]
+    warnings: list[StatWarning] = []
 
 
 class ForgettingCheck(_Model):
@@ -362,6 +389,61 @@ class Cost(_Open):
     per_stage: dict[str, StageCost] = {}
 
 
+class CostOfPassSettings(_Model):
+    """The prices and volume every cost-of-pass figure is computed at."""
+
+    queries: int
+    """Answers over which one-off costs (training, the RAG index) are spread
+    (``report.queries``)."""
+    serving_usd_per_device_hour: float
+    """The price of the device an answer is timed on (``report.serving_hour_cost_usd``)."""
+    index_usd_per_device_hour: float
+    """The price the RAG index's build time is charged at (``report.gpu_hour_cost_usd``)."""
+    index_usd: float | None = None
+    """The index build's cost (its wall time on one device), charged to the RAG arms; None
+    when the run measured no build."""
+
+
+class BenchmarkCostOfPass(_Model):
+    """One arm on one domain benchmark: ``usd_per_correct`` is the arm's ``usd_per_answer``
+    over its accuracy (None when no answer is correct: no number of attempts buys one), and
+    ``usd_per_correct_ci`` the same over the accuracy's interval (its upper end None when
+    the interval reaches 0)."""
+
+    accuracy: float
+    accuracy_ci: Interval
+    usd_per_correct: float | None
+    usd_per_correct_ci: tuple[float, float | None] | None
+
+
+class ArmCostOfPass(_Model):
+    """What one answer of an arm costs: its serving time at the serving price, plus its share
+    of the one-off costs (training its model, building the RAG index) over ``queries``."""
+
+    trained_stages: list[str]
+    """The stages whose training the arm's model carries: its own and those it started from."""
+    training_usd: float
+    index_usd: float
+    serving_ms: float
+    serving_time_from: Literal["latency_p50_ms", "ms_per_question_scored"]
+    """Which timing ``serving_ms`` is: one question answered alone at the median, else (not
+    timed) the scoring wall time per question."""
+    serving_usd_per_answer: float
+    usd_per_answer: float
+    """Serving plus ``(training_usd + index_usd) / queries``."""
+    prompt_tokens_added: float | None = None
+    """Prompt tokens the arm's context (retrieved passages, examples) adds per question."""
+    benchmarks: dict[str, BenchmarkCostOfPass]
+
+
+class CostOfPass(_Model):
+    """Expected dollars per correct answer (Erol et al. 2025, arXiv 2504.13359), per arm
+    that was timed and whose training cost is known, per domain benchmark."""
+
+    settings: CostOfPassSettings
+    arms: dict[str, ArmCostOfPass]
+
+
 class BenchmarkRetrieval(_Open):
     """Retrieval on one benchmark's questions: top k, search time, gold-document recall,
     and the questions retrieval turned right or wrong."""
@@ -441,6 +523,7 @@ class Results(_Model):
 
 
     prompt_lengths: PromptLengths | None = None
+    cost_of_pass: CostOfPass | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object ``results.json`` holds: the keys that were set, the schema

@@ -1,9 +1,10 @@
 """Per-question scores -> typed results (the source of truth) -> verdict -> Markdown and HTML.
 
-``numbers`` computes scores, intervals and forgetting; ``verdict`` the recommendation;
-``sentences`` words them; ``view`` formats every number once; ``markdown`` and ``html`` lay the
-view out, ``plots`` draws for the HTML page. Every score is a fraction in [0, 1] in the
-results; "points" in sentences and tables are percentage points, printed with one decimal.
+``numbers`` computes scores, intervals, their warnings and forgetting; ``costs`` the cost per
+correct answer; ``verdict`` the recommendation; ``sentences`` words them; ``view`` formats every
+number once; ``markdown`` and ``html`` lay the view out, ``plots`` draws for the HTML page.
+Every score is a fraction in [0, 1] in the results; "points" in sentences and tables are
+percentage points, printed with one decimal.
 """
 
 from __future__ import annotations

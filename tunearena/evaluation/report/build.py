@@ -6,14 +6,14 @@ from typing import Any
 
 from tunearena.evaluation.arm import Arm
 from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
-from tunearena.evaluation.report import numbers, sentences
+from tunearena.evaluation.report import costs, numbers, sentences
 from tunearena.evaluation.report.numbers import Samples, Scores
 from tunearena.evaluation.report.summary import summary_bullets
 from tunearena.evaluation.report.verdict import decide
 from tunearena.evaluation.results import Forgetting, Results, parse_results
 
 _OWN_KEYS = ("schema_version", "settings", "arms", "benchmarks", "language_modelling",
-             "forgetting", "headline", "decision", "samples")
+             "forgetting", "headline", "decision", "samples", "cost_of_pass")
 
 
 def summarise(
@@ -28,10 +28,14 @@ def summarise(
     Per benchmark: a row per arm (score, CI, secondary score, paired difference vs base and
     its verdict) and ``pairs``: for every two non-base arms, ``"A - B"`` paired question by
     question, A the later arm in ``arms``. CIs resample source documents (``clustered_by``)
-    when questions share one. ``forgetting`` checks each non-base arm on each general
-    benchmark; ``headline`` and ``decision`` (see ``decide``) say what it means; ``samples``
-    are kept as given. ``extra`` (a JSON-able dict: ``run``, ``latency``, ``training``,
-    ``cost``, ``stages``, ``retrieval``) is validated into the results.
+    when questions share one; ``warnings`` say when an interval should not be trusted or
+    cannot decide (``numbers.statistics_warnings``), and ``same_questions_as`` names an
+    earlier benchmark on the same question file. ``forgetting`` checks each non-base arm on
+    each general benchmark; ``headline`` and ``decision`` (see ``decide``) say what it means;
+    ``samples`` are kept as given. ``extra`` (a JSON-able dict: ``run``, ``latency``,
+    ``training``, ``cost``, ``stages``, ``retrieval``) is validated into the results;
+    ``cost_of_pass`` (``costs.cost_of_pass``, at ``report_cfg``'s prices) is derived from
+    them when any arm was timed.
 
     With sequential stages, ``extra["stages"]`` holds ``order``, ``selection`` (from
     ``select_stage``) and ``stages`` (per stage: ``start_from``, training and data summary);
@@ -56,6 +60,7 @@ def summarise(
                                         "limit": eval_cfg.limit},
                            "arms": arms, "benchmarks": {}, **extra}, "extra")
     repeats = _repeats(samples, given.selected_stage)
+    shared = _same_questions(benchmarks)
 
     per_benchmark, language, scores = {}, {}, {}
     for bench in benchmarks:
@@ -64,21 +69,40 @@ def summarise(
             continue
         scores[bench.name] = Scores(samples, arms, bench.name, conf, n_boot)
         per_benchmark[bench.name] = numbers.score_benchmark(
-            scores[bench.name], bench, arms, [a for a in arms[1:] if a not in repeats])
+            scores[bench.name], bench, arms, [a for a in arms[1:] if a not in repeats],
+            tolerance, shared.get(bench.name))
     results = given.model_copy()
     results.benchmarks, results.language_modelling = per_benchmark, language
     results.forgetting = _forgetting(results, arms, tolerance, conf)
     results.headline = sentences.headline(
         per_benchmark, arms, results.forgetting.summary, conf, given.stages
     ) + sentences.language_headline(language, conf)
+    results.samples = samples
     decision = decide(results)
+    results.decision = decision
+    if (priced := costs.cost_of_pass(results, report_cfg)) is not None:
+        results.cost_of_pass = priced
     results.decision = decision.model_copy(
         update={"summary": summary_bullets(results, decision)})
-    results.samples = samples
     if given.stages is not None:
         matrix = numbers.stage_matrix(per_benchmark, scores, given.stages)
         results.stages = given.stages.model_copy(update={"matrix": matrix})
     return results
+
+
+def _same_questions(benchmarks: list[BenchmarkConfig]) -> dict[str, str]:
+    """Per benchmark that scores the same questions as an earlier one (the same file or the
+    same lm-eval task, on another track), that earlier benchmark's name."""
+    first: dict[str, str] = {}
+    shared = {}
+    for bench in benchmarks:
+        source = (str(bench.path.resolve()) if bench.path is not None
+                  else f"{bench.task_dir}:{bench.lm_eval_task}")
+        if source in first:
+            shared[bench.name] = first[source]
+        else:
+            first[source] = bench.name
+    return shared
 
 
 def _repeats(samples: Samples, selected: str | None) -> set[str]:

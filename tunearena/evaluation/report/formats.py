@@ -4,6 +4,7 @@ the same value is written the same way in every table, sentence and renderer."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 NONE = "—"
@@ -81,6 +82,16 @@ def value(v: Any, key: str = "") -> str:
     if isinstance(v, dict | list):
         return json.dumps(v, separators=(", ", ": "))
     return str(v)
+
+
+def usd(v: float | None) -> str:
+    """Dollars to the cent, or to three significant digits below a cent: ``1234.5`` ->
+    ``$1,234.50``, ``0.0000347`` -> ``$0.0000347``."""
+    if v is None:
+        return NONE
+    if v == 0 or abs(v) >= 0.01:
+        return f"${v:,.2f}"
+    return f"${Decimal(f'{v:.3g}'):f}"
 
 
 def number(v: float | int | None, spec: str = ",") -> str:

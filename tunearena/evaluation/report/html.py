@@ -12,6 +12,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from tunearena.evaluation.report import plots
 from tunearena.evaluation.report.view import ReportView
+from tunearena.evaluation.report.warnings import verdict_warnings
 from tunearena.evaluation.results import BenchmarkRetrieval, Results
 
 _ENV = Environment(
@@ -50,7 +51,7 @@ def render_html(view: ReportView, results: Results) -> str:
         "ci": view.ci,
         "decision": {"rule_in_full": [], **view.decision} if view.decision else None,
         "headline": view.headline,
-        "warnings": [w for b in view.benchmarks for w in b.get("warnings", [])],
+        "warnings": verdict_warnings(view),
         "benchmarks": view.benchmarks,
         "dropped_sentence": view.dropped_sentence,
         "accuracy_plot": plots.accuracy_plot(benchmarks, results.settings.confidence, colours,
@@ -63,6 +64,7 @@ def render_html(view: ReportView, results: Results) -> str:
         "recall_plot": plots.recall_plot(retrieval, list(benchmarks)),
         "cost": sections.get("cost"),
         "cost_sentence": view.cost_sentence,
+        "cost_of_pass": view.cost_of_pass,
         "latency_sentence": view.latency_sentence,
         "prompt_sentence": view.prompt_sentence,
         "latency": sections.get("latency"),
@@ -70,3 +72,4 @@ def render_html(view: ReportView, results: Results) -> str:
         "run": sections.get("provenance"),
     }
     return _ENV.get_template("report.html.j2").render(**context)
+

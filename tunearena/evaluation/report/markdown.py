@@ -8,6 +8,7 @@ from typing import Any
 from tunearena.evaluation.report.formats import NONE
 from tunearena.evaluation.report.table import Table
 from tunearena.evaluation.report.view import ReportView, tables
+from tunearena.evaluation.report.warnings import verdict_warnings
 
 _SECTIONS = (
     ("training", "Training"),
@@ -25,6 +26,7 @@ def render_markdown(view: ReportView) -> str:
         d = view.decision
         lines += [f"## Verdict: {d['verdict']}", "", f"**{d['sentence']}**", ""]
         lines += [f"- {b['text']}" for b in d["summary"]]
+        lines += ["", *(f"> **Caution:** {w}" for w in verdict_warnings(view))]
         lines += ["", f"**Why {d['verdict']}** (the rule, checked in order):", "",
                   *(f"- {r}" for r in d["reasons"]), "", f"**How sure**: {d['confidence']}", ""]
     if view.stages and view.stages["warning"]:
@@ -47,12 +49,15 @@ def render_markdown(view: ReportView) -> str:
     for bench in view.language:
         lines += _language(bench, view.ci)
     for key, title in _SECTIONS:
-        if key in view.sections:
+        if key in view.sections or (key == "cost" and view.cost_of_pass):
             lines += [f"## {title}", ""]
             if key == "latency" and view.latency_sentence:
                 lines += [view.latency_sentence, ""]
-            for table in view.sections[key]:
+            for table in view.sections.get(key, []):
                 lines += [*table_lines(table), ""]
+            if key == "cost" and view.cost_of_pass:
+                lines += [view.cost_of_pass["sentence"], "",
+                          *table_lines(view.cost_of_pass["table"]), ""]
             if key == "training" and view.history:
                 lines += [*table_lines(_history(view.history)), ""]
     return "\n".join(lines).rstrip() + "\n"

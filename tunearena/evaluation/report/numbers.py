@@ -9,6 +9,7 @@ from typing import Any
 
 from tunearena.evaluation.arm import Arm
 from tunearena.evaluation.config import BenchmarkConfig
+from tunearena.evaluation.report.formats import points
 from tunearena.evaluation.results import (
     PRIMARY_METRIC,
     BitsRow,
@@ -20,11 +21,19 @@ from tunearena.evaluation.results import (
     LanguageBenchmark,
     MatrixCell,
     Pair,
+    Results,
     Stages,
+    StatWarning,
 )
 from tunearena.evaluation.stats import mean_ci, paired_diff_ci, ratio_ci
 
 BETTER, WORSE, NO_EVIDENCE = "better than base", "worse than base", "no evidence of a difference"
+
+MIN_CLUSTERS = 10
+"""Below this many independent units (source documents, or questions when none shares a
+document) a bootstrap interval is too unstable to trust: it resamples so few values that its
+ends move with every draw and understate the uncertainty."""
+_UNTRUSTED = " (too few {unit} to trust)"
 
 Samples = dict[str, dict[str, list[dict]]]
 """``samples[arm][benchmark]``: the per-question rows of ``score_model``."""
@@ -59,12 +68,26 @@ def _primary_key(track: str | None, rows: list[dict]) -> str:
     return PRIMARY_METRIC[track]
 
 
-def verdict(lo: float, hi: float, better: str = BETTER, worse: str = WORSE) -> str:
+def verdict(lo: float, hi: float, better: str = BETTER, worse: str = WORSE,
+            untrusted: str | None = None) -> str:
+    """``better`` when the interval lies above zero, ``worse`` below, else no evidence. With
+    ``untrusted`` (``documents`` or ``questions``: a benchmark with too few of them), a
+    claimed difference says ``(too few documents to trust)`` after it."""
     if lo > 0:
-        return better
+        return better + (_UNTRUSTED.format(unit=untrusted) if untrusted else "")
     if hi < 0:
-        return worse
+        return worse + (_UNTRUSTED.format(unit=untrusted) if untrusted else "")
     return NO_EVIDENCE
+
+
+def plain_verdict(says: str) -> str:
+    """A verdict without its ``(too few ... to trust)`` qualifier."""
+    return says.split(" (too few ", 1)[0]
+
+
+def is_untrusted(says: str) -> bool:
+    """Whether a verdict claims a difference on too few documents (or questions) to trust."""
+    return plain_verdict(says) != says
 
 
 class Scores:
@@ -109,17 +132,25 @@ class Scores:
 
 
 def score_benchmark(
-    scores: Scores, bench: BenchmarkConfig, arms: list[str], pair_arms: list[str]
+    scores: Scores, bench: BenchmarkConfig, arms: list[str], pair_arms: list[str],
+    tolerance: float, same_questions_as: str | None = None,
 ) -> ChoiceBenchmark | GenerativeBenchmark:
     """The benchmark's row per arm (score, CI, secondary score, paired difference vs base)
-    and its ``pairs``: every two of ``pair_arms``, A the later one."""
+    and its ``pairs``: every two of ``pair_arms``, A the later one. ``warnings`` (see
+    ``StatWarning``) say when too few documents back its intervals (its verdicts then say
+    so) and which arms' intervals against base are too wide to decide at ``tolerance``."""
+    clusters = scores.clusters
+    n = len(scores.primary["base"])
+    n_clusters = None if clusters is None else _n_clusters(clusters)
+    few = few_units(n, n_clusters)
+    untrusted = few[0] if few else None
     rows: dict[str, Any] = {}
     for arm in arms:
         value, lo, hi = scores.interval(arm)
         diff, diff_ci, says = None, None, "reference"
         if arm != "base":
             diff, dlo, dhi = scores.diff(arm, "base")
-            diff_ci, says = (dlo, dhi), verdict(dlo, dhi)
+            diff_ci, says = (dlo, dhi), verdict(dlo, dhi, untrusted=untrusted)
         secondary = _mean(scores.secondary[arm])
         common = {"diff_vs_base": diff, "diff_ci": diff_ci, "verdict": says}
         if scores.track == "generative":
@@ -132,21 +163,75 @@ def score_benchmark(
         for a in pair_arms[i + 1:]:
             diff, dlo, dhi = scores.diff(a, b)
             pairs[f"{a} - {b}"] = Pair(diff=diff, ci=(dlo, dhi), verdict=verdict(
-                dlo, dhi, f"better than {b}", f"worse than {b}"))
-    clusters = scores.clusters
+                dlo, dhi, f"better than {b}", f"worse than {b}", untrusted))
     fields = {
         "kind": bench.kind,
         "track": scores.track,
         "metrics": ("exact_match", "f1") if scores.track == "generative" else ("acc", "acc_norm"),
-        "n": len(scores.primary["base"]),
+        "n": n,
         "clustered_by": None if clusters is None else "doc_id",
-        "n_clusters": None if clusters is None else _n_clusters(clusters),
+        "n_clusters": n_clusters,
         "arms": rows,
         "pairs": pairs,
+        "warnings": statistics_warnings(n, n_clusters, rows, tolerance),
+        "same_questions_as": same_questions_as,
     }
     if scores.track == "generative":
         return GenerativeBenchmark(**fields)
     return ChoiceBenchmark(**fields)
+
+
+def few_units(n: int, n_clusters: int | None) -> tuple[str, int] | None:
+    """``("documents", k)`` when the questions come from ``k < MIN_CLUSTERS`` source
+    documents, ``("questions", n)`` when no document is shared and ``n < MIN_CLUSTERS``;
+    None when there are enough independent units for a bootstrap interval."""
+    unit, k = ("documents", n_clusters) if n_clusters is not None else ("questions", n)
+    return (unit, k) if k < MIN_CLUSTERS else None
+
+
+def statistics_warnings(n: int, n_clusters: int | None, rows: dict[str, Any],
+                        tolerance: float) -> list[StatWarning]:
+    """What a reader must know before trusting a benchmark's intervals (``StatWarning``).
+
+    Too wide to decide: an interval against base that reaches below ``-tolerance`` and above
+    ``+tolerance`` holds a gain worth having and a loss worth avoiding alike, so no reading
+    of it (better, worse, or the same within the tolerance) is supported."""
+    out = []
+    few = few_units(n, n_clusters)
+    if few is not None:
+        unit, k = few
+        source = (f"The {n} questions come from {k} document{'s' if k != 1 else ''}"
+                  if unit == "documents" else f"There are only {n} questions")
+        out.append(StatWarning(kind="few_documents", message=(
+            f"{source}: an interval over fewer than {MIN_CLUSTERS} {unit} cannot be trusted, "
+            f"so a difference it shows is marked \"too few {unit} to trust\".")))
+    # With no tolerance, an interval is only too wide when it spans zero: "no evidence" says it.
+    wide = [arm for arm, row in rows.items() if tolerance > 0 and row.diff_ci is not None
+            and row.diff_ci[0] < -tolerance and row.diff_ci[1] > tolerance]
+    if wide:
+        out.append(StatWarning(kind="wide_interval", arms=wide, message=(
+            f"The interval against base of {', '.join(wide)} reaches past the "
+            f"{points(tolerance)} tolerance on both sides: these questions cannot tell a gain "
+            "of that size from a loss of it; more questions would.")))
+    return out
+
+
+def question_groups(results: Results, names: list[str]) -> list[tuple[int, list[str]]]:
+    """The questions of benchmarks ``names``, each counted once: per group of benchmarks that
+    score the same question file (``same_questions_as``), its distinct questions (their ids
+    in base's samples, or the largest ``n`` when samples are not kept) and its benchmarks."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(results.benchmarks[name].same_questions_as or name, []).append(name)
+    kept = results.samples.get("base", {})
+    out = []
+    for members in groups.values():
+        if all(m in kept for m in members):
+            distinct = len({r["id"] for m in members for r in kept[m]})
+        else:
+            distinct = max(results.benchmarks[m].n for m in members)
+        out.append((distinct, members))
+    return out
 
 
 def bits_per_byte(samples: Samples, arms: list[str], bench: BenchmarkConfig, conf: float,
@@ -163,6 +248,8 @@ def bits_per_byte(samples: Samples, arms: list[str], bench: BenchmarkConfig, con
             raise ValueError(f"benchmark {bench.name!r}: arm {arm!r} scored other documents "
                              "than base")
         bits[arm] = [-r["loglikelihood"] / math.log(2) for r in rows]
+    # Each document is its own unit here: too few of them, and no change is trusted.
+    untrusted = "documents" if len(ids) < MIN_CLUSTERS else None
     out = {}
     for arm in arms:
         value, lo, hi = ratio_ci(bits[arm], n_bytes, conf, n_boot)
@@ -171,11 +258,17 @@ def bits_per_byte(samples: Samples, arms: list[str], bench: BenchmarkConfig, con
             diff, dlo, dhi = ratio_ci([a - b for a, b in zip(bits[arm], bits["base"], strict=True)],
                                       n_bytes, conf, n_boot)
             # More bits per byte is worse: the interval's sign is read the other way round.
-            diff_ci, says = (dlo, dhi), verdict(-dhi, -dlo)
+            diff_ci, says = (dlo, dhi), verdict(-dhi, -dlo, untrusted=untrusted)
         out[arm] = BitsRow(bits_per_byte=value, ci=(lo, hi), diff_vs_base=diff, diff_ci=diff_ci,
                            verdict=says)
+    warnings = []
+    if untrusted:
+        warnings.append(StatWarning(kind="few_documents", message=(
+            f"There are only {len(ids)} documents: an interval over fewer than {MIN_CLUSTERS} "
+            "documents cannot be trusted, so a change it shows is marked \"too few documents "
+            "to trust\".")))
     return LanguageBenchmark(kind=bench.kind, metric="bits_per_byte", n=len(ids),
-                             bytes=sum(n_bytes), arms=out)
+                             bytes=sum(n_bytes), arms=out, warnings=warnings)
 
 
 def forgetting_status(lo: float, hi: float, tolerance: float) -> str:
@@ -203,9 +296,13 @@ def forgetting_checks(
             assert row.diff_vs_base is not None and row.diff_ci is not None  # not base
             change, (lo, hi) = row.diff_vs_base, row.diff_ci
             status = forgetting_status(lo, hi, tolerance)
+            said = sentence(arm, name, change, lo, hi, status)
+            few = few_units(bench.n, bench.n_clusters)
+            if few is not None and status != "inconclusive":
+                said += _UNTRUSTED.format(unit=few[0])
             checks.append(ForgettingCheck(
                 arm=arm, benchmark=name, change=change, ci=(lo, hi), status=status,
-                sentence=sentence(arm, name, change, lo, hi, status)))
+                sentence=said))
     return checks
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tunearena.evaluation.arm import Arm
 from tunearena.evaluation.report.formats import pct_label, percent, points, signed, unsigned
-from tunearena.evaluation.report.numbers import BETTER, NO_EVIDENCE, WORSE
+from tunearena.evaluation.report.numbers import BETTER, NO_EVIDENCE, WORSE, plain_verdict
 from tunearena.evaluation.results import (
     ArmLatency,
     Benchmark,
@@ -22,6 +22,11 @@ from tunearena.evaluation.results import (
 _ARM_LABELS = {"base+rag": "RAG", "base+fewshot": "Few-shot prompting", "ft": "Fine-tuning",
                "ft+rag": "Fine-tuning plus RAG"}
 _DOES = {BETTER: "helps", WORSE: "hurts", NO_EVIDENCE: "makes no clear difference"}
+
+
+def _untrusted(verdict: str) -> str:
+    """A verdict's ``(too few documents to trust)`` qualifier, or nothing."""
+    return verdict[len(plain_verdict(verdict)):]
 
 
 def forgetting_sentence(arm: str, name: str, change: float, lo: float, hi: float, status: str,
@@ -77,7 +82,8 @@ def headline(benchmarks: dict[str, Benchmark], arms: list[str], forgetting: str,
             assert row.diff_vs_base is not None and row.diff_ci is not None  # not base
             lo, hi = row.diff_ci
             sentences.append(
-                f"{_ARM_LABELS.get(arm, arm)} {_DOES[row.verdict]} on {name}: "
+                f"{_ARM_LABELS.get(arm, arm)} {_DOES[plain_verdict(row.verdict)]} on {name}"
+                f"{_untrusted(row.verdict)}: "
                 f"{arm} {percent(row.score)} vs base {percent(rows['base'].score)} "
                 f"({signed(row.diff_vs_base)} points, {pct_label(conf)} CI "
                 f"{signed(lo)} to {signed(hi)})."
@@ -88,7 +94,8 @@ def headline(benchmarks: dict[str, Benchmark], arms: list[str], forgetting: str,
             lo, hi = pair.ci
             outcome = {"better than base+fewshot": "fine-tuning does better",
                        "worse than base+fewshot": "prompting alone does better"}.get(
-                pair.verdict, "there is no evidence of a difference")
+                plain_verdict(pair.verdict), "there is no evidence of a difference")
+            outcome += _untrusted(pair.verdict)
             sentences.append(
                 f"Fine-tuning against few-shot prompting on {name}: {outcome} "
                 f"(ft minus base+fewshot {signed(pair.diff)} points, {pct_label(conf)} CI "

@@ -21,7 +21,14 @@ from __future__ import annotations
 from statistics import mean
 
 from tunearena.evaluation.arm import Arm
-from tunearena.evaluation.report.formats import pct_label, percent, points, signed, unsigned
+from tunearena.evaluation.report.formats import (
+    pct_label,
+    percent,
+    points,
+    signed,
+    unsigned,
+    usd,
+)
 from tunearena.evaluation.results import Decision, Figure, Results, SummaryBullet
 
 OPTIONS = ("ft+rag", "ft", "base+rag")
@@ -164,10 +171,38 @@ def _cost(results: Results, arm: str) -> SummaryBullet | None:
                               value=latency.prompt_tokens_added, unit="tokens"))
         parts.append(f"retrieved passages add {latency.prompt_tokens_added:.0f} prompt tokens "
                      "per question")
-    if Arm.parse(arm).model == "ft" and results.cost is not None and results.cost.usd:
+    priced = results.cost_of_pass.arms.get(arm) if results.cost_of_pass else None
+    if priced is not None:
+        per_answer = 1000 * priced.usd_per_answer
+        figures.append(Figure(source="cost_of_pass", arm=arm, value=priced.usd_per_answer,
+                              unit="usd"))
+        part = f"{usd(per_answer)} per 1,000 answers"
+        settings = results.cost_of_pass.settings  # type: ignore[union-attr]
+        one_off = priced.training_usd + priced.index_usd
+        if one_off:
+            part += (f" ({usd(one_off)} of training and index spread over "
+                     f"{settings.queries:,} questions)")
+        correct = []
+        for name, bench in priced.benchmarks.items():
+            if bench.usd_per_correct is None:
+                correct.append(f"no correct answer on {name}")
+                continue
+            ci = bench.usd_per_correct_ci
+            ci_ok = ci is not None and ci[1] is not None
+            figures.append(Figure(source="cost_of_pass", arm=arm, benchmark=name,
+                                  value=bench.usd_per_correct,
+                                  ci=(ci[0], ci[1]) if ci_ok else None,  # type: ignore[index]
+                                  unit="usd"))
+            said = f"{usd(1000 * bench.usd_per_correct)} on {name}"
+            if ci_ok:
+                said += (f" ({_conf(results)} {usd(1000 * ci[0])} to "  # type: ignore[index]
+                         f"{usd(1000 * ci[1])})")  # type: ignore[index]
+            correct.append(said)
+        parts.append(part + "; per 1,000 correct answers, " + ", ".join(correct))
+    elif Arm.parse(arm).model == "ft" and results.cost is not None and results.cost.usd:
         figures.append(Figure(source="training_cost", arm=arm, value=results.cost.usd,
                               unit="usd"))
-        parts.append(f"fine-tuning cost ${results.cost.usd:.2f} once")
+        parts.append(f"fine-tuning cost {usd(results.cost.usd)} once")
     if not parts:
         return None
     text = "Cost per answer: " + "; ".join(parts) + "."

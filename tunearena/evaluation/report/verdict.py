@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from tunearena.evaluation.report import numbers
 from tunearena.evaluation.report.formats import pct_label, points, signed
+from tunearena.evaluation.report.numbers import question_groups
 from tunearena.evaluation.results import Decision, Evidence, ForgettingCheck, Results
 
 VERDICTS = ("fine-tune", "RAG", "both", "neither")
@@ -212,9 +214,26 @@ def _confidence(evidence: list[Evidence], ft_checks: list[ForgettingCheck], doma
                 f"CI {signed(e.ci[0])} to {signed(e.ci[1])})")
 
     decisive = [e for e in evidence if e.decisive]
-    n = sum(results.benchmarks[name].n for name in domain)
-    parts = [f"Based on {n} domain question{'s' if n != 1 else ''}, at "
+    # Two tracks on one question file score each question twice: it is still one question.
+    groups = question_groups(results, domain)
+    n = sum(q for q, _ in groups)
+    sizes = {len(members) for _, members in groups}
+    twice = ""
+    if sizes != {1} and len(sizes) == 1:
+        (ways,) = sizes
+        twice = f" (each scored {({2: 'two', 3: 'three'}).get(ways, str(ways))} ways)"
+    elif sizes != {1}:
+        shared = sum(q for q, members in groups if len(members) > 1)
+        twice = f" ({shared} of them scored more than one way)"
+    parts = [f"Based on {n} domain question{'s' if n != 1 else ''}{twice}, at "
              f"{pct_label(results.settings.confidence)} confidence."]
+    few = [(name, found) for name in domain if (found := numbers.few_units(
+        results.benchmarks[name].n, results.benchmarks[name].n_clusters)) is not None]
+    if few:
+        units = " or ".join(dict.fromkeys(unit for _, (unit, _) in few))
+        parts.append("The intervals of " + ", ".join(f"{name} ({k} {unit})"
+                                                      for name, (unit, k) in few)
+                     + f" rest on fewer than {numbers.MIN_CLUSTERS} {units}: too few to trust.")
     if decisive:
         parts.append("Decided by: " + "; ".join(said(e) for e in decisive) + ".")
     spanning = [e for e in decisive if e.position == "spans zero"]

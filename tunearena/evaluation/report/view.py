@@ -3,17 +3,18 @@ tables and rows that the Markdown and the HTML renderer both lay out."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tunearena.evaluation.arm import Arm
 from tunearena.evaluation.report import formats as fmt
 from tunearena.evaluation.report.formats import NONE
-from tunearena.evaluation.report.numbers import BETTER, WORSE
+from tunearena.evaluation.report.numbers import BETTER, WORSE, is_untrusted
 from tunearena.evaluation.report.stages_view import stages_view
 from tunearena.evaluation.report.table import Table
 from tunearena.evaluation.results import (
     Benchmark,
+    CostOfPass,
     Decision,
     Forgetting,
     LanguageBenchmark,
@@ -55,6 +56,11 @@ class ReportView:
     """How every arm was prompted (plain, or the chat template of which model)."""
     dropped_sentence: str | None = None
     """The questions left out of every arm for overflowing the context; None when none were."""
+    cost_of_pass: dict[str, Any] | None = None
+    """Dollars per correct answer per arm and domain benchmark (``cost_of_pass_view``); None
+    when the results hold none."""
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    """Every benchmark's statistics warnings (``statistics_warnings_view``)."""
 
 
 def build_view(results: Results) -> ReportView:
@@ -88,6 +94,8 @@ def build_view(results: Results) -> ReportView:
         cost_sentence=cost_sentence(results.cost),
         prompt_sentence=prompt_sentence(run),
         dropped_sentence=dropped_prompts_sentence(results.prompt_lengths),
+        cost_of_pass=cost_of_pass_view(results.cost_of_pass, conf, selected),
+        warnings=statistics_warnings_view(results),
     )
 
 
@@ -108,7 +116,10 @@ def arm_name(arm: str) -> str:
 
 
 def tone(verdict: str) -> str:
-    """A verdict as good, bad or neutral (a CSS class)."""
+    """A verdict as good, bad or neutral (a CSS class); neutral when it rests on too few
+    documents to trust."""
+    if is_untrusted(verdict):
+        return "neutral"
     if verdict == BETTER or verdict.startswith("better than"):
         return "good"
     if verdict == WORSE or verdict.startswith("worse than"):
@@ -159,7 +170,8 @@ def _benchmark(name: str, bench: Benchmark, selected: str | None) -> dict[str, A
             "n_clusters": bench.n_clusters if bench.clustered_by else None,
             "primary": primary, "secondary": secondary,
             "metric": METRIC_LABELS.get(primary, primary), "rows": rows, "pairs": pairs,
-            "warnings": list(getattr(bench, "warnings", []))}
+            "warnings": [w.message for w in bench.warnings],
+            "same_questions_as": bench.same_questions_as}
 
 
 def _language(name: str, bench: LanguageBenchmark) -> dict[str, Any]:
@@ -175,7 +187,78 @@ def _language(name: str, bench: LanguageBenchmark) -> dict[str, Any]:
         }
         for arm, row in bench.arms.items()
     ]
-    return {"name": name, "kind": bench.kind, "n": bench.n, "rows": rows}
+    return {"name": name, "kind": bench.kind, "n": bench.n, "rows": rows,
+            "warnings": [w.message for w in bench.warnings]}
+
+
+def statistics_warnings_view(results: Results) -> list[dict[str, Any]]:
+    """Every benchmark's warnings, in benchmark order: ``benchmark``, ``kind``
+    (``few_documents`` or ``wide_interval``), ``arms`` (those too wide to decide, joined) and
+    ``message``."""
+    benches: dict[str, Benchmark | LanguageBenchmark] = {**results.benchmarks,
+                                                        **results.language_modelling}
+    return [{"benchmark": name, "kind": w.kind, "arms": ", ".join(w.arms), "message": w.message}
+            for name, bench in benches.items() for w in bench.warnings]
+
+
+def cost_of_pass_view(cost: CostOfPass | None, conf: float,
+                      selected: str | None = None) -> dict[str, Any] | None:
+    """Cost-of-pass as the report prints it: ``sentence`` (what a figure is made of, at
+    which prices and volume), ``rows`` (a dict per arm and domain benchmark: ``arm``,
+    ``name``, ``benchmark``, ``accuracy``, ``usd_per_answer``, ``usd_per_correct`` (``no
+    correct answers`` when the accuracy is 0), ``usd_per_correct_ci``, the same three per
+    1,000 answers (``usd_per_1000_answers``, ``usd_per_1000_correct``,
+    ``usd_per_1000_correct_ci``), ``serving_ms``, ``training_usd``, ``index_usd``,
+    ``trained_stages``, ``prompt_tokens_added``) and ``table``, those rows as one table (per
+    1,000 answers, which reads better than fractions of a cent); None when ``cost`` is
+    None."""
+    if cost is None:
+        return None
+    s = cost.settings
+    rows = []
+    for arm, a in cost.arms.items():
+        for name, b in a.benchmarks.items():
+            ci = ci1000 = NONE
+            if b.usd_per_correct_ci is not None:
+                lo, hi = b.usd_per_correct_ci
+                ci = f"{fmt.usd(lo)} to {fmt.usd(hi) if hi is not None else 'no upper bound'}"
+                ci1000 = (f"{fmt.usd(1000 * lo)} to "
+                          f"{fmt.usd(1000 * hi) if hi is not None else 'no upper bound'}")
+            rows.append({
+                "arm": arm_label(arm, selected), "name": arm_name(arm), "benchmark": name,
+                "accuracy": fmt.percent(b.accuracy),
+                "usd_per_answer": fmt.usd(a.usd_per_answer),
+                "usd_per_correct": "no correct answers" if b.usd_per_correct is None
+                else fmt.usd(b.usd_per_correct),
+                "usd_per_correct_ci": ci,
+                "usd_per_1000_answers": fmt.usd(1000 * a.usd_per_answer),
+                "usd_per_1000_correct": "no correct answers" if b.usd_per_correct is None
+                else fmt.usd(1000 * b.usd_per_correct),
+                "usd_per_1000_correct_ci": ci1000,
+                "serving_ms": f"{a.serving_ms:,.0f}",
+                "training_usd": fmt.usd(a.training_usd),
+                "index_usd": fmt.usd(a.index_usd),
+                "trained_stages": ", ".join(a.trained_stages) or NONE,
+                "prompt_tokens_added": fmt.number(a.prompt_tokens_added, ",.0f"),
+            })
+    one_off = "training (the stages the arm's model carries)"
+    if s.index_usd is not None:
+        one_off += f" and, for RAG arms, the index build ({fmt.usd(s.index_usd)})"
+    timed = "its median time answering one question alone"
+    if any(a.serving_time_from == "ms_per_question_scored" for a in cost.arms.values()):
+        timed += " (for an arm not timed so, its scoring time per question)"
+    sentence = (f"Cost per correct answer (cost-of-pass): what one answer costs, divided by the "
+                f"accuracy. One answer costs {timed} at {fmt.usd(s.serving_usd_per_device_hour)} "
+                f"per device-hour, plus {one_off} spread over {s.queries:,} answers.")
+    table = Table(["arm", "benchmark", "accuracy", "$ per 1,000 answers",
+                   "$ per 1,000 correct answers", f"{fmt.pct_label(conf)} CI", "answer (ms)",
+                   "training $", "prompt tokens added"],
+                  [[r["arm"], r["benchmark"], r["accuracy"], r["usd_per_1000_answers"],
+                    r["usd_per_1000_correct"], r["usd_per_1000_correct_ci"], r["serving_ms"],
+                    r["training_usd"], r["prompt_tokens_added"]] for r in rows],
+                  title="Cost per correct answer",
+                  numeric=[False, False, True, True, True, True, True, True, True])
+    return {"sentence": sentence, "rows": rows, "table": table}
 
 
 def _forgetting(forgetting: Forgetting | None) -> dict[str, Any] | None:
