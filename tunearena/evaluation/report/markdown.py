@@ -26,7 +26,8 @@ def render_markdown(view: ReportView) -> str:
         d = view.decision
         lines += [f"## Verdict: {d['verdict']}", "", f"**{d['sentence']}**", ""]
         lines += [f"- {b['text']}" for b in d["summary"]]
-        lines += ["", *(f"> **Caution:** {w}" for w in verdict_warnings(view))]
+        cautions = verdict_warnings(view)
+        lines += ["", *(f"> **Caution:** {w}" for w in cautions)] if cautions else []
         lines += ["", f"**Why {d['verdict']}** (the rule, checked in order):", "",
                   *(f"- {r}" for r in d["reasons"]), "", f"**How sure**: {d['confidence']}", ""]
     if view.stages and view.stages["warning"]:
