@@ -1,28 +1,28 @@
-"""report.html opened in a real headless Chromium, as a reader would open the file.
+"""report.html opened in a real headless Chromium, as a reader would open the file, and printed
+to report.pdf by ``tunearena report --pdf``.
 
 The driver is Playwright's Python package (the ``dev`` extra, from PyPI); the browser is a
 Chromium already on the machine, never one downloaded at test time: Playwright's own
 ``playwright install`` fetches from a CDN, which CI cannot reach. On Debian,
 ``apt-get install chromium`` provides ``/usr/bin/chromium``; ``TUNEARENA_CHROMIUM`` names
-another executable. Without either the test skips and says which one was missing.
-"""
+another executable. Without either the test skips and says which one was missing. The PDF test
+needs no Playwright (tunearena runs Chromium itself), but poppler's ``pdftoppm``, ``pdfinfo``
+and ``pdftotext`` (``apt-get install poppler-utils``) to open what was printed."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
-from tunearena.evaluation.report import summarise, write_reports
+from tunearena.evaluation.report import summarise, write_reports, write_results
 from tunearena.evaluation.selection import select_stage
-
-sync_api = pytest.importorskip(
-    "playwright.sync_api",
-    reason="the Python package 'playwright' is not installed (pip install -e '.[dev]')",
-)
+from tunearena.launch.cli import main
 
 # Quiet, offline Chromium: without the background-networking flags it keeps trying to reach
 # Google's hosts, and the closed network refuses each attempt.
@@ -35,14 +35,20 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# Absolute paths and a full config hash as a real run records them: long strings with few or
+# no break points, which must wrap rather than push a table past its card.
+LONG_ROOT = (
+    "/home/analyst/projects/lumora-support-assistant/experiments/2025-q3-fine-tune-versus-"
+    "retrieval/shared-storage"
+)
 BENCHMARKS = [
     BenchmarkConfig(name="lumora_products", path="products.jsonl", kind="domain"),
     BenchmarkConfig(name="world_facts", path="world.jsonl", kind="general"),
 ]
 
 
-def _chromium_executable(playwright) -> str | None:
-    """TUNEARENA_CHROMIUM, else a Chromium on PATH, else one Playwright downloaded earlier."""
+def _system_chromium() -> str | None:
+    """TUNEARENA_CHROMIUM, else a Chromium on PATH."""
     named = os.environ.get("TUNEARENA_CHROMIUM")
     if named:
         return named
@@ -50,12 +56,21 @@ def _chromium_executable(playwright) -> str | None:
         found = shutil.which(name)
         if found:
             return found
+    return None
+
+
+def _chromium_executable(playwright) -> str | None:
+    """A system Chromium, else one Playwright downloaded earlier."""
     bundled = playwright.chromium.executable_path
-    return bundled if Path(bundled).is_file() else None
+    return _system_chromium() or (bundled if Path(bundled).is_file() else None)
 
 
 @pytest.fixture(scope="module")
 def browser():
+    sync_api = pytest.importorskip(
+        "playwright.sync_api",
+        reason="the Python package 'playwright' is not installed (pip install -e '.[dev]')",
+    )
     with sync_api.sync_playwright() as playwright:
         executable = _chromium_executable(playwright)
         if executable is None:
@@ -109,9 +124,9 @@ def run_dir(tmp_path_factory) -> Path:
     extra = {
         "run": {
             "name": "demo",
-            "run_dir": "runs/demo",
-            "base_model": "models/tiny-base",
-            "config_hash": "cc4f263d3c6c39dc",
+            "run_dir": f"{LONG_ROOT}/runs/demo",
+            "base_model": f"{LONG_ROOT}/examples/demo_world/models/tiny-base",
+            "config_hash": "cc4f263d3c6c39dc" * 4,
             "code_version": "0.1.0+366752e",
             "python": "3.11.7",
             "seed": 0,
@@ -120,7 +135,9 @@ def run_dir(tmp_path_factory) -> Path:
             arm: {
                 "score_s": 1.2 + i,
                 "ms_per_question": 7.5 + 6 * i,
-                "model": "runs/demo/models/ft" if arm.startswith("ft") else "base",
+                "model": f"{LONG_ROOT}/runs/demo/models/ft/export/hf_model_consolidated"
+                if arm.startswith("ft")
+                else f"{LONG_ROOT}/examples/demo_world/models/tiny-base",
             }
             for i, arm in enumerate(domain)
         },
@@ -174,6 +191,7 @@ def run_dir(tmp_path_factory) -> Path:
     results = summarise(samples, BENCHMARKS, cfg, ReportConfig(), extra)
     out = tmp_path_factory.mktemp("runs") / "demo"
     out.mkdir()
+    write_results(out, results)
     write_reports(out, results)
     return out
 
@@ -202,7 +220,15 @@ def test_report_opens_cleanly_and_shows_verdict_tables_and_plots(browser, run_di
     label = verdict.locator(".verdict-label").inner_text()
     assert label in ("fine-tune", "RAG", "both", "neither")
     assert verdict.locator(".sentence").inner_text().strip()
-    assert "Decided by:" in verdict.locator(".confidence").inner_text()
+    # The reasons and the intervals are one click away, not on the first screen.
+    confidence = verdict.locator(".confidence")
+    assert confidence.is_hidden()
+    verdict.locator("details.why > summary").click()
+    assert "Decided by:" in confidence.inner_text() and confidence.is_visible()
+    # Depth on demand: every other folded section opens too.
+    folded = page.locator("details:not([open])")
+    assert folded.count() >= 4  # pairs per benchmark, latency, training, provenance
+    page.evaluate("() => document.querySelectorAll('details').forEach(d => { d.open = true; })")
     sections = page.locator("main > section")
     assert sections.first.get_attribute("id") == "verdict"
     ids = sections.evaluate_all("els => els.map(e => e.id)")
@@ -367,7 +393,10 @@ def test_report_with_stages_shows_the_warning_matrix_and_stage_plot(browser, sta
     assert chosen.count() == 1 and chosen.locator("th").inner_text().startswith("qa_replay")
     assert "vs start" in chosen.locator("td").nth(1).inner_text()
     assert page.locator("#stages table.stage-candidates").is_visible()
-    assert page.locator("#stages table.stage-data").first.is_visible()
+    data = page.locator("#stages table.stage-data").first
+    assert data.is_hidden()  # per-stage data is there on demand
+    page.locator("#stages details.stage-details > summary").click()
+    assert data.is_visible()
 
     plot = page.locator("#stages img")
     plot.scroll_into_view_if_needed()
@@ -375,3 +404,107 @@ def test_report_with_stages_shows_the_warning_matrix_and_stage_plot(browser, sta
     assert plot.evaluate("el => el.complete && el.naturalWidth > 0 && el.naturalHeight > 0")
     assert problems == []
     page.close()
+
+
+# Every element's right edge, in CSS pixels, except those of zero width (nothing drawn).
+# Elements inside a scroll container count too: a table cut off at its card's edge, to be
+# scrolled sideways, is what this guards against.
+_OVERFLOWING = """() => {
+  const width = window.innerWidth;
+  const out = [];
+  for (const el of document.querySelectorAll('body *')) {
+    const box = el.getBoundingClientRect();
+    if (box.width > 0 && box.right > width + 1) {
+      out.push(`${el.tagName.toLowerCase()}.${el.className} right=${Math.round(box.right)}: `
+               + (el.textContent || '').trim().slice(0, 60));
+    }
+  }
+  return {scrollWidth: document.documentElement.scrollWidth, width, out};
+}"""
+
+
+@pytest.mark.parametrize("width", [1280, 800])
+@pytest.mark.parametrize("which", ["run_dir", "stages_run_dir"])
+def test_no_element_is_wider_than_the_page(browser, which, width, request):
+    """Long absolute paths and a full config hash (in the run and latency tables) wrap inside
+    their cells, and ten columns of data counts (the stages' tables) fit their card."""
+    page = browser.new_page(viewport={"width": width, "height": 800})
+    page.goto((request.getfixturevalue(which) / "report.html").as_uri(), wait_until="load")
+    found = page.evaluate(_OVERFLOWING)
+    assert found["scrollWidth"] <= found["width"], found["out"]
+    assert found["out"] == []
+    page.close()
+
+
+SUMMARY_REQUIRED = True
+"""Whether the verdict must carry its summary bullets (``ul.summary``); until then they are
+checked only where the page has them."""
+
+
+def test_first_screen_holds_the_verdict_and_its_summary(browser, run_dir):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto((run_dir / "report.html").as_uri(), wait_until="load")
+
+    def on_first_screen(locator) -> bool:
+        box = locator.bounding_box()
+        return box is not None and box["height"] > 0 and box["y"] + box["height"] <= 800
+
+    sentence = page.locator(".verdict .sentence")
+    assert sentence.count() == 1 and sentence.inner_text().strip()
+    assert on_first_screen(page.locator(".verdict .verdict-label"))
+    assert on_first_screen(sentence)
+    bullets = page.locator(".verdict ul.summary > li")
+    if SUMMARY_REQUIRED or bullets.count():
+        assert 3 <= bullets.count() <= 5
+        for i in range(bullets.count()):
+            assert on_first_screen(bullets.nth(i)), bullets.nth(i).inner_text()
+    page.close()
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed (apt-get install poppler-utils)")
+    return found
+
+
+def test_report_pdf_is_the_page_printed_every_page_renders(run_dir, tmp_path, capsys):
+    """``tunearena report RUN_DIR --pdf`` as a user runs it: report.pdf beside report.html, a
+    PDF poppler renders page by page, the verdict on its first page, and what the page keeps
+    collapsed (the rule in full) printed open."""
+    if _system_chromium() is None:
+        pytest.skip("no Chromium executable: TUNEARENA_CHROMIUM is unset and none of chromium, "
+                    "chromium-browser, google-chrome is on PATH (apt-get install chromium)")
+    pdftoppm, pdfinfo, pdftotext = _tool("pdftoppm"), _tool("pdfinfo"), _tool("pdftotext")
+    run = tmp_path / "demo"
+    run.mkdir()
+    shutil.copy(run_dir / "results.json", run / "results.json")
+    assert main(["report", str(run), "--pdf"]) == 0
+    assert f"report: {run / 'report.pdf'}" in capsys.readouterr().out
+    # Written through a temp name and a rename: nothing else is left beside it.
+    assert sorted(p.name for p in run.iterdir()) == [
+        "report.html", "report.md", "report.pdf", "results.json"]
+
+    info = subprocess.run([pdfinfo, run / "report.pdf"], capture_output=True, text=True,
+                          check=True).stdout
+    pages = int(next(line.split()[1] for line in info.splitlines() if line.startswith("Pages:")))
+    assert pages >= 2  # the whole report, not only the first screen
+    pngs = tmp_path / "pages"
+    pngs.mkdir()
+    subprocess.run([pdftoppm, "-r", "30", "-png", run / "report.pdf", pngs / "page"],
+                   capture_output=True, check=True)
+    rendered = sorted(pngs.glob("page-*.png"))
+    assert len(rendered) == pages and all(p.stat().st_size > 1000 for p in rendered)
+
+    def text(*pages: str) -> str:
+        out = subprocess.run([pdftotext, *pages, run / "report.pdf", "-"], capture_output=True,
+                             text=True, check=True).stdout
+        return " ".join(out.split())
+
+    decision = json.loads((run / "results.json").read_text())["decision"]
+    first = text("-f", "1", "-l", "1")
+    assert " ".join(decision["sentence"].split()) in first
+    assert decision["verdict"] in first
+    # <details> print open: the rule in full, collapsed on screen, is on paper.
+    assert decision["rule_in_full"] and all(
+        " ".join(clause.split()) in text() for clause in decision["rule_in_full"])

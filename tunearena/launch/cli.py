@@ -78,23 +78,30 @@ def _parser() -> argparse.ArgumentParser:
                             "results.json (recomputes nothing)")
     report.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                         help="a run directory, e.g. runs/demo")
-    report.add_argument("--table", action="store_true",
+    output = report.add_mutually_exclusive_group()
+    output.add_argument("--table", action="store_true",
                         help="print every arm's scores as one Markdown table instead (for a "
                         "README or a pull request); writes nothing")
+    output.add_argument("--pdf", action="store_true",
+                        help="also print report.html to report.pdf, with a headless Chromium "
+                        "(chromium on PATH, or $TUNEARENA_CHROMIUM)")
     return parser
 
 
-def _report(run_dir: Path, console, err, table: bool = False) -> int:
+def _report(run_dir: Path, console, err, table: bool = False, pdf: bool = False) -> int:
     """Re-render a finished run's reports from its results.json alone (with ``table``, print
-    its scores as one Markdown table instead); a file that is missing, not JSON, or has a
-    wrong field (named by its path) is a ``ResultsError``: exit 2."""
+    its scores as one Markdown table instead; with ``pdf``, print report.html to report.pdf
+    too); a file that is missing, not JSON, or has a wrong field (named by its path) is a
+    ``ResultsError``, no Chromium to print with a ``PdfError``: exit 2."""
     from rich.markup import escape
 
     from tunearena.errors import UserError
     from tunearena.evaluation.report import load_results, write_reports
+    from tunearena.evaluation.report.pdf import find_chromium, write_pdf
 
     try:
         results = load_results(run_dir / "results.json")
+        chromium = find_chromium() if pdf else None  # before anything is written
     except UserError as e:
         kept = [p.name for p in (run_dir / "report.md", run_dir / "report.html") if p.is_file()]
         err.print(f"[bold red]error:[/bold red] {escape(str(e))}"
@@ -109,6 +116,14 @@ def _report(run_dir: Path, console, err, table: bool = False) -> int:
         return 0
     for path in write_reports(run_dir, results):
         console.print(f"report: {path}", soft_wrap=True)
+    if chromium:
+        try:
+            console.print(f"report: {write_pdf(run_dir / 'report.html', chromium)}",
+                          soft_wrap=True)
+        except UserError as e:
+            err.print(f"[bold red]error:[/bold red] {escape(str(e))}", markup=True,
+                      soft_wrap=True)
+            return 2
     return 0
 
 
@@ -201,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=False, highlight=False)
     err = Console(stderr=True, highlight=False)
     if args.command == "report":  # reads one JSON file: no need to import torch and friends
-        return _report(args.run_dir, console, err, args.table)
+        return _report(args.run_dir, console, err, args.table, args.pdf)
     if args.command in ("status", "logs", "stop"):  # HTTP calls only
         return _job_command(args, console, err)
     import transformers
