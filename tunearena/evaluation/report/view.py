@@ -4,6 +4,7 @@ tables and rows that the Markdown and the HTML renderer both lay out."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tunearena.evaluation.arm import Arm
@@ -290,11 +291,23 @@ def _sections(results: Results, training: dict[str, Any]) -> dict[str, list[Tabl
         "training": training,
         "cost": dumped(results.cost) if results.cost else None,
         "retrieval": dumped(results.retrieval) if results.retrieval else None,
-        "latency": dumped(results.latency) if results.latency else None,
+        "latency": _short_models(dumped(results.latency)) if results.latency else None,
         "run": run,
         "provenance": {**run, **{f"settings.{k}": v for k, v in settings.items()}},
     }
     return {key: tables(value) for key, value in values.items() if value}
+
+
+def _short_models(latency: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each arm's model path as its last two parts (``.../models/qa``): the arm already says
+    which model it is, and the full path is in the provenance; a long path would crowd the
+    table's numbers off a narrow page."""
+    def short(path: Any) -> Any:
+        parts = Path(path).parts if isinstance(path, str) else ()
+        return str(Path("…", *parts[-2:])) if len(parts) > 2 and len(path) > 30 else path
+
+    return {arm: {**row, "model": short(row["model"])} if "model" in row else row
+            for arm, row in latency.items()}
 
 
 def probe_sentence(probe: Probe) -> str:
