@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +109,45 @@ def test_the_train_state_round_trips_through_json_whole():
     assert (fresh.task_counts, fresh.best_val, fresh.bad_evals) == ([3, 5], 2.0, 1)
     # A fresh state's best is +inf, which JSON carries as Infinity.
     assert TrainState(**json.loads(json.dumps(asdict(TrainState(2, 8))))).best_val == math.inf
+
+
+# Prepares the demo's replay stage as a run does (leak check against its benchmarks included)
+# and prints a digest of its token arrays and the first epochs' mixture orders.
+_DIGEST_REPLAY_STAGE = """
+import hashlib, sys
+from pathlib import Path
+from transformers import AutoTokenizer
+from tunearena.launch.config import load_config
+from tunearena.evaluation.benchmarks import load_qa
+from tunearena.training.mixture import epoch_order
+from tunearena.training.stage_data import prepare_stage_data
+
+cfg = load_config(Path(sys.argv[1]))
+questions = {b.name: [q.question for q in load_qa(b.path, b.track)]
+             for b in cfg.evaluation.benchmarks}
+stages = cfg.resolved_stages()
+stage = next(s for s in stages if s.replay is not None)
+data = prepare_stage_data(stage, AutoTokenizer.from_pretrained(cfg.model.base), stages, questions)
+digest = hashlib.sha256(repr(data.mixture).encode())
+for part in (data.train, data.validation):
+    for array in (part.input_ids, part.labels, part.attention_mask, part.task):
+        digest.update(array.tobytes())
+for epoch in range(3):
+    digest.update(epoch_order(data.train.task, data.mixture, stage.training.seed, epoch).tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_the_demo_replay_stage_trains_on_the_same_sequences_whatever_the_hash_seed():
+    # Python salts str hashes per process, so a set of strings iterated anywhere between the
+    # files and the epoch order would change the sequences from run to run; the README's
+    # demo table can only match a rerun if they do not change.
+    config = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+    digests = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        done = subprocess.run([sys.executable, "-c", _DIGEST_REPLAY_STAGE, str(config)],
+                              env=env, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        digests.append(done.stdout.strip().splitlines()[-1])
+    assert len(digests[0]) == 64 and digests[0] == digests[1]
