@@ -1,10 +1,10 @@
 """Sequential fine-tuning stages through ``tunearena run``: what each stage starts from, LoRA
-adapters carried across stages, early stopping, the task mixture and replay, and a driver
-killed in the middle of a stage that ``--resume`` continues.
+adapters carried across stages and loaded from a moved run directory, early stopping, the task
+mixture and replay, and a driver killed in the middle of a stage that ``--resume`` continues.
 
 Real local Ray, two Ray Train workers, real DeepSpeed ZeRO-2 on gloo (fp32), real peft. Each
 Ray Train run costs tens of seconds on a small machine, so one experiment carries every
-check: six stages, trained once for the module (the driver is killed during the second and
+check: seven stages, trained once for the module (the driver is killed during the second and
 the run resumed), and the tests read its run directory. Stages whose weights must come out
 as they went in train with ``lr: 1e-12`` (AdamW moves each weight by about ``lr`` a step).
 """
@@ -15,6 +15,7 @@ import json
 import math
 import random
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -81,7 +82,7 @@ def write_data(root: Path) -> dict[str, Path]:
 
 
 def experiment(root: Path, model_dir: Path, ray_address: str) -> Path:
-    """The experiment YAML: six stages, each a check (see the tests)."""
+    """The experiment YAML: seven stages, each a check (see the tests)."""
     files = write_data(root)
     text = {"format": "text"}
     cfg = {
@@ -115,9 +116,11 @@ def experiment(root: Path, model_dir: Path, ray_address: str) -> Path:
             {"name": "s3", "start_from": "base", "max_steps": EARLY_STOP_MAX_STEPS,
              "eval_every_steps": 1, "early_stopping_patience": 2,
              "early_stopping_min_delta": 1e-3},
-            # A LoRA fine-tune, then a stage that keeps training its adapter.
+            # A LoRA fine-tune, then a stage that keeps training its adapter, then a fresh
+            # adapter on l2's merged model.
             {"name": "l1", "start_from": "base", "method": "lora", "lr": 3e-3, "max_steps": 4},
             {"name": "l2", "method": "lora", "lora_init": "continue"},
+            {"name": "l3", "method": "lora", "lr": 3e-3, "max_steps": 4},
         ],
         "evaluation": {
             "benchmarks": [{"name": "trivia", "path": str(files["trivia"]), "kind": "general"}],
@@ -243,9 +246,10 @@ def test_a_killed_driver_resumes_inside_the_stage_and_reuses_finished_ones(stage
     assert logged == sorted(set(logged)) and logged[-1] == RESUMED_STEPS
     assert (staged.run_dir / "models" / "s2" / "model.safetensors").is_file()
     # Every stage after the killed one ran, and every stage's arm was scored.
-    for stage in ("s3", "l1", "l2"):
+    for stage in ("s3", "l1", "l2", "l3"):
         assert after[f"train:{stage}"]["status"] == "done" and "reused" not in after[f"train:{stage}"]
-    assert {f"evaluate:ft@{s}" for s in ("s1", "s2", "s3", "l1", "l2")} <= after.keys()
+    assert ({f"evaluate:ft@{s}" for s in ("s1", "s2", "s3", "l1", "l2", "l3")}
+            <= after.keys())
 
 
 def test_a_stage_starts_from_its_predecessor_unless_told_base(staged, tiny_model_dir):
@@ -258,13 +262,13 @@ def test_a_stage_starts_from_its_predecessor_unless_told_base(staged, tiny_model
     assert max_abs_diff(s3, base) < EQUAL_ABS
     assert max_abs_diff(s3, s1) > CHANGED_ABS
 
-    expected = {"s1": "base", "s2": "s1", "s3": "base", "l1": "base", "l2": "l1"}
+    expected = {"s1": "base", "s2": "s1", "s3": "base", "l1": "base", "l2": "l1", "l3": "l2"}
     assert {s: summary(staged, s)["start_from"] for s in expected} == expected
     results = json.loads((staged.run_dir / "results.json").read_text())
     assert results["stages"]["order"] == list(expected)
     assert {s: results["stages"]["stages"][s]["start_from"] for s in expected} == expected
     # No domain benchmark to choose by: ft is the last stage.
-    assert results["stages"]["selection"]["selected"] == "l2"
+    assert results["stages"]["selection"]["selected"] == "l3"
 
 
 def test_a_lora_stage_continues_its_predecessors_adapter_on_the_base(staged, tiny_model_dir):
@@ -286,6 +290,57 @@ def test_a_lora_stage_continues_its_predecessors_adapter_on_the_base(staged, tin
     l1_summary, l2_summary = summary(staged, "l1"), summary(staged, "l2")
     assert l2_summary["lora_init"] == "continue" and l2_summary["method"] == "lora"
     assert l2_summary["trainable_parameters"] == l1_summary["trainable_parameters"]
+
+
+def test_each_adapter_loads_from_a_moved_run_directory_on_the_base_it_names(
+        staged, tiny_model_dir, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunearena.training.adapters import AdapterBaseError, check_base
+
+    def logits(model, ids):
+        with torch.no_grad():
+            return model.eval()(ids).logits
+
+    home = staged.run_dir
+    moved = Path(shutil.move(home, tmp_path / "elsewhere" / NAME))
+    try:
+        models = moved / "models"
+        ids = AutoTokenizer.from_pretrained(models / "l3")(
+            "Question: How many bells does the tower have?", return_tensors="pt")["input_ids"]
+        named, merged = {}, {}
+        for stage in ("l1", "l2", "l3"):
+            adapter = models / stage / ADAPTER_DIR
+            config = json.loads((adapter / "adapter_config.json").read_text())
+            named[stage] = config["base_model_name_or_path"]
+            # A relative base is relative to the run directory, wherever it now is.
+            base_dir = Path(named[stage]) if Path(named[stage]).is_absolute() \
+                else moved / named[stage]
+            base = AutoModelForCausalLM.from_pretrained(base_dir)
+            merged[stage] = logits(AutoModelForCausalLM.from_pretrained(models / stage), ids)
+            torch.testing.assert_close(logits(PeftModel.from_pretrained(base, adapter), ids),
+                                       merged[stage], rtol=1e-4, atol=1e-4, msg=stage)
+            assert f'PeftModel.from_pretrained(base, "models/{stage}/adapter")' in (
+                adapter / "README.md").read_text()
+        # l1 and l2 sit on the original base (outside the run dir, named as the run read it),
+        # l3 on l2's merged model, named inside the run directory.
+        assert Path(named["l1"]).resolve() == Path(named["l2"]).resolve() == tiny_model_dir.resolve()
+        assert named["l3"] == "models/l2"
+
+        # The mistake the record guards against: l3's adapter on the original base is another
+        # model, and tunearena refuses it, naming both.
+        l3_adapter = models / "l3" / ADAPTER_DIR
+        on_base = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                            l3_adapter)
+        assert float((logits(on_base, ids) - merged["l3"]).abs().max()) > CHANGED_ABS
+        with pytest.raises(AdapterBaseError, match=r"stage l2 \(models/l2\)") as err:
+            check_base(l3_adapter, moved, str(tiny_model_dir))
+        assert str(tiny_model_dir) in str(err.value)
+        check_base(l3_adapter, moved, str(models / "l2"))
+    finally:
+        shutil.move(moved, home)
 
 
 def test_early_stopping_ends_the_stage_and_exports_that_model(staged):

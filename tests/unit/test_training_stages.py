@@ -9,7 +9,7 @@ from pathlib import Path
 from tunearena.launch.config import load_config
 from tunearena.training.config import DatasetConfig, ReplayConfig, Stage, TrainingConfig
 from tunearena.training.export import ADAPTER_DIR
-from tunearena.training.stages import stage_origin, stage_tasks, training_config
+from tunearena.training.stages import model_stage, stage_origin, stage_tasks, training_config
 
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
@@ -36,6 +36,15 @@ def test_a_stage_starts_from_base_its_parents_model_or_its_parents_adapter(tmp_p
     assert stage_origin(b, stages, "BASE", models) == (str(models / "a"), None)
     # A continued adapter is trained on the model its parent's adapter was trained on.
     assert stage_origin(c, stages, "BASE", models) == ("BASE", models / "a" / ADAPTER_DIR)
+    # A fresh adapter after a LoRA stage sits on that stage's merged model, and a chain of
+    # continued adapters keeps the model the first one was trained on.
+    d = _stage("d", "c", "z", method="lora")
+    e = _stage("e", "d", "z", method="lora", lora_init="continue")
+    f = _stage("f", "e", "z", method="lora", lora_init="continue")
+    stages += [d, e, f]
+    assert [model_stage(s, stages) for s in stages] == [None, "a", None, "c", "c", "c"]
+    assert stage_origin(f, stages, "BASE", models) == (str(models / "c"),
+                                                       models / "e" / ADAPTER_DIR)
 
 
 def test_replayed_tasks_follow_the_stages_own(tmp_path):

@@ -67,7 +67,7 @@ def load_model(model_dir: str, cfg: TrainingConfig, bf16: bool,
     use_chunked_loss(model, compile_chunks=cfg.compile)
     if cfg.method == "full":
         return model
-    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import PeftConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if cfg.method == "qlora":
         model = prepare_model_for_kbit_training(
@@ -75,7 +75,12 @@ def load_model(model_dir: str, cfg: TrainingConfig, bf16: bool,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     if init_adapter is not None:
-        return PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+        # The adapter names its base relative to the run directory, which is not this
+        # worker's working directory; peft reads the base's config through that name when
+        # it saves, so it names the model loaded here (the driver names it relative again).
+        config = PeftConfig.from_pretrained(init_adapter)
+        config.base_model_name_or_path = model_dir
+        return PeftModel.from_pretrained(model, init_adapter, is_trainable=True, config=config)
     return get_peft_model(model, peft_lora_config(cfg))
 
 

@@ -110,19 +110,34 @@ def stage_tasks(stage: Stage, stages: list[Stage], data_dir: Path,
     return tasks, stage.replay.fraction
 
 
+def model_stage(stage: Stage, stages: list[Stage]) -> str | None:
+    """The stage whose exported model ``stage`` trains on (None: the base model): the one it
+    starts from, or, for a LoRA stage that continues its predecessor's adapter, the one that
+    adapter was trained on."""
+    if stage.start_from == "base":
+        return None
+    parent = next(s for s in stages if s.name == stage.start_from)
+    if continues_adapter(stage):
+        return model_stage(parent, stages)
+    return parent.name
+
+
+def continues_adapter(stage: Stage) -> bool:
+    """Whether ``stage`` keeps training its predecessor's adapter."""
+    return (stage.start_from != "base" and stage.lora_init == "continue"
+            and stage.training.method != "full")
+
+
 def stage_origin(stage: Stage, stages: list[Stage], base: str, models_dir: Path,
                  ) -> tuple[str, Path | None]:
     """(model dir the stage loads, adapter it continues or None); a stage's exported model
     lives in ``models_dir / <stage>``."""
-    if stage.start_from == "base":
-        return base, None
-    parent = next(s for s in stages if s.name == stage.start_from)
-    if stage.lora_init == "continue" and stage.training.method != "full":
-        from tunearena.training.export import ADAPTER_DIR
+    from tunearena.training.export import ADAPTER_DIR
 
-        parent_base, _ = stage_origin(parent, stages, base, models_dir)
-        return parent_base, models_dir / parent.name / ADAPTER_DIR
-    return str(models_dir / parent.name), None
+    on = model_stage(stage, stages)
+    model_dir = base if on is None else str(models_dir / on)
+    adapter = models_dir / stage.start_from / ADAPTER_DIR if continues_adapter(stage) else None
+    return model_dir, adapter
 
 
 def training_config(training: TrainingConfig, run_dir: Path) -> TrainingConfig:
@@ -194,7 +209,11 @@ class LoadedStage:
     stage: Stage
     base: str
     """The run's base model, whose shape and tokenizer preflight checks."""
+    run_dir: Path
+    """The run directory, against which a LoRA stage's adapter records its base."""
     model_dir: str
+    model_stage: str | None
+    """The stage whose exported model ``model_dir`` is; None: the base model."""
     init_adapter: Path | None
     training: TrainingConfig
     tokenizer: Any
@@ -209,12 +228,18 @@ class LoadedStage:
 def load_stage(stage: Stage, stages: list[Stage], base: str, run_dir: Path,
                chat_template: bool = False) -> LoadedStage:
     """Read and tokenise a prepared stage from ``run_dir/data``, before any worker is claimed,
-    so a bad record fails in seconds; ``chat_template`` as ``model.chat_template`` resolved."""
+    so a bad record fails in seconds; ``chat_template`` as ``model.chat_template`` resolved.
+
+    A stage that continues an adapter checks that ``model_dir`` is the base the adapter
+    records (``AdapterBaseError`` otherwise)."""
     from transformers import AutoTokenizer
 
+    from tunearena.training.adapters import MODELS_DIR, check_base
     from tunearena.training.stage_data import REPLAY_PREFIX, tokenize_stage
 
-    model_dir, init_adapter = stage_origin(stage, stages, base, run_dir / "models")
+    model_dir, init_adapter = stage_origin(stage, stages, base, run_dir / MODELS_DIR)
+    if init_adapter is not None:
+        check_base(init_adapter, run_dir, model_dir)
     training = training_config(stage.training, run_dir)
     tasks, replay_fraction = stage_tasks(stage, stages, run_dir / "data")
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code())
@@ -222,8 +247,9 @@ def load_stage(stage: Stage, stages: list[Stage], base: str, run_dir: Path,
                                                 chat_template)
     replayed = [t.name.removeprefix(REPLAY_PREFIX) for t in tasks
                 if t.name.startswith(REPLAY_PREFIX)]
-    return LoadedStage(stage, base, model_dir, init_adapter, training, tokenizer,
-                       (train, validation), mixture, replayed, chat_template)
+    return LoadedStage(stage, base, run_dir, model_dir, model_stage(stage, stages),
+                       init_adapter, training, tokenizer, (train, validation), mixture,
+                       replayed, chat_template)
 
 
 def train_stage(loaded: LoadedStage, cluster: ClusterConfig, run_name: str, storage: str,
@@ -236,7 +262,8 @@ def train_stage(loaded: LoadedStage, cluster: ClusterConfig, run_name: str, stor
     ``fresh`` drops the run's old checkpoints first, so nothing is restored; otherwise the
     stage continues from them. ``check_cluster`` adds the cluster-wide checks (storage, a
     collective), needed once per cluster. The summary records where the stage started, what
-    it replayed and ``data_report`` (the prepare step's counts)."""
+    it replayed and ``data_report`` (the prepare step's counts). A LoRA stage's adapter
+    records which model it applies to (``training/adapters.py``)."""
     from tunearena.cluster.preflight import PreflightError, format_checks
     from tunearena.training import checkpoint
     from tunearena.training.trainer import run_stage
@@ -254,6 +281,13 @@ def train_stage(loaded: LoadedStage, cluster: ClusterConfig, run_name: str, stor
                         data=loaded.data, mixture=loaded.mixture, init_adapter=loaded.init_adapter)
     if summary.resumed_from_step:
         console.print(f"resumed training from step {summary.resumed_from_step}")
+    if stage.training.method != "full":
+        from tunearena.training.adapters import base_record, record_base
+        from tunearena.training.export import ADAPTER_DIR
+
+        record_base(out_dir / ADAPTER_DIR, stage.name,
+                    base_record(loaded.run_dir, loaded.model_stage, loaded.base),
+                    merged=stage.training.lora.merge)
     return summary.model_copy(update={
         "start_from": stage.start_from,
         "lora_init": stage.lora_init if stage.training.method != "full" else None,
