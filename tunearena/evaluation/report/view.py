@@ -55,10 +55,14 @@ class ReportView:
     """How every arm was prompted (plain, or the chat template of which model)."""
     dropped_sentence: str | None = None
     """The questions left out of every arm for overflowing the context; None when none were."""
+    review_sentence: str | None = None
+    """How many questions the arms disagree on, and where they are listed
+    (``report.review``); None when the arms agree everywhere."""
 
 
 def build_view(results: Results) -> ReportView:
     """The view of ``results``; a section the results do not hold is None or empty."""
+    from tunearena.evaluation.report.review import disagreements, review_sentence
     from tunearena.evaluation.report.sentences import (
         cost_sentence,
         dropped_prompts_sentence,
@@ -88,6 +92,7 @@ def build_view(results: Results) -> ReportView:
         cost_sentence=cost_sentence(results.cost),
         prompt_sentence=prompt_sentence(run),
         dropped_sentence=dropped_prompts_sentence(results.prompt_lengths),
+        review_sentence=review_sentence(disagreements(results), results),
     )
 
 
