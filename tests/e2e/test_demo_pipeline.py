@@ -169,6 +169,54 @@ def test_demo_report_and_run_directory(demo_run, results):
                                              strict=True))
 
 
+def test_the_readme_says_what_the_demo_gives(demo_run):
+    """The README's demo table, and the scores its prose quotes, are this run's (before the
+    resume tests below change its settings)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "readme_demo_table", REPO / "scripts" / "readme_demo_table.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script
+    spec.loader.exec_module(script)
+    diff = script.check(demo_run)
+    assert diff == "", (f"README.md differs from the demo; rewrite it with `python "
+                        f"scripts/readme_demo_table.py {demo_run}`:\n{diff}")
+
+
+def test_review_lists_the_questions_the_arms_disagree_on(demo_run, results):
+    import csv
+
+    from tunearena.evaluation.benchmarks import load_qa
+
+    # Each multiple-choice sample names its choice; acc is right exactly when it is the answer.
+    answers = {q.id: q.answer for q in load_qa(
+        REPO / "examples/demo_world/domain/qa_test.jsonl")}
+    for arm in ARMS:
+        for s in results["samples"][arm]["lumora_products"]:
+            assert s["acc"] == int(s["choice"] == answers[s["id"]]), (arm, s)
+    # A RAG arm's sample names the document of the first passage it read.
+    retrieved = json.loads((demo_run / "retrieval" / "lumora_products.json").read_text())
+    for s in results["samples"]["base+rag"]["lumora_products"]:
+        assert s["retrieved_doc"] == retrieved[s["id"]]["doc_ids"][0]
+    assert all("retrieved_doc" not in s for s in results["samples"]["base"]["lumora_products"])
+
+    with open(demo_run / "review.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {r["benchmark"] for r in rows} <= {"lumora_products", "lumora_answers",
+                                                        "world_facts"}
+    for row in rows:
+        right = {row[f"{arm} right"] for arm in ARMS}
+        assert right == {"0", "1"}, row  # some arm right, another wrong
+        assert row["question"] and row["correct_answer"]
+        if row["benchmark"] == "lumora_products":
+            assert row["retrieved_passage"] == retrieved[row["question_id"]]["passages"][0]
+    page = html.unescape((demo_run / "report.html").read_text())
+    assert page.index('<section id="review">') < page.index('<section id="provenance">')
+    assert rows[0]["question"] in page
+    assert "## Questions the arms disagree on" in (demo_run / "report.md").read_text()
+
+
 def test_generative_track_scores_the_answers_the_models_wrote(results):
     from tunearena.evaluation.benchmarks import load_qa
     from tunearena.evaluation.generative import answer_text, exact_match, token_f1

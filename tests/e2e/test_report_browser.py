@@ -232,7 +232,8 @@ def test_report_opens_cleanly_and_shows_verdict_tables_and_plots(browser, run_di
     sections = page.locator("main > section")
     assert sections.first.get_attribute("id") == "verdict"
     ids = sections.evaluate_all("els => els.map(e => e.id)")
-    assert ids == ["verdict", "scores", "forgetting", "retrieval", "cost", "training", "provenance"]
+    assert ids == ["verdict", "scores", "forgetting", "retrieval", "cost", "training", "review",
+                   "provenance"]
     tops = [page.locator(f"#{i}").bounding_box()["y"] for i in ids]
     assert tops == sorted(tops)  # laid out in reading order, verdict on top
 
@@ -384,7 +385,7 @@ def test_report_with_stages_shows_the_warning_matrix_and_stage_plot(browser, sta
     assert background not in ("rgba(0, 0, 0, 0)", "rgb(255, 255, 255)")
 
     ids = page.locator("main > section").evaluate_all("els => els.map(e => e.id)")
-    assert ids == ["verdict", "scores", "stages", "forgetting", "provenance"]
+    assert ids == ["verdict", "scores", "stages", "forgetting", "review", "provenance"]
     matrix = page.locator("#stages table.stage-matrix")
     matrix.scroll_into_view_if_needed()
     assert matrix.is_visible()

@@ -88,7 +88,9 @@ def test_score_model_matches_direct_loglikelihood(
     model, tok = model_and_tok
     items = _items_with_known_outcomes(model, tok)
     plain = write_mc_task(tmp_path, "facts", items, None)
-    rag = write_mc_task(tmp_path, "facts", items, PASSAGES)
+    # The document of each question's first passage (q3 retrieved nothing).
+    top_docs = {q: f"doc-{q}" if p else None for q, p in PASSAGES.items()}
+    rag = write_mc_task(tmp_path, "facts", items, PASSAGES, retrieved_docs=top_docs)
 
     scores = score_model(tiny_model_dir, tmp_path, [plain, rag], batch_size=4)
 
@@ -97,11 +99,15 @@ def test_score_model_matches_direct_loglikelihood(
         rows = scores[task]
         assert [r["id"] for r in rows] == [item.id for item in items]
         for row, item in zip(rows, items, strict=True):
-            assert set(row) == {"id", "acc", "acc_norm", "doc_id"}
+            keys = {"id", "acc", "acc_norm", "choice", "doc_id"}
+            assert set(row) == (keys | {"retrieved_doc"} if passages else keys)
             assert row["doc_id"] == item.doc_id  # carried through lm-eval for clustered CIs
+            if passages:
+                assert row["retrieved_doc"] == top_docs[item.id]
             prompt = format_prompt(item.question, passages[item.id] if passages else ())
             lls = _choice_logliks(model, tok, prompt, item.choices)
             norm = [ll / len(c) for ll, c in zip(lls, item.choices, strict=True)]
+            assert row["choice"] == _argmax(lls), (task, item.id, lls)
             assert row["acc"] == int(_argmax(lls) == item.answer), (task, item.id, lls)
             assert row["acc_norm"] == int(_argmax(norm) == item.answer), (task, item.id, norm)
     # By construction the plain task is right exactly on even items: the scorer discriminates.

@@ -213,7 +213,7 @@ def test_named_tasks_from_a_task_folder(tmp_path, letters_model, quiz_folder):
         lls = _choice_logliks(model, tok, prompt, doc["options"])
         best = max(range(len(lls)), key=lls.__getitem__)
         assert row == {"id": str(i), "acc": int(best == doc["label"]), "acc_norm": None,
-                       "doc_id": None}  # fmt: skip
+                       "choice": best, "doc_id": None}  # fmt: skip
     # A generate-until task keeps its own metrics (here lm-eval's exact_match, unnormalised).
     for i, (row, doc, prompt) in enumerate(
         zip(scores["capitals_recall"], docs, prompts, strict=True)

@@ -19,7 +19,8 @@ BENCHMARKS = [
     BenchmarkConfig(name="products", path="p.jsonl", kind="domain"),
     BenchmarkConfig(name="world_facts", path="w.jsonl", kind="general"),
 ]
-SECTIONS = ["verdict", "scores", "forgetting", "retrieval", "cost", "training", "provenance"]
+SECTIONS = ["verdict", "scores", "forgetting", "retrieval", "cost", "training", "review",
+            "provenance"]
 TRAINING = {
     "steps": 30, "planned_steps": 30, "method": "full", "parameters": 1000,
     "trainable_parameters": 1000, "train_tokens": 5000, "train_s": 12.5, "tokens_per_s": 400.0,
@@ -253,7 +254,8 @@ def test_values_from_results_are_escaped():
 def test_missing_sections_are_skipped():
     bare = _results(extra={})
     page = _Page(render_html(bare))
-    assert page.sections == ["verdict", "scores", "forgetting", "provenance"]  # settings only
+    # Provenance holds the settings only; the review comes from the per-question scores.
+    assert page.sections == ["verdict", "scores", "forgetting", "review", "provenance"]
     assert len([t for t, _ in page.tags if t == "img"]) == 2
     del bare["decision"]  # a results.json written before the verdict existed
     assert _Page(render_html(bare)).sections[:2] == ["summary", "scores"]
@@ -326,6 +328,7 @@ def test_cli_report_rerenders_both_files_from_results_json(tmp_path, capsys, res
         "report.html",
         "report.md",
         "results.json",
+        "review.csv",
     ]
 
 
@@ -478,6 +481,7 @@ def test_stages_section_sits_between_scores_and_forgetting(stage_page):
         "stages",
         "forgetting",
         "cost",
+        "review",
         "provenance",
     ]
     text = " ".join(stage_page.text["stages"].split())

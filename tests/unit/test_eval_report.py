@@ -762,11 +762,12 @@ def test_reports_are_replaced_together_or_not_at_all(tmp_path, monkeypatch):
     import tunearena.evaluation.report as report
 
     results = parse_results(_summarise())
-    md, html = report.write_reports(tmp_path, results)
-    before = {p: p.read_bytes() for p in (md, html)}
+    md, html, review = report.write_reports(tmp_path, results)
+    before = {p: p.read_bytes() for p in (md, html, review)}
     assert md.name == "report.md" and html.name == "report.html" and all(before.values())
+    assert review.name == "review.csv"
 
-    def broken(view, results):
+    def broken(*args):
         raise RuntimeError("the page failed to render")
 
     monkeypatch.setattr(report, "render_html", broken)
@@ -774,5 +775,6 @@ def test_reports_are_replaced_together_or_not_at_all(tmp_path, monkeypatch):
     before[md] = md.read_bytes()
     with pytest.raises(RuntimeError, match="failed to render"):
         report.write_reports(tmp_path, results)
-    assert {p: p.read_bytes() for p in (md, html)} == before  # the Markdown was not replaced
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.md"]
+    assert {p: p.read_bytes() for p in (md, html, review)} == before  # none was replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.md",
+                                                          "review.csv"]

@@ -9,7 +9,7 @@ import yaml
 
 from tunearena.evaluation.benchmarks import QAItem
 from tunearena.evaluation.prompt import ANSWER_DELIMITER, format_prompt
-from tunearena.evaluation.tasks import FEWSHOT_SUFFIX, write_mc_task
+from tunearena.evaluation.tasks import FEWSHOT_SUFFIX, write_generative_task, write_mc_task
 
 ITEMS = [
     QAItem("a", "Capital of Norland?", ["Velmo", "Tarrow"], 0),
@@ -42,6 +42,17 @@ def test_plain_and_rag_tasks_differ_only_in_context(tmp_path):
         "answer": 1,
         "source_doc": None,
     }
+
+
+def test_rag_rows_name_the_document_of_their_first_passage(tmp_path):
+    passages = {"a": ["The capital of Norland is Velmo.", "Tarrow is a port."], "b": []}
+    write_mc_task(tmp_path, "facts", ITEMS, passages, retrieved_docs={"a": "norland", "b": None})
+    write_generative_task(tmp_path, "open", ITEMS, passages, retrieved_docs={"a": "norland"})
+    for task in ("facts__rag", "open__rag"):
+        assert [r["retrieved_doc"] for r in _rows(tmp_path / f"{task}.jsonl")] == ["norland", None]
+    # Without them, rows carry no such key (the plain task never has one).
+    write_mc_task(tmp_path, "facts", ITEMS, passages)
+    assert all("retrieved_doc" not in r for r in _rows(tmp_path / "facts__rag.jsonl"))
 
 
 def test_yaml_is_a_local_multiple_choice_task(tmp_path):

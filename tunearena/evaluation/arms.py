@@ -235,11 +235,15 @@ def score_in_order(arms: list[Arm], stages: list[str], select: bool,
 def write_arm_tasks(benchmarks: Sequence[BenchmarkConfig], questions: dict[str, list[QAItem]],
                     contexts: set[str], task_dir: Path,
                     passages: dict[str, dict[str, list[str]]] | None = None,
-                    examples: Sequence[tuple[str, str]] = ()) -> dict[str, dict[str, str]]:
+                    examples: Sequence[tuple[str, str]] = (),
+                    retrieved_docs: dict[str, dict[str, str | None]] | None = None,
+                    ) -> dict[str, dict[str, str]]:
     """Write each QA benchmark's lm-eval task once, and its variant with the retrieved
-    ``passages`` (benchmark -> question id -> passages) and with few-shot ``examples`` when
-    ``contexts`` ask for them. Returns, per benchmark, the task of each context (``""``,
-    ``"rag"``, ``"fewshot"``); a named lm-eval task is the same in every context."""
+    ``passages`` (benchmark -> question id -> passages; ``retrieved_docs`` the same way gives
+    the document of each first passage, which the variant's rows keep) and with few-shot
+    ``examples`` when ``contexts`` ask for them. Returns, per benchmark, the task of each
+    context (``""``, ``"rag"``, ``"fewshot"``); a named lm-eval task is the same in every
+    context."""
     from tunearena.evaluation.tasks import write_generative_task, write_mc_task
 
     tasks: dict[str, dict[str, str]] = {}
@@ -251,7 +255,8 @@ def write_arm_tasks(benchmarks: Sequence[BenchmarkConfig], questions: dict[str, 
         write = write_generative_task if bench.track == "generative" else write_mc_task
         variants = {"": write(task_dir, bench.name, items)}
         if passages is not None and "rag" in contexts:
-            variants["rag"] = write(task_dir, bench.name, items, passages[bench.name])
+            variants["rag"] = write(task_dir, bench.name, items, passages[bench.name],
+                                    retrieved_docs=(retrieved_docs or {}).get(bench.name))
         if "fewshot" in contexts:
             variants["fewshot"] = write(task_dir, bench.name, items, examples=list(examples))
         tasks[bench.name] = variants

@@ -53,18 +53,21 @@ def score_model(
     wrote them), then ``extra_task_paths`` and, with ``include_defaults``, lm-eval's registry;
     a task in ``task_dir`` wins over one of the same name elsewhere. Rows of our own tasks:
 
-    - multiple choice: ``{"id", "acc", "acc_norm", "doc_id"}``; ``acc`` picks the choice of
-      highest summed log-likelihood, ``acc_norm`` normalises it by the choice's length in
-      characters (lm-eval's definitions); both 0 or 1;
+    - multiple choice: ``{"id", "acc", "acc_norm", "choice", "doc_id"}``; ``acc`` is right
+      when ``choice``, the index of the choice of highest summed log-likelihood, is the
+      answer; ``acc_norm`` normalises that sum by the choice's length in characters
+      (lm-eval's definitions); both 0 or 1;
     - generative: ``{"id", "exact_match", "f1", "prediction", "doc_id"}``; ``exact_match``
       is 0 or 1, ``f1`` in [0, 1] (``tunearena.evaluation.generative``), ``prediction`` the
       model's response as lm-eval filtered it (up to the first newline).
 
     ``id`` is the question's id and ``doc_id`` its source document (None when unknown),
-    which the report clusters CIs by. Rows of other tasks have ``id`` = the document's
-    index and ``doc_id`` None; a multiple-choice one holds ``acc`` and ``acc_norm`` (None
-    where the task does not compute it), a generate-until one ``prediction`` and the
-    task's own metrics under its first filter.
+    which the report clusters CIs by. A row of a RAG task (``write_*_task`` with
+    ``retrieved_docs``) also holds ``retrieved_doc``, the document of the first passage in
+    its prompt. Rows of other tasks have ``id`` = the document's index and ``doc_id`` None;
+    a multiple-choice one holds ``acc``, ``acc_norm`` (None where the task does not compute
+    it) and ``choice``, a generate-until one ``prediction`` and the task's own metrics under
+    its first filter.
 
     ``loaded``: the ``(model, tokenizer)`` of ``model_dir`` from ``load_model``, when the
     caller keeps using them (to time answers), so the weights are read once.
@@ -213,14 +216,26 @@ def _row(sample: dict, output_type: str, own: bool, prefix: str = "") -> dict:
         row["loglikelihood"], row["bytes"] = float(loglikelihood), int(n_bytes)
     elif output_type == "multiple_choice":
         row["acc"], row["acc_norm"] = _as_int(sample.get("acc")), _as_int(sample.get("acc_norm"))
+        row["choice"] = _chosen(sample)
     elif own:
         row["exact_match"], row["f1"] = int(sample["exact_match"]), float(sample["f1"])
         row["prediction"] = str(sample["filtered_resps"][0])
     else:
         row["prediction"] = str(sample["filtered_resps"][0])
         row.update({m: sample[m] for m in sample["metrics"]})
+    if own and "retrieved_doc" in doc:  # a RAG task's row: the document its first passage is from
+        row["retrieved_doc"] = doc["retrieved_doc"]
     row["doc_id"] = doc.get("source_doc") if own else None
     return row
+
+
+def _chosen(sample: dict) -> int:
+    """The index of the choice ``acc`` picks: the highest summed log-likelihood, the first
+    of equal ones (lm-eval's ``np.argmax``)."""
+    lls = [float(ll) for ll, _ in sample["filtered_resps"]]
+    if "acc_mutual_info" in sample["metrics"]:  # the unconditional log-likelihoods follow
+        lls = lls[: len(lls) // 2]
+    return max(range(len(lls)), key=lls.__getitem__)
 
 
 def _as_int(value) -> int | None:

@@ -4,7 +4,7 @@ by log-likelihood, or generative, a greedy answer scored by exact match and toke
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -35,6 +35,7 @@ def write_mc_task(
     items: list[QAItem],
     passages: dict[str, list[str]] | None = None,
     examples: Sequence[tuple[str, str]] = (),
+    retrieved_docs: Mapping[str, str | None] | None = None,
 ) -> str:
     """Write ``<task>.yaml`` and ``<task>.jsonl`` under ``task_dir``; return the task name.
 
@@ -44,6 +45,9 @@ def write_mc_task(
     pairs put before every question). With passages the task is named ``name + "__rag"``,
     with examples ``name + "__fewshot"``, so one task dir holds every variant of a
     benchmark side by side; passages and examples together are a ``ValueError``.
+    ``retrieved_docs`` (question id -> the document of its first passage) goes with
+    ``passages``: each row keeps it as ``retrieved_doc``, so a scored question names what it
+    read.
     """
     task_name = _task_name(name, items, passages, examples)
     no_choices = [item.id for item in items if item.answer is None]
@@ -61,6 +65,7 @@ def write_mc_task(
             # The question's source document; named apart from lm-eval's own doc_id (a row
             # index) so neither shadows the other.
             "source_doc": item.doc_id,
+            **_retrieved(item, retrieved_docs),
         }
         for item, prompt in zip(items, _prompts(items, passages, examples), strict=True)
     ]
@@ -90,10 +95,11 @@ def write_generative_task(
     items: list[QAItem],
     passages: dict[str, list[str]] | None = None,
     examples: Sequence[tuple[str, str]] = (),
+    retrieved_docs: Mapping[str, str | None] | None = None,
 ) -> str:
     """Write a generative task (YAML, JSONL and the scorer's shim); return the task name.
 
-    Same prompts, suffixes and errors as ``write_mc_task``. The model answers greedily
+    Same prompts, suffixes, ``retrieved_docs`` and errors as ``write_mc_task``. The model answers greedily
     after the prompt until the first newline (at most ``MAX_ANSWER_TOKENS`` tokens); each
     answer is scored against the item's ``gold_answers`` by ``exact_match`` and ``f1``
     (``tunearena.evaluation.generative``).
@@ -110,6 +116,7 @@ def write_generative_task(
             "prompt": prompt,
             "answers": list(item.gold_answers),
             "source_doc": item.doc_id,
+            **_retrieved(item, retrieved_docs),
         }
         for item, prompt in zip(items, _prompts(items, passages, examples), strict=True)
     ]
@@ -158,6 +165,10 @@ def _task_name(
             )
         return name + RAG_SUFFIX
     return name + FEWSHOT_SUFFIX if examples else name
+
+
+def _retrieved(item: QAItem, retrieved_docs: Mapping[str, str | None] | None) -> dict:
+    return {} if retrieved_docs is None else {"retrieved_doc": retrieved_docs.get(item.id)}
 
 
 def _prompts(

@@ -74,8 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     stop.add_argument("job_id", metavar="JOB_ID")
     stop.add_argument("--address", help=address_help)
     sub.add_parser("reference", help="print the config reference (Markdown)")
-    report = sub.add_parser("report", help="re-render report.md and report.html from a run's "
-                            "results.json (recomputes nothing)")
+    report = sub.add_parser("report", help="re-render report.md, report.html and review.csv "
+                            "from a run's results.json (recomputes nothing)")
     report.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                         help="a run directory, e.g. runs/demo")
     output = report.add_mutually_exclusive_group()

@@ -261,13 +261,18 @@ class Pipeline:
                     examples: list) -> dict[str, dict[str, str]]:
         """Write the lm-eval tasks of every context the arms use into ``tasks/`` (RAG ones
         with the retrieved passages); returns each benchmark's task per context."""
-        passages = None
+        passages = top_docs = None
         if any(a.context == "rag" for a in arms):
-            passages = {name: {qid: r["passages"] for qid, r in _load_json(
-                self.run_dir / "retrieval" / f"{name}.json").items()} for name in benchmarks}
+            found = {name: _load_json(self.run_dir / "retrieval" / f"{name}.json")
+                     for name in benchmarks}
+            passages = {name: {qid: r["passages"] for qid, r in found[name].items()}
+                        for name in benchmarks}
+            # Each scored RAG question then names the document of its first passage.
+            top_docs = {name: {qid: next(iter(r["doc_ids"]), None)
+                               for qid, r in found[name].items()} for name in benchmarks}
         return scoring.write_arm_tasks(self.cfg.evaluation.benchmarks, benchmarks,
                                        {a.context for a in arms}, self.run_dir / "tasks",
-                                       passages, examples)
+                                       passages, examples, top_docs)
 
     def check_prompts(self, arms: list[Arm], benchmarks: dict[str, list[QAItem]],
                       examples: list) -> tuple[dict[str, list[QAItem]], dict]:

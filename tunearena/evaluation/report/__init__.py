@@ -18,6 +18,7 @@ from tunearena.evaluation.report.build import summarise
 from tunearena.evaluation.report.html import render_html
 from tunearena.evaluation.report.markdown import render_markdown
 from tunearena.evaluation.report.numbers import primary_score, sample_track
+from tunearena.evaluation.report.review import REVIEW_CSV, Sources, disagreements, review_csv
 from tunearena.evaluation.report.verdict import decide
 from tunearena.evaluation.report.view import build_view
 from tunearena.evaluation.results import PRIMARY_METRIC, Results, ResultsError, load_results
@@ -35,15 +36,17 @@ def html_report(results: Results) -> str:
 
 
 def write_reports(run_dir: Path, results: Results) -> list[Path]:
-    """Write ``report.md`` and ``report.html`` for ``results`` into ``run_dir``; returns their
-    paths.
+    """Write ``report.md``, ``report.html`` and ``review.csv`` (the questions the arms
+    disagree on, ``review.py``) for ``results`` into ``run_dir``; returns their paths.
 
-    Both pages are rendered, then written to temp names, before either replaces its old file:
+    Every file is rendered, then written to a temp name, before any replaces its old one:
     a failure while rendering or writing leaves the previous reports as they were.
     """
     view = build_view(results)
+    sources = Sources.of_run(run_dir)
     texts = {run_dir / "report.md": render_markdown(view),
-             run_dir / "report.html": render_html(view, results)}
+             run_dir / "report.html": render_html(view, results, sources),
+             run_dir / REVIEW_CSV: review_csv(results, disagreements(results, sources))}
     staged: dict[Path, Path] = {}
     try:
         for path, text in texts.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from tunearena.evaluation.report import plots
+from tunearena.evaluation.report.review import Sources, disagreements, review_section
 from tunearena.evaluation.report.view import ReportView
 from tunearena.evaluation.report.warnings import verdict_warnings
 from tunearena.evaluation.results import BenchmarkRetrieval, Results
@@ -24,11 +25,12 @@ _ENV = Environment(
 )
 
 
-def render_html(view: ReportView, results: Results) -> str:
+def render_html(view: ReportView, results: Results, sources: Sources | None = None) -> str:
     """The report as one HTML page: verdict (and the stage-selection warning, if any),
-    scores, stages, forgetting, retrieval, cost and latency, training, provenance, in that
-    order. ``results`` gives the plots their numbers; every printed value comes from
-    ``view``."""
+    scores, stages, forgetting, retrieval, cost and latency, training, the questions the arms
+    disagree on, provenance, in that order. ``results`` gives the plots their numbers; every
+    printed value comes from ``view``, but the review's questions, correct answers and
+    passages, which ``sources`` (the run directory) give."""
     benchmarks = results.benchmarks
     colours = plots.colours(list(dict.fromkeys(a for b in benchmarks.values() for a in b.arms)))
     stages = view.stages
@@ -69,6 +71,7 @@ def render_html(view: ReportView, results: Results) -> str:
         "prompt_sentence": view.prompt_sentence,
         "latency": sections.get("latency"),
         "training": training,
+        "review": review_section(results, disagreements(results, sources)),
         "run": sections.get("provenance"),
     }
     return _ENV.get_template("report.html.j2").render(**context)

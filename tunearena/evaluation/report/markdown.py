@@ -61,6 +61,8 @@ def render_markdown(view: ReportView) -> str:
                           *table_lines(view.cost_of_pass["table"]), ""]
             if key == "training" and view.history:
                 lines += [*table_lines(_history(view.history)), ""]
+    if view.review_sentence:
+        lines += ["## Questions the arms disagree on", "", view.review_sentence, ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -62,10 +62,14 @@ class ReportView:
     when the results hold none."""
     warnings: list[dict[str, Any]] = field(default_factory=list)
     """Every benchmark's statistics warnings (``statistics_warnings_view``)."""
+    review_sentence: str | None = None
+    """How many questions the arms disagree on, and where they are listed
+    (``report.review``); None when the arms agree everywhere."""
 
 
 def build_view(results: Results) -> ReportView:
     """The view of ``results``; a section the results do not hold is None or empty."""
+    from tunearena.evaluation.report.review import disagreements, review_sentence
     from tunearena.evaluation.report.sentences import (
         cost_sentence,
         dropped_prompts_sentence,
@@ -97,6 +101,7 @@ def build_view(results: Results) -> ReportView:
         dropped_sentence=dropped_prompts_sentence(results.prompt_lengths),
         cost_of_pass=cost_of_pass_view(results.cost_of_pass, conf, selected),
         warnings=statistics_warnings_view(results),
+        review_sentence=review_sentence(disagreements(results), results),
     )
 
 

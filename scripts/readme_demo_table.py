@@ -1,0 +1,161 @@
+"""Write the README's demo table, and the numbers its prose quotes, from a demo run.
+
+    python scripts/readme_demo_table.py                 # from runs/demo, rewrites README.md
+    python scripts/readme_demo_table.py RUN_DIR --check # exit 1 with a diff if README differs
+
+The table between the ``demo-table`` markers is ``tunearena report RUN_DIR --table``. The
+prose of "What the demo shows" quotes some of its numbers (the forgetting without and with
+replay, what RAG alone adds, the verdict, ...): each is found by the words around it
+(``CLAIMS``) and written from the same results, so the page never says what the run did not.
+A sentence reworded so that its number is no longer found is an error naming it: update
+``CLAIMS`` with the prose. Timings are not checked: they depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunearena.evaluation.report import formats as fmt
+from tunearena.evaluation.report import load_results
+from tunearena.evaluation.report.markdown import summary_table
+from tunearena.evaluation.report.view import build_view
+from tunearena.evaluation.results import Results, ResultsError
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+START, END = "<!-- demo-table:start -->", "<!-- demo-table:end -->"
+SECTION = "## What the demo shows"
+DOMAIN, GENERAL = "lumora_products", "world_facts"
+
+
+def _diff(results: Results, benchmark: str, arm: str) -> float:
+    diff = results.benchmarks[benchmark].arms[arm].diff_vs_base
+    if diff is None:
+        raise ValueError(f"{arm} on {benchmark} has no difference against base")
+    return diff
+
+
+def _clusters(results: Results) -> str:
+    return str(results.benchmarks[DOMAIN].n_clusters)
+
+
+def _added_tokens(results: Results) -> str:
+    latency = (results.latency or {}).get("base+rag")
+    if latency is None or latency.prompt_tokens_added is None:
+        raise ValueError("base+rag was not timed: no prompt tokens added to quote")
+    return f"{latency.prompt_tokens_added:.0f}"
+
+
+def _verdict(results: Results) -> str:
+    if results.decision is None:
+        raise ValueError("the results hold no verdict")
+    return results.decision.verdict
+
+
+def _tolerance(results: Results) -> str:
+    return fmt.points(results.settings.forgetting_tolerance).removesuffix("-point")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A number the prose quotes: ``pattern`` finds it (its one group is the number), and
+    ``value`` gives it from the demo's results, written as the README writes it."""
+
+    pattern: str
+    value: Callable[[Results], str]
+
+
+CLAIMS = [
+    Claim(r"resample the (\d+)\s+documents", _clusters),
+    Claim(r"costs general knowledge: ([\d.]+)\s+points without replay",
+          lambda r: fmt.unsigned(-_diff(r, GENERAL, "ft@qa"))),
+    Claim(r"keeps all but ([\d.]+) of them",
+          lambda r: fmt.unsigned(-_diff(r, GENERAL, "ft@qa_replay"))),
+    Claim(r"within the demo's (\d+)-point tolerance", _tolerance),
+    Claim(r"verdict is\s+\*\*([a-zA-Z-]+)\*\*", _verdict),
+    Claim(r"RAG alone also helps \((\+[\d.]+) points\)",
+          lambda r: fmt.signed(_diff(r, DOMAIN, "base+rag"))),
+    Claim(r"passages add (\d+) prompt tokens", _added_tokens),
+]
+
+
+class ReadmeError(ValueError):
+    """The README lacks the markers or the section, or its prose no longer quotes a claim."""
+
+
+def expected_readme(text: str, results: Results) -> str:
+    """``text`` (the README) with the demo table and every quoted number written from
+    ``results``."""
+    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
+        raise ReadmeError(f"README: expected one {START} before one {END}")
+    head, rest = text.split(START)
+    _, tail = rest.split(END)
+    text = f"{head}{START}\n\n{summary_table(build_view(results))}\n{END}{tail}"
+    if SECTION not in text:
+        raise ReadmeError(f"README: no section {SECTION!r}")
+    start = text.index(SECTION)
+    following = text.find("\n## ", start + len(SECTION))
+    end = len(text) if following < 0 else following
+    section = text[start:end]
+    for claim in CLAIMS:
+        found = list(re.finditer(claim.pattern, section))
+        if len(found) != 1:
+            raise ReadmeError(f"README, {SECTION!r}: the pattern {claim.pattern!r} is found "
+                              f"{len(found)} times, not once; update CLAIMS in "
+                              f"{Path(__file__).name} with the prose")
+        match = found[0]
+        section = section[:match.start(1)] + claim.value(results) + section[match.end(1):]
+    return text[:start] + section + text[end:]
+
+
+def _texts(run_dir: Path, readme: Path) -> tuple[str, str]:
+    """``readme``'s text, and what the demo run in ``run_dir`` makes of it."""
+    text = readme.read_text(encoding="utf-8")
+    return text, expected_readme(text, load_results(run_dir / "results.json"))
+
+
+def check(run_dir: Path, readme: Path = README) -> str:
+    """The unified diff from ``readme`` to what the demo run in ``run_dir`` gives; empty
+    when the README says what the run did."""
+    text, expected = _texts(run_dir, readme)
+    return "".join(difflib.unified_diff(text.splitlines(keepends=True),
+                                        expected.splitlines(keepends=True),
+                                        str(readme), f"{readme} from {run_dir}"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", nargs="?", type=Path, default=Path("runs/demo"),
+                        help="a finished demo run (default: runs/demo)")
+    parser.add_argument("--readme", type=Path, default=README)
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; print the diff and exit 1 if the README differs")
+    args = parser.parse_args(argv)
+    try:
+        if args.check:
+            diff = check(args.run_dir, args.readme)
+            if diff:
+                print(diff, end="")
+                print(f"{args.readme} differs from {args.run_dir}: rerun without --check to "
+                      "rewrite it", file=sys.stderr)
+            return 1 if diff else 0
+        text, expected = _texts(args.run_dir, args.readme)
+    except (ReadmeError, ResultsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if expected == text:
+        print(f"{args.readme}: already what {args.run_dir} gives")
+    else:
+        args.readme.write_text(expected, encoding="utf-8")
+        print(f"{args.readme}: rewritten from {args.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
