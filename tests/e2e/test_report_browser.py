@@ -484,7 +484,7 @@ def test_report_pdf_is_the_page_printed_every_page_renders(run_dir, tmp_path, ca
     assert f"report: {run / 'report.pdf'}" in capsys.readouterr().out
     # Written through a temp name and a rename: nothing else is left beside it.
     assert sorted(p.name for p in run.iterdir()) == [
-        "report.html", "report.md", "report.pdf", "results.json"]
+        "report.html", "report.md", "report.pdf", "results.json", "review.csv"]
 
     info = subprocess.run([pdfinfo, run / "report.pdf"], capture_output=True, text=True,
                           check=True).stdout

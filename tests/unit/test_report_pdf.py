@@ -80,7 +80,7 @@ def test_a_chromium_that_fails_keeps_the_previous_pdf(run_dir, tmp_path_factory,
     assert (run_dir / "report.pdf").read_bytes() == b"%PDF-1.7 the previous one"
     # The HTML it would have printed was written; no temp file is left behind.
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "report.html", "report.md", "report.pdf", "results.json"]
+        "report.html", "report.md", "report.pdf", "results.json", "review.csv"]
 
 
 def test_a_chromium_that_writes_no_pdf_is_refused(run_dir, tmp_path_factory):

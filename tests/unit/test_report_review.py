@@ -173,7 +173,7 @@ def test_html_shows_the_first_questions_collapsed_before_provenance():
     page = html_report(results)
     review = page[page.index('<section id="review">'):page.index("</section>", page.index(
         '<section id="review">'))]
-    assert page.index('<section id="review">') < page.index('<section id="provenance">')
+    assert page.index('<section id="review">') < page.index('<section id="provenance"')
     assert "<details>" in review and "<details open" not in review  # collapsed
     assert review.count('<table class="review">') == HTML_QUESTIONS
     assert (f"The first {HTML_QUESTIONS} of {HTML_QUESTIONS + 6} questions, every arm&#39;s "
