@@ -212,7 +212,7 @@ def test_review_lists_the_questions_the_arms_disagree_on(demo_run, results):
         if row["benchmark"] == "lumora_products":
             assert row["retrieved_passage"] == retrieved[row["question_id"]]["passages"][0]
     page = html.unescape((demo_run / "report.html").read_text())
-    assert page.index('<section id="review">') < page.index('<section id="provenance">')
+    assert page.index('<section id="review">') < page.index('<section id="provenance"')
     assert rows[0]["question"] in page
     assert "## Questions the arms disagree on" in (demo_run / "report.md").read_text()
 

@@ -127,7 +127,8 @@ def test_trust_remote_code_reaches_the_workers(monkeypatch):
     assert worker_env(ClusterConfig())[ENV] == "0"
 
 
-# Loads that can run a model dir's code; peft's adapter loading wraps a model already built.
+# Loads that can run a model dir's code; peft's adapter loading wraps a model already built,
+# and PeftConfig reads adapter_config.json alone.
 LOADERS = {"from_pretrained", "from_config", "HFLM"}
 
 
@@ -140,7 +141,7 @@ def test_every_load_states_trust_remote_code():
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
             owner = getattr(func, "value", None)
-            if name not in LOADERS or getattr(owner, "id", "") == "PeftModel":
+            if name not in LOADERS or getattr(owner, "id", "") in ("PeftModel", "PeftConfig"):
                 continue
             if not any(k.arg == "trust_remote_code" for k in node.keywords):
                 unstated.append(f"{path.relative_to(REPO)}:{node.lineno}")
