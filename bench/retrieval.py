@@ -28,7 +28,7 @@ Target: >= 0.95 for an index used for retrieval (HNSW32, IVF with enough lists p
 (as ``build_index`` calls it for a large corpus) on a local Ray that the bench starts with
 this machine's CPUs and GPUs, against the bare ``encode`` in this process, alternated
 ``--repeats`` times. Actors and device are what ``build_index`` would pick
-(``ray_data_workers``; ``--ray-data-workers`` sets the count). Each Ray Data run is a whole
+(``ray_data_actors``; ``--ray-data-workers`` sets the count). Each Ray Data run is a whole
 job, actor start-up and model loads included, as a build pays them; the ratio is of median
 throughputs and rises with the number of texts and of GPUs. Vectors must match the bare ones.
 
@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tunearena.cluster.ray_cluster import ray_data_actors
 from tunearena.rag.chunking import chunk_documents
 from tunearena.rag.config import RagConfig
 from tunearena.rag.corpus import load_documents
@@ -56,7 +57,6 @@ from tunearena.rag.embed import (
     embed_texts,
     embed_texts_ray_data,
     load_embedder,
-    ray_data_workers,
     resolve_embedding_model,
 )
 from tunearena.rag.index import ann_against_exact, fill_index, make_index
@@ -112,7 +112,7 @@ def ray_data_throughput(
     bare.encode(texts[:batch_size], batch_size=batch_size)  # warm-up, as in (a)
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
-        workers, use_gpu = ray_data_workers(ray.cluster_resources(), workers)
+        workers, use_gpu = ray_data_actors(ray.cluster_resources(), workers, "--ray-data-workers")
         ray_s, bare_s = [], []
         for r in range(repeats):
             runs = [("ray", ray_s), ("bare", bare_s)]

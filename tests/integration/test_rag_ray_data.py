@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import ray
 
+from tunearena.cluster.ray_cluster import ray_data_actors
 from tunearena.rag.config import RagConfig
-from tunearena.rag.embed import (
-    embed_texts_ray_data,
-    ray_data_workers,
-)
+from tunearena.rag.embed import embed_texts_ray_data
 from tunearena.rag.index import RagIndex, build_index
 
 pytestmark = pytest.mark.slow
@@ -33,13 +31,13 @@ def demo_questions(n: int) -> list[str]:
         return [json.loads(line)["question"] for line in f][::6][:n]
 
 
-def test_ray_data_workers_from_cluster_resources():
-    assert ray_data_workers({"CPU": 16.0, "GPU": 4.0}, None) == (4, True)
-    assert ray_data_workers({"CPU": 16.0}, None) == (8, False)
-    assert ray_data_workers({"CPU": 1.0}, None) == (1, False)
-    assert ray_data_workers({"CPU": 16.0}, 3) == (3, False)
+def test_ray_data_actors_from_cluster_resources():
+    assert ray_data_actors({"CPU": 16.0, "GPU": 4.0}, None, "rag.embed_workers") == (4, True)
+    assert ray_data_actors({"CPU": 16.0}, None, "rag.embed_workers") == (8, False)
+    assert ray_data_actors({"CPU": 1.0}, None, "rag.embed_workers") == (1, False)
+    assert ray_data_actors({"CPU": 16.0}, 3, "rag.embed_workers") == (3, False)
     with pytest.raises(ValueError, match="embed_workers is 5.*4 GPUs"):
-        ray_data_workers({"CPU": 16.0, "GPU": 4.0}, 5)
+        ray_data_actors({"CPU": 16.0, "GPU": 4.0}, 5, "rag.embed_workers")
 
 
 def test_needs_a_running_ray():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import ray
@@ -215,3 +215,29 @@ def scaling_config(cfg: ClusterConfig, use_gpu: bool) -> ScalingConfig:
         | cfg.resources_per_worker,
         placement_strategy=cfg.placement,
     )
+
+
+CPUS_PER_DATA_ACTOR = 2  # CPUs a Ray Data model actor gets when the cluster has no GPU
+
+
+def ray_data_actors(resources: Mapping[str, float], actors: int | None,
+                    key: str) -> tuple[int, bool]:
+    """``(actors, use_gpu)`` for a Ray Data job whose actors each load a model, on a cluster
+    offering ``resources`` (``ray.cluster_resources()``).
+
+    A cluster with GPUs runs one actor a GPU; a CPU-only cluster one per
+    ``CPUS_PER_DATA_ACTOR`` CPUs (at least one). ``actors``, the config key ``key``, overrides
+    the count; it may not exceed the GPUs (or CPUs) there are, since the extra actors could
+    never start.
+    """
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+    use_gpu = gpus > 0
+    available, unit = (gpus, "GPU") if use_gpu else (cpus, "CPU")
+    if actors is None:
+        return (gpus if use_gpu else max(1, cpus // CPUS_PER_DATA_ACTOR)), use_gpu
+    if actors > available:
+        raise ValueError(
+            f"{key} is {actors}, but the Ray cluster has {available} {unit}s and each actor "
+            f"needs one; set it to at most {available} or leave it unset"
+        )
+    return actors, use_gpu

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sentence_transformers import SentenceTransformer
 
 from tunearena.rag.config import PACKAGED_EMBEDDER
 
-CPUS_PER_EMBED_ACTOR = 2  # CPUs a Ray Data embedding actor gets when the cluster has no GPU
 ROWS_PER_BLOCK_BATCHES = 16  # forward passes per Ray Data block, at most
 
 
@@ -54,27 +53,6 @@ def embed_texts(model: SentenceTransformer, texts: Sequence[str], batch_size: in
     )
     # FAISS wants C-contiguous float32.
     return np.ascontiguousarray(vectors, dtype=np.float32)
-
-
-def ray_data_workers(resources: Mapping[str, float], workers: int | None) -> tuple[int, bool]:
-    """``(actors, use_gpu)`` for embedding as a Ray Data job on a cluster offering ``resources``
-    (``ray.cluster_resources()``).
-
-    A cluster with GPUs embeds on them, one actor a GPU; a CPU-only cluster gets one actor per
-    ``CPUS_PER_EMBED_ACTOR`` CPUs (at least one). ``workers`` overrides the count; it may not
-    exceed the GPUs (or CPUs) there are, since the extra actors could never start.
-    """
-    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
-    use_gpu = gpus > 0
-    available, unit = (gpus, "GPU") if use_gpu else (cpus, "CPU")
-    if workers is None:
-        return (gpus if use_gpu else max(1, cpus // CPUS_PER_EMBED_ACTOR)), use_gpu
-    if workers > available:
-        raise ValueError(
-            f"rag.embed_workers is {workers}, but the Ray cluster has {available} {unit}s and "
-            f"each embedding actor needs one; set it to at most {available} or leave it unset"
-        )
-    return workers, use_gpu
 
 
 def embed_texts_ray_data(

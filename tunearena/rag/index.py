@@ -33,7 +33,6 @@ from tunearena.rag.embed import (
     embed_texts,
     embed_texts_ray_data,
     load_embedder,
-    ray_data_workers,
 )
 
 INDEX_FILE = "index.faiss"
@@ -288,7 +287,10 @@ def build_index(cfg: RagConfig, out_dir: Path) -> dict:
         with _ray_running():
             import ray
 
-            workers, use_gpu = ray_data_workers(ray.cluster_resources(), cfg.embed_workers)
+            from tunearena.cluster.ray_cluster import ray_data_actors
+
+            workers, use_gpu = ray_data_actors(ray.cluster_resources(), cfg.embed_workers,
+                                               "rag.embed_workers")
             embed_start_s = time.perf_counter()
             vectors = embed_texts_ray_data(
                 cfg.embedding_model, texts, cfg.embed_batch_size, workers, use_gpu
