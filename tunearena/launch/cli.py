@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the embedded demo (configs/demo.yaml)")
     demo.add_argument("--resume", action="store_true", help="reuse completed steps of runs/demo")
     common(demo)
+    synth = sub.add_parser("synth", help="write the corpus, questions and paraphrases of a "
+                           "config's synthesis: section from its documents, then stop "
+                           "(`run --resume` goes on from there)")
+    synth.add_argument("config", type=Path)
+    common(synth)
     check = sub.add_parser("check", help="validate a config and its input files, print it resolved")
     check.add_argument("config", type=Path)
     common(check)
@@ -178,8 +183,9 @@ def _internal_error(error: Exception, run_dir: Path | None, argv: list[str], deb
 
 
 def _command(args: argparse.Namespace, argv: list[str], console) -> int:
-    """``run``, ``demo``, ``check``, ``preflight`` and ``submit``: build the config, do it.
-    Sets ``args.run_dir`` once the run directory is known."""
+    """``run``, ``demo``, ``synth``, ``check``, ``preflight`` and ``submit``: build the config,
+    do it. Sets ``args.run_dir`` once the run directory is known."""
+    from tunearena.configbase import ConfigError
     from tunearena.launch.config import dump_config, load_config
     from tunearena.launch.inputs import check_inputs
     from tunearena.launch.pipeline import Pipeline
@@ -198,12 +204,26 @@ def _command(args: argparse.Namespace, argv: list[str], console) -> int:
 
         return 0 if run_preflight(cfg, console) else 1
     if args.command == "check":
-        check_inputs(cfg)
+        if cfg.synthesis is not None:
+            from tunearena.launch.synthesis import check_synthesis
+
+            check_synthesis(cfg.synthesis, console)
+        if cfg.synthesis is None or (cfg.synthesis_dir / "qa_test.jsonl").is_file():
+            check_inputs(cfg)
+        else:
+            console.print("the files synthesis writes are checked once it has written them "
+                          f"(tunearena synth {args.config})", highlight=False)
         console.print(dump_config(cfg), end="")
         console.print("[green]config and inputs are valid[/green]")
         return 0
     args.run_dir = (cfg.runs_dir / cfg.name).resolve()
-    Pipeline(cfg, console, resume=args.resume, command=" ".join(["tunearena", *argv])).run()
+    if args.command == "synth" and cfg.synthesis is None:
+        raise ConfigError(f"{args.config} has no synthesis: section; add one (synthesis."
+                          f"documents: a folder of documents) to write questions from it")
+    # synth continues whatever an earlier synth or run left: drafts are never written twice.
+    Pipeline(cfg, console, resume=args.resume or args.command == "synth",
+             command=" ".join(["tunearena", *argv]),
+             synthesis_only=args.command == "synth").run()
     return 0
 
 

@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from tunearena.cluster.config import ClusterConfig
 from tunearena.configbase import ConfigError, StrictModel, format_validation_error, reference_rows
+from tunearena.documents.config import SynthesisConfig
 from tunearena.evaluation.arm import Arm
 from tunearena.evaluation.config import EvaluationConfig, ReportConfig
 from tunearena.rag.config import RagConfig
@@ -48,6 +49,14 @@ class ExperimentConfig(StrictModel):
     rag: RagConfig = Field(default_factory=RagConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    synthesis: SynthesisConfig | None = None
+    """Write the corpus, training questions, paraphrases and test questions from a folder of
+    documents first; the other sections name them as ``synthesis:<file>``."""
+
+    @property
+    def synthesis_dir(self) -> Path:
+        """Where synthesis writes: ``<runs_dir>/<name>/synthesis``."""
+        return (self.runs_dir / self.name / "synthesis").resolve()
 
     @model_validator(mode="after")
     def _stages_resolve(self) -> ExperimentConfig:
@@ -121,32 +130,44 @@ _PATH_FIELDS = (
     ("rag", "corpus"),
     ("model", "base"),
     ("model", "gguf_cache_dir"),
+    ("synthesis", "documents"),
+    ("synthesis", "generator", "model"),
 )
+SYNTHESIS_PREFIX = "synthesis:"
+"""How a path names a file that synthesis writes (``synthesis:qa_test.jsonl``)."""
+_SYNTHESIS_OUTPUTS = ("documents.jsonl", "paraphrases.jsonl", "qa_train.jsonl", "qa_test.jsonl")
 
 
-def _map_paths(raw: dict, fn: Callable[[str, bool], object]) -> None:
-    """Replace each path field's value in ``raw`` by ``fn(value, may_be_hub_id)``."""
+_HUB_KEYS = ("model.base", "synthesis.generator.model")
+"""Path fields that may hold a hub id (``org/name``) rather than a path."""
 
-    def walk(node, keys: tuple[str, ...], hub: bool) -> None:
+
+def _map_paths(raw: dict, fn: Callable[[str, str], object]) -> None:
+    """Replace each path field's value in ``raw`` by ``fn(value, key)``, ``key`` dotted
+    (``stages.0.datasets.1.path``)."""
+
+    def walk(node, keys: tuple[str, ...], where: str) -> None:
         head, rest = keys[0], keys[1:]
         if head == "*":
-            for item in node if isinstance(node, list) else []:
-                walk(item, rest, hub)
+            for i, item in enumerate(node if isinstance(node, list) else []):
+                walk(item, rest, f"{where}.{i}")
         elif isinstance(node, dict) and head in node:
+            key = f"{where}.{head}".lstrip(".")
             if rest:
-                walk(node[head], rest, hub)
+                walk(node[head], rest, key)
             elif isinstance(node[head], str):
-                node[head] = fn(node[head], hub)
+                node[head] = fn(node[head], key)
 
     for keys in _PATH_FIELDS:
-        walk(raw, keys, hub=keys == ("model", "base"))
+        walk(raw, keys, "")
 
 
 def _resolve_paths(raw: dict, base_dir: Path) -> None:
     """Make the YAML's relative paths absolute against the YAML file's directory."""
 
-    def fix(value: str, may_be_hub_id: bool) -> str:
-        if Path(value).is_absolute():
+    def fix(value: str, key: str) -> str:
+        may_be_hub_id = key in _HUB_KEYS
+        if Path(value).is_absolute() or value.startswith(SYNTHESIS_PREFIX):
             return value
         candidate = (base_dir / value).resolve()
         # model.base may be a hub id ("org/name"); only rewrite what names a local path, or
@@ -162,11 +183,32 @@ def _resolve_paths(raw: dict, base_dir: Path) -> None:
     _map_paths(raw, fix)
 
 
+def _synthesis_paths(raw: dict) -> None:
+    """Point ``synthesis:<file>`` paths at the run directory's ``synthesis/``; a file that
+    synthesis does not write, or a config without a ``synthesis`` section, is named."""
+    run_dir = Path(str(raw.get("runs_dir", "runs"))) / str(raw.get("name", "experiment"))
+
+    def fix(value: str, key: str) -> str:
+        if not value.startswith(SYNTHESIS_PREFIX):
+            return value
+        name = value[len(SYNTHESIS_PREFIX):]
+        if not raw.get("synthesis"):
+            raise ConfigError(f"{key} is {value!r}, but the config has no synthesis: section "
+                              f"to write it; add one (synthesis.documents: a folder of "
+                              f"documents) or name a file")
+        if name not in _SYNTHESIS_OUTPUTS:
+            raise ConfigError(f"{key} is {value!r}: synthesis writes "
+                              f"{', '.join(SYNTHESIS_PREFIX + n for n in _SYNTHESIS_OUTPUTS)}")
+        return str((run_dir / "synthesis" / name).resolve())
+
+    _map_paths(raw, fix)
+
+
 def input_paths(cfg: ExperimentConfig) -> list[Path]:
     """The local paths a config reads (data, corpus, benchmarks, the base model's dir)."""
     found: list[Path] = []
 
-    def collect(value: str, may_be_hub_id: bool) -> str:
+    def collect(value: str, key: str) -> str:
         if Path(value).is_absolute():
             found.append(Path(value))
         return value
@@ -284,6 +326,7 @@ def load_config(path: Path | str, overrides: Sequence[str] = ()) -> ExperimentCo
     raw = copy.deepcopy(raw_file)
     for assignment in overrides:
         apply_override(raw, assignment)
+    _synthesis_paths(raw)
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:

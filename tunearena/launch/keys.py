@@ -35,6 +35,26 @@ def code_version() -> str:
         return tunearena.__version__
 
 
+def synthesized_digest(cfg: ExperimentConfig) -> str | None:
+    """A hash of the files synthesis wrote, when the config has it: the steps that read them
+    are keyed by their contents, so a synthesis run again over changed documents is not
+    followed by a step reused from the old files. ``None`` without synthesis."""
+    if cfg.synthesis is None:
+        return None
+    digest_of = hashlib.sha256()
+    for name in ("documents.jsonl", "paraphrases.jsonl", "qa_train.jsonl", "qa_test.jsonl"):
+        path = cfg.synthesis_dir / name
+        digest_of.update(name.encode() + (path.read_bytes() if path.is_file() else b"-"))
+    return digest_of.hexdigest()[:16]
+
+
+def index_key(cfg: ExperimentConfig) -> str:
+    """The index reads the rag section and its corpus (by content, when synthesis wrote it)."""
+    if cfg.synthesis is None:
+        return cfg.section_hash("rag")
+    return digest([cfg.section_hash("rag"), synthesized_digest(cfg)])
+
+
 # Settings added after runs were made, at the value that leaves every output as it was: a
 # key leaves them out at that value, so an older run directory still resumes.
 _QUIET_DEFAULTS = {"long_records": "error", "long_prompts": "error"}
@@ -60,6 +80,8 @@ def prepare_key(cfg: ExperimentConfig, stage: Stage) -> str:
     }
     if t.long_records == "drop":
         key["long_records"] = [t.seq_len, t.packing, cfg.model.base]
+    if cfg.synthesis is not None:
+        key["synthesized"] = synthesized_digest(cfg)
     return digest(key)
 
 
@@ -88,7 +110,8 @@ def retrieve_key(cfg: ExperimentConfig) -> str:
     """Retrieval reads the index settings and the questions, not how they are scored."""
     return digest([cfg.rag.model_dump(mode="json"),
                    [b.model_dump(mode="json") for b in cfg.evaluation.benchmarks],
-                   cfg.evaluation.latency_questions])
+                   cfg.evaluation.latency_questions,
+                   *([synthesized_digest(cfg)] if cfg.synthesis is not None else [])])
 
 
 def scoring_key(cfg: ExperimentConfig, model_dir: Path) -> str:
@@ -98,5 +121,14 @@ def scoring_key(cfg: ExperimentConfig, model_dir: Path) -> str:
     dumped["training"] = _without_quiet_defaults(dumped["training"])
     evaluation = {k: v for k, v in _without_quiet_defaults(dumped["evaluation"]).items()
                   if k not in ("arms", "bootstrap_samples", "confidence", "forgetting_tolerance")}
-    return digest({**{s: dumped[s] for s in ("model", "training", "stages", "cluster", "rag")},
-                   "evaluation": evaluation, "model_dir": str(model_dir)})
+    key = {**{s: dumped[s] for s in ("model", "training", "stages", "cluster", "rag")},
+           "evaluation": evaluation, "model_dir": str(model_dir)}
+    if cfg.synthesis is not None:
+        key["synthesized"] = synthesized_digest(cfg)
+    return digest(key)
+
+
+def synthesis_key(cfg: ExperimentConfig, documents: list) -> str:
+    """What synthesis writes depends on: its section and the documents' text."""
+    assert cfg.synthesis is not None
+    return digest([cfg.synthesis.model_dump(mode="json"), [d.model_dump() for d in documents]])

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from tunearena.cluster.config import ClusterConfig
+from tunearena.documents.synth import SynthesisSummary
 from tunearena.evaluation import arms as scoring
 from tunearena.evaluation.arm import Arm
 from tunearena.evaluation.arms import ArmScores
@@ -29,7 +30,15 @@ from tunearena.files import write_atomic
 from tunearena.launch.config import ExperimentConfig, dump_config
 from tunearena.launch.inputs import check_inputs, check_runs_dir
 from tunearena.launch.interrupts import descendants, reap, reclaim
-from tunearena.launch.keys import code_version, prepare_key, retrieve_key, scoring_key, stage_key
+from tunearena.launch.keys import (
+    code_version,
+    index_key,
+    prepare_key,
+    retrieve_key,
+    scoring_key,
+    stage_key,
+    synthesis_key,
+)
 from tunearena.launch.lock import RunLock
 from tunearena.launch.manifest import Manifest, read_manifest, refuse_earlier_run
 from tunearena.training.config import Stage
@@ -79,10 +88,11 @@ class Pipeline:
     """The steps of one run, sharing its config, run directory, manifest and console."""
 
     def __init__(self, cfg: ExperimentConfig, console: Console, resume: bool = False,
-                 command: str = "tunearena run"):
+                 command: str = "tunearena run", synthesis_only: bool = False):
         self.cfg = cfg
         self.console = console
         self.resume = resume
+        self.synthesis_only = synthesis_only  # ``tunearena synth``: stop after synthesis
         self.command = command  # written into the run directory's lock, for whoever finds it
         self.run_dir = (cfg.runs_dir / cfg.name).resolve()
         self.storage = cfg.cluster.storage_path or str(self.run_dir / "ray")
@@ -143,13 +153,44 @@ class Pipeline:
                 read_manifest(self.run_dir)  # a broken one is reported before any work
             return self._run()
 
+    def _open(self) -> str:
+        """Save the resolved config and open the manifest; returns the config's key."""
+        write_atomic(self.run_dir / "config.yaml", dump_config(self.cfg))
+        config_key = self.cfg.section_hash(*ExperimentConfig.model_fields)
+        self.manifest = Manifest.open(self.run_dir, config_key, code_version())
+        return config_key
+
+    def synthesize(self) -> SynthesisSummary:
+        """Check the documents and the generator, then write the corpus, questions and
+        paraphrases into ``synthesis/`` (documents drafted by an earlier attempt are reused)."""
+        from tunearena.documents.synth import OUTPUTS, synthesize
+        from tunearena.evaluation.prompt import ANSWER_DELIMITER, format_prompt
+        from tunearena.launch.synthesis import check_synthesis
+
+        cfg, synthesis = self.cfg, self.cfg.synthesis
+        assert synthesis is not None
+        ingested, model_dir = check_synthesis(synthesis, self.console)
+        self._open()
+
+        def run(ray: _Ray) -> tuple[dict, SynthesisSummary]:
+            ray.ensure()
+            summary = synthesize(synthesis, ingested, cfg.synthesis_dir, model_dir,
+                                 format_prompt, ANSWER_DELIMITER, self.console.print)
+            return {n: self._rel(cfg.synthesis_dir / n) for n in OUTPUTS}, summary
+
+        with ExitStack() as stack, self.manifest.closing_steps():
+            ray = _Ray(cfg.cluster, stack, self.console)
+            return self._step("synthesize", synthesis_key(cfg, ingested.documents),
+                              lambda: run(ray), load=SynthesisSummary.model_validate)
+
     def _run(self) -> Path:
         cfg = self.cfg
         self.console.print(f"checking inputs for run [bold]{cfg.name}[/bold]")
+        synthesis = self.synthesize() if cfg.synthesis is not None else None
+        if self.synthesis_only:
+            return cfg.synthesis_dir
         benchmarks, examples = check_inputs(cfg)
-        write_atomic(self.run_dir / "config.yaml", dump_config(cfg))
-        config_key = cfg.section_hash(*ExperimentConfig.model_fields)
-        self.manifest = Manifest.open(self.run_dir, config_key, code_version())
+        config_key = self._open()
         arms = [Arm.parse(a) for a in cfg.evaluation.arms]
         stages = cfg.resolved_stages()
         trained: dict[str, TrainingSummary] = {}
@@ -163,7 +204,7 @@ class Pipeline:
             # Retrieval reads no trained model, so it runs first: every prompt a RAG arm will
             # score is then known, and measured against the context, before training.
             if any(a.context == "rag" for a in arms):
-                index = self._step("index", cfg.section_hash("rag"), lambda: self.index(ray))
+                index = self._step("index", index_key(cfg), lambda: self.index(ray))
                 retrieval = self._step("retrieve", retrieve_key(cfg),
                                        lambda: self.retrieve(benchmarks))
             if cfg.evaluation.enabled:
@@ -174,7 +215,7 @@ class Pipeline:
                 scores = self.evaluate(arms, stages, scored, examples, retrieval, ray)
         report_path = self.run_dir / "report.html"
         self._step("report", config_key, lambda: self.report(
-            scores, trained, stages, index, retrieval, lengths))
+            scores, trained, stages, index, retrieval, lengths, synthesis))
         self.console.print(f"\nreport: [bold]{report_path}[/bold]")
         self.console.print(f"results: {self.run_dir / 'results.json'}")
         return report_path
@@ -361,7 +402,8 @@ class Pipeline:
         return {}, result
 
     def report(self, scores: ArmScores, trained: dict[str, TrainingSummary], stages: list[Stage],
-               index: dict, retrieval: dict, lengths: dict | None) -> tuple[dict, dict]:
+               index: dict, retrieval: dict, lengths: dict | None,
+               synthesis: SynthesisSummary | None) -> tuple[dict, dict]:
         from tunearena.evaluation.report import summarise, write_reports, write_results
         from tunearena.rag.retrieve import retrieval_results
         from tunearena.training.gguf import conversion_record
@@ -391,6 +433,8 @@ class Pipeline:
             extra["probe"] = scores.probe
         if lengths is not None:
             extra["prompt_lengths"] = lengths
+        if synthesis is not None:
+            extra["data"] = synthesis.model_dump(mode="json")
         if index:
             effect = scoring.retrieval_effect(scores.samples)
             extra["retrieval"] = retrieval_results(index, retrieval, effect)
