@@ -28,14 +28,11 @@ import json
 import logging
 import random
 import re
-import zlib
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasketch import MinHash, MinHashLSH
-
+from tunearena import textsim
 from tunearena.files import iter_jsonl, write_atomic
 from tunearena.training.config import DataPrepConfig, DatasetConfig
 from tunearena.training.formats import DataError, get_format
@@ -53,16 +50,8 @@ symbols below."""
 MIN_CHARS_FOR_LETTER_CHECK = 20
 """Non-space characters a record needs before its letter share is judged: a short answer such
 as ``" 1,250"`` is legitimate."""
-SHINGLE_WORDS = 5
-"""Words per shingle in the near-duplicate comparison."""
-NUM_PERM = 128
-"""MinHash permutations, cut into the LSH index's bands."""
-MIN_RECALL_AT_THRESHOLD = 0.99
-"""Chance that LSH offers a pair whose Jaccard is exactly the threshold as a candidate; pairs
-above it are offered more surely still."""
 
 _BAD_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
-_WORDS = re.compile(r"\w+")
 
 COUNT_KEYS = ("empty_or_garbled", "exact_duplicates", "near_duplicates")
 DROP_REASONS = {
@@ -101,11 +90,6 @@ def record_text(record: dict, fmt: str) -> str:
     return "\n".join(get_format(fmt).texts(record))
 
 
-def _words(text: str) -> list[str]:
-    """Case-folded words; punctuation separates words, so ``"lamp?"`` and ``"lamp"`` match."""
-    return _WORDS.findall(text.casefold())
-
-
 def _is_empty_or_garbled(record: dict, fmt: str) -> bool:
     """A blank field, or text that fails the bad-character or letter-share limits above."""
     fields = get_format(fmt).texts(record)
@@ -117,55 +101,6 @@ def _is_empty_or_garbled(record: dict, fmt: str) -> bool:
     non_space = sum(map(len, text.split()))
     letters = sum(map(str.isalpha, text))
     return non_space >= MIN_CHARS_FOR_LETTER_CHECK and letters < MIN_LETTER_FRACTION * non_space
-
-
-def _shingles(text: str) -> set[str]:
-    """Word 5-grams, or the whole text as one shingle when it is shorter."""
-    words = _words(text)
-    if len(words) < SHINGLE_WORDS:
-        return {" ".join(words)} if words else set()
-    return {" ".join(words[i : i + SHINGLE_WORDS]) for i in range(len(words) - SHINGLE_WORDS + 1)}
-
-
-def _jaccard(a: set[str], b: set[str]) -> float:
-    return len(a & b) / len(a | b)
-
-
-def _lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows per band) with the most rows whose recall at ``threshold`` is still
-    ``MIN_RECALL_AT_THRESHOLD``: more rows mean fewer dissimilar candidates to confirm.
-
-    datasketch's own optimiser weighs misses against false candidates, but ours are confirmed
-    exactly, so only misses matter; it also fails for thresholds near 1. datasketch needs two
-    bands at least.
-    """
-    for rows in range(num_perm // 2, 1, -1):
-        bands = num_perm // rows
-        if 1 - (1 - threshold**rows) ** bands >= MIN_RECALL_AT_THRESHOLD:
-            return bands, rows
-    return num_perm, 1  # one row a band: the most candidates MinHash can offer
-
-
-def _near_duplicates(texts: list[str], threshold: float, seed: int) -> set[int]:
-    """Indices of texts whose shingle Jaccard with an earlier kept text reaches ``threshold``."""
-    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM, params=_lsh_bands(threshold, NUM_PERM))
-    # CRC-32 rather than datasketch's default SHA-1: half the time, and as good here, since
-    # datasketch mixes every input hash (MurmurHash3's finaliser) before permuting it.
-    empty = MinHash(num_perm=NUM_PERM, seed=seed, hashfunc=zlib.crc32)
-    dropped = set()
-    for i, text in enumerate(texts):
-        shingles = _shingles(text)
-        if not shingles:
-            continue  # no words, nothing to compare
-        minhash = empty.copy()  # reuses the seeded permutations instead of drawing them again
-        minhash.update_batch([s.encode() for s in shingles])
-        # Only kept texts are in the index, so the first of a group stays. A candidate's
-        # shingles are recomputed rather than every kept text's held: candidates are few.
-        if any(_jaccard(shingles, _shingles(texts[j])) >= threshold for j in lsh.query(minhash)):
-            dropped.add(i)
-        else:
-            lsh.insert(i, minhash)
-    return dropped
 
 
 def _kept_indices(
@@ -189,7 +124,7 @@ def _kept_indices(
         kept = unique
     if cfg.near_duplicate_threshold is not None:
         texts = [record_text(records[i], fmt) for i in kept]
-        near = _near_duplicates(texts, cfg.near_duplicate_threshold, seed)
+        near = textsim.near_duplicates(texts, cfg.near_duplicate_threshold, seed)
         counts["near_duplicates"] = len(near)
         kept = [i for n, i in enumerate(kept) if n not in near]
     return kept, counts
@@ -210,48 +145,17 @@ def clean_records(
     return [records[i] for i in kept], counts
 
 
-def _ngrams(words: list[str], n: int) -> Iterator[tuple[str, ...]]:
-    # Shifted copies of the list, zipped: the shortest ends the windows, on purpose.
-    return zip(*(words[i:] for i in range(n)), strict=False)
-
-
 def find_leaks(
     records: list[dict], fmt: str, questions: dict[str, list[str]], n: int
 ) -> list[dict]:
     """The records that contain a benchmark question: ``{"index", "benchmark", "question"}``
     for each, naming the match that starts earliest in the record (the longest, on a tie).
 
-    Texts are compared as case-folded words, punctuation ignored. A question of ``n`` or more
-    words leaks through any ``n`` consecutive words of it; a shorter one only whole. Question
-    n-grams go into one dict per window length (``n`` and each shorter question's length), so
-    each record is scanned once per length, whatever the number of questions.
+    A record's text is its fields joined (``record_text``); the match is
+    ``textsim.find_leaks``'s: case-folded words, any ``n`` consecutive words of a question,
+    or all of a shorter one.
     """
-    by_length: dict[int, dict[tuple[str, ...], tuple[str, str]]] = {}
-    for benchmark, texts in questions.items():
-        for question in texts:
-            words = _words(question)
-            if words:
-                grams = by_length.setdefault(min(len(words), n), {})
-                for gram in _ngrams(words, min(len(words), n)):
-                    grams.setdefault(gram, (benchmark, question))
-    leaks = []
-    for index, record in enumerate(records):
-        words = _words(record_text(record, fmt))
-        # isdisjoint stops at the first hit and builds no set, so a clean record (the common
-        # case) costs one pass of tuple hashing per window length, all of it in C.
-        lengths = sorted(
-            (k for k, grams in by_length.items() if not grams.keys().isdisjoint(_ngrams(words, k))),
-            reverse=True,
-        )
-        if lengths:
-            hits = (
-                by_length[k].get(tuple(words[start : start + k]))
-                for start in range(len(words))
-                for k in lengths
-            )
-            benchmark, question = next(hit for hit in hits if hit)
-            leaks.append({"index": index, "benchmark": benchmark, "question": question})
-    return leaks
+    return textsim.find_leaks((record_text(r, fmt) for r in records), questions, n)
 
 
 def _split_size(n_records: int, fraction: float) -> int:
