@@ -221,7 +221,7 @@ def _command(args: argparse.Namespace, argv: list[str], console) -> int:
         raise ConfigError(f"{args.config} has no synthesis: section; add one (synthesis."
                           f"documents: a folder of documents) to write questions from it")
     # synth continues whatever an earlier synth or run left: drafts are never written twice.
-    Pipeline(cfg, console, resume=args.resume or args.command == "synth",
+    Pipeline(cfg, console, resume=getattr(args, "resume", False) or args.command == "synth",
              command=" ".join(["tunearena", *argv]),
              synthesis_only=args.command == "synth").run()
     return 0
