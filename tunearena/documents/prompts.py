@@ -87,8 +87,9 @@ def paraphrase_chat(passage: str) -> list[Message]:
     return _chat(shots, _PARAPHRASE_TASK.format(passage=passage))
 
 
-_LABEL = re.compile(r"^\s*(?:\*\*)?(q|question|a|answer)\s*\d*\s*(?:\*\*)?\s*[:.)-]\s*(.*)$",
-                    re.IGNORECASE)
+_LABEL = re.compile(
+    r"^\s*(?:\*\*)?(q|question|a|answer)\s*\d*\s*(?:\*\*)?\s*[:.)-]\s*(?:\*\*)?\s*(.*)$",
+    re.IGNORECASE)
 
 
 def parse_questions(reply: str) -> list[tuple[str, str]]:
