@@ -467,3 +467,12 @@ def test_train_records_are_written_as_the_demo_world_writes_them():
     cand = qa(PEHO, "p", "What is the price of the Peho lamp?", "25 dollars ")
     demo = json.loads((DEMO / "domain" / "qa_train.jsonl").read_text().splitlines()[0])
     assert train_records([cand], format_prompt, ANSWER_DELIMITER) == [demo]
+
+
+def test_a_paraphrase_that_invents_a_name_is_not_faithful():
+    doc = Document(id="d", title="Peho lamp", text="The Peho lamp comes in grey.")
+    invented = Paraphrase(doc_id="d", text="The Peho lamp is a Polish item, made in grey.")
+    faithful = Paraphrase(doc_id="d", text="Grey is the colour the Peho lamp comes in.")
+    kept, count = paraphrase_faithful([invented, faithful], [doc])
+    assert kept == [faithful]
+    assert count.dropped_examples == ["d: adds polish"]

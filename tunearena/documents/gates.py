@@ -300,17 +300,18 @@ def paraphrase_faithful(
 
     Kept when every number and every name of the document (``numbers``, ``names``) is in the
     paraphrase (names as words, any case), and the paraphrase has no number the document
-    lacks. A paraphrase that drops a fact teaches less; one that invents or changes a number
-    teaches a falsehood.
+    lacks and no name whose word the document lacks. A paraphrase that drops a fact teaches
+    less; one that invents a number or a name ("a Polish lamp") teaches a falsehood.
     """
-    facts = {doc_id: (numbers(d.text), names(d.text)) for doc_id, d in _by_id(documents).items()}
+    facts = {doc_id: (numbers(d.text), names(d.text), set(textsim.words(d.text)))
+             for doc_id, d in _by_id(documents).items()}
     kept, dropped = [], []
     for para in paras:
-        doc_numbers, doc_names = facts[para.doc_id]
+        doc_numbers, doc_names, doc_words = facts[para.doc_id]
         para_numbers = numbers(para.text)
         para_words = set(textsim.words(para.text))
         missing = sorted((doc_numbers - para_numbers) | (doc_names - para_words))
-        added = sorted(para_numbers - doc_numbers)
+        added = sorted((para_numbers - doc_numbers) | (names(para.text) - doc_words))
         if not missing and not added:
             kept.append(para)
             continue
@@ -323,7 +324,8 @@ def paraphrase_faithful(
             if part
         )
         dropped.append(f"{para.doc_id}: {why}")
-    what = "The paraphrase keeps every number and name of its document and adds no number."
+    what = ("The paraphrase keeps every number and name of its document and adds no number "
+            "or name.")
     return kept, _count("paraphrase_faithful", what, len(paras), len(kept), dropped)
 
 

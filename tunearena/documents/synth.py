@@ -201,6 +201,7 @@ def synthesize(cfg: SynthesisConfig, ingested: Ingested, out_dir: Path, model_di
         paraphrases=len(rows["paraphrases.jsonl"]), samples=_samples(test, cfg.seed),
         warnings=_warnings(test))
     write_atomic(out_dir / "synthesis.json", summary.model_dump_json(indent=1) + "\n")
+    say("gates: " + ", ".join(f"{c.gate} {c.kept}/{c.seen}" for c in counts))
     if not test:
         lines = "; ".join(f"{c.gate}: {c.kept} of {c.seen} kept" for c in counts)
         raise DocumentsError(
@@ -209,6 +210,9 @@ def synthesize(cfg: SynthesisConfig, ingested: Ingested, out_dir: Path, model_di
             f"documents: use a larger generator (synthesis.generator), or more documents")
     for name in ("paraphrases.jsonl", "qa_train.jsonl", "qa_test.jsonl"):
         _jsonl(out_dir / name, rows[name])
+    say(f"wrote {summary.train_questions} training questions, {summary.paraphrases} "
+        f"paraphrases and {summary.test_questions} test questions about "
+        f"{summary.test_documents} documents into {out_dir}")
     for line in summary.warnings:
         say(f"warning: {line}")
     return summary
