@@ -462,7 +462,7 @@ def test_a_wrong_field_is_named_by_its_path(tmp_path, change, message):
 
 def test_results_round_trip_and_declare_their_schema():
     results = _summarise()
-    assert results["schema_version"] == SCHEMA_VERSION == 4
+    assert results["schema_version"] == SCHEMA_VERSION == 5
     assert parse_results(results).to_json() == results
     assert [b["track"] for b in results["benchmarks"].values()] == ["multiple_choice"] * 2
 

@@ -20,7 +20,7 @@ from tunearena.errors import UserError
 from tunearena.training.gguf import GGUFConversion
 from tunearena.training.summary import ExportCheck, ReplaySummary, TrainingSummary
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """1 (no ``schema_version`` key): a generative benchmark's exact match, its interval and its
 token F1 sat under ``acc``, ``acc_ci`` and ``acc_norm``, and the training summary also held
 ``tensors``; 2: they sit under ``exact_match``, ``exact_match_ci`` and ``f1``; 3: adds
@@ -28,7 +28,8 @@ token F1 sat under ``acc``, ``acc_ci`` and ``acc_norm``, and the training summar
 data report's ``over_seq_len`` counts, ``probe``, and the run's ``prompt_format`` (a file of
 version 2 lacks them and loads as it is: its prompts were all plain); 4: adds each
 benchmark's ``warnings`` and ``same_questions_as``, and ``cost_of_pass`` (a file of version 3
-lacks them and loads as it is)."""
+lacks them and loads as it is); 5: adds ``data``, what synthesis made of the documents (a file
+of version 4 lacks it and loads as it is)."""
 
 Interval = tuple[float, float]
 """A confidence interval ``(lo, hi)``; a two-element list in JSON."""
@@ -501,6 +502,76 @@ class RunInfo(_Open):
     seed: int | None = None
 
 
+class SkippedFile(_Open):
+    """A document file ingestion could not read, and why."""
+
+    path: str
+    reason: str
+
+
+class GateRow(_Open):
+    """One quality gate of synthesis: what it checks, how many items it saw and kept, and
+    up to three it dropped."""
+
+    gate: str
+    what: str
+    seen: int
+    kept: int
+    dropped_examples: list[str] = []
+
+
+class DataSample(_Open):
+    """A synthesised test question with its answer, its wrong choices and the passage of
+    its document it was written from."""
+
+    doc_id: str
+    question: str
+    answer: str
+    distractors: list[str] = []
+    passage: str
+
+
+class KnownWithoutDocument(_Model):
+    """The base model (no document in its prompt) on one synthesised benchmark: the
+    questions it already answers right. They are flagged, not dropped: their share against
+    ``chance`` says how much of the benchmark the base already knew."""
+
+    correct: int
+    questions: int
+    chance: float | None
+    """``1 / n_choices`` on the multiple-choice track; None when unknown or generative."""
+    flagged: list[str] = []
+    """The ids of the questions the base answered right."""
+
+
+class Data(_Open):
+    """What synthesis read, wrote and filtered (``tunearena.documents``' summary), with
+    what the base model knew of its test questions."""
+
+    documents: int
+    skipped: list[SkippedFile] = []
+    drafted: int = 0
+    """Documents the generator drafted in the run's last synthesis attempt."""
+    reused: int = 0
+    """Documents whose draft an earlier attempt had written."""
+    generator: str
+    gates: list[GateRow] = []
+    train_questions: int
+    test_questions: int
+    test_documents: int
+    """Documents the test questions are about."""
+    paraphrases: int
+    samples: list[DataSample] = []
+    warnings: list[str] = []
+    """Reasons not to trust the synthesised test set: too few questions or documents."""
+    n_choices: int | None = None
+    """Choices of each synthesised multiple-choice question."""
+    benchmarks: list[str] = []
+    """The evaluation benchmarks that score the synthesised test questions."""
+    known_without_document: dict[str, KnownWithoutDocument] = {}
+    """Per benchmark of ``benchmarks`` the base arm scored (``summarise`` fills it)."""
+
+
 class Results(_Model):
     """The whole ``results.json``."""
 
@@ -524,6 +595,8 @@ class Results(_Model):
 
     prompt_lengths: PromptLengths | None = None
     cost_of_pass: CostOfPass | None = None
+    data: Data | None = None
+    """Set when the run synthesised its questions from documents."""
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object ``results.json`` holds: the keys that were set, the schema

@@ -433,8 +433,15 @@ class Pipeline:
             extra["probe"] = scores.probe
         if lengths is not None:
             extra["prompt_lengths"] = lengths
-        if synthesis is not None:
-            extra["data"] = synthesis.model_dump(mode="json")
+        if synthesis is not None and cfg.synthesis is not None:
+            # The benchmarks that score the synthesised test file: the report counts the
+            # questions the base answers there without a document.
+            test_file = cfg.synthesis_dir / "qa_test.jsonl"
+            extra["data"] = {
+                **synthesis.model_dump(mode="json"),
+                "n_choices": cfg.synthesis.n_choices,
+                "benchmarks": [b.name for b in cfg.evaluation.benchmarks
+                               if b.path is not None and b.path.resolve() == test_file]}
         if index:
             effect = scoring.retrieval_effect(scores.samples)
             extra["retrieval"] = retrieval_results(index, retrieval, effect)

@@ -7,6 +7,7 @@ from typing import Any
 from tunearena.evaluation.arm import Arm
 from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
 from tunearena.evaluation.report import costs, numbers, sentences
+from tunearena.evaluation.report.data import known_without_document
 from tunearena.evaluation.report.numbers import Samples, Scores
 from tunearena.evaluation.report.summary import summary_bullets
 from tunearena.evaluation.report.verdict import decide
@@ -33,9 +34,10 @@ def summarise(
     earlier benchmark on the same question file. ``forgetting`` checks each non-base arm on
     each general benchmark; ``headline`` and ``decision`` (see ``decide``) say what it means;
     ``samples`` are kept as given. ``extra`` (a JSON-able dict: ``run``, ``latency``,
-    ``training``, ``cost``, ``stages``, ``retrieval``) is validated into the results;
+    ``training``, ``cost``, ``stages``, ``retrieval``, ``data``) is validated into the results;
     ``cost_of_pass`` (``costs.cost_of_pass``, at ``report_cfg``'s prices) is derived from
-    them when any arm was timed.
+    them when any arm was timed. ``data`` (what synthesis made of the documents) gains
+    ``known_without_document``: the base arm's right answers on its ``benchmarks``.
 
     With sequential stages, ``extra["stages"]`` holds ``order``, ``selection`` (from
     ``select_stage``) and ``stages`` (per stage: ``start_from``, training and data summary);
@@ -78,6 +80,8 @@ def summarise(
         per_benchmark, arms, results.forgetting.summary, conf, given.stages
     ) + sentences.language_headline(language, conf)
     results.samples = samples
+    if given.data is not None:
+        results.data = known_without_document(given.data, samples)
     decision = decide(results)
     results.decision = decision
     if (priced := costs.cost_of_pass(results, report_cfg)) is not None:

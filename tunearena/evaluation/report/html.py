@@ -28,7 +28,7 @@ _ENV = Environment(
 def render_html(view: ReportView, results: Results, sources: Sources | None = None) -> str:
     """The report as one HTML page: verdict (and the stage-selection warning, if any),
     scores, stages, forgetting, retrieval, cost and latency, training, the questions the arms
-    disagree on, provenance, in that order. ``results`` gives the plots their numbers; every
+    disagree on, the synthesised data, provenance, in that order. ``results`` gives the plots their numbers; every
     printed value comes from ``view``, but the review's questions, correct answers and
     passages, which ``sources`` (the run directory) give."""
     benchmarks = results.benchmarks
@@ -72,6 +72,7 @@ def render_html(view: ReportView, results: Results, sources: Sources | None = No
         "latency": sections.get("latency"),
         "training": training,
         "review": review_section(results, disagreements(results, sources)),
+        "data": view.data,
         "run": sections.get("provenance"),
     }
     return _ENV.get_template("report.html.j2").render(**context)

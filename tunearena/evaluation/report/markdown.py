@@ -1,5 +1,5 @@
 """The report view as Markdown: verdict, headline, scores, stages, forgetting, then the
-sections other steps filled (training, cost, retrieval, latency, run)."""
+sections other steps filled (training, cost, retrieval, latency, the synthesised data, run)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,8 @@ def render_markdown(view: ReportView) -> str:
     for bench in view.language:
         lines += _language(bench, view.ci)
     for key, title in _SECTIONS:
+        if key == "run" and view.data:
+            lines += _data(view.data)
         if key in view.sections or (key == "cost" and view.cost_of_pass):
             lines += [f"## {title}", ""]
             if key == "latency" and view.latency_sentence:
@@ -140,6 +142,26 @@ def _stages(view: dict[str, Any]) -> list[str]:
         for table in (detail["tasks"], detail["data"]):
             if table.rows:
                 lines += [*table_lines(table), ""]
+    return lines
+
+
+def _data(data: dict[str, Any]) -> list[str]:
+    lines = ["## Data: the synthesised questions", "", data["read"], ""]
+    if data["skipped"]:
+        lines += [*(f"- skipped **{s['path']}**: {s['reason']}" for s in data["skipped"]), ""]
+    lines += [*table_lines(data["gates"]), "", data["made"], ""]
+    for known in data["known"]:
+        lines += [known["sentence"], ""]
+        if known["flagged"]:
+            lines += [f"Answered without the document: {', '.join(known['flagged'])}.", ""]
+    if data["warnings"]:
+        lines += [*(f"> **Caution:** {w}" for w in data["warnings"]), ""]
+    if data["samples"]:
+        lines += ["### Sample synthesised questions", ""]
+        for s in data["samples"]:
+            lines += [f"- **{s['question']}** Answer: {s['answer']}. Wrong choices: "
+                      f"{s['distractors']}. From {s['doc_id']}: “{s['passage']}”"]
+        lines.append("")
     return lines
 
 

@@ -65,10 +65,13 @@ class ReportView:
     review_sentence: str | None = None
     """How many questions the arms disagree on, and where they are listed
     (``report.review``); None when the arms agree everywhere."""
+    data: dict[str, Any] | None = None
+    """What synthesis made of the documents (``report.data.data_view``); None without it."""
 
 
 def build_view(results: Results) -> ReportView:
     """The view of ``results``; a section the results do not hold is None or empty."""
+    from tunearena.evaluation.report.data import data_view
     from tunearena.evaluation.report.review import disagreements, review_sentence
     from tunearena.evaluation.report.sentences import (
         cost_sentence,
@@ -102,6 +105,7 @@ def build_view(results: Results) -> ReportView:
         cost_of_pass=cost_of_pass_view(results.cost_of_pass, conf, selected),
         warnings=statistics_warnings_view(results),
         review_sentence=review_sentence(disagreements(results), results),
+        data=data_view(results.data),
     )
 
 

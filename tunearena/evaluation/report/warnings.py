@@ -9,8 +9,11 @@ _READ = {"base+rag", "ft", "ft+rag"}
 
 
 def verdict_warnings(view: ReportView) -> list[str]:
-    """The statistics warnings the verdict's reader must see: too few documents anywhere, and
-    an interval too wide to decide for an arm the rule reads (each benchmark's table shows the
-    others)."""
-    return [f"{w['benchmark']}: {w['message']}" for w in view.warnings
-            if w["kind"] != "wide_interval" or _READ & set(w["arms"])]
+    """The statistics warnings the verdict's reader must see: too few documents anywhere, an
+    interval too wide to decide for an arm the rule reads (each benchmark's table shows the
+    others), and synthesis's own (a small synthesised test set, or one from few documents)."""
+    found = [f"{w['benchmark']}: {w['message']}" for w in view.warnings
+             if w["kind"] != "wide_interval" or _READ & set(w["arms"])]
+    if view.data:
+        found += [f"synthesised data: {w}" for w in view.data["warnings"]]
+    return found
