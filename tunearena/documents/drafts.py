@@ -190,7 +190,10 @@ def run_drafts(todo: list[Document], cfg: SynthesisConfig, model_dir: str | None
     )
     cache_dir.mkdir(parents=True, exist_ok=True)
     try:
-        for batch in drafted.iter_batches(batch_size=None, batch_format="numpy"):
+        # No prefetching: a batch held back would reach the cache only with the next one,
+        # and a stop in between would lose documents already drafted.
+        for batch in drafted.iter_batches(batch_size=None, batch_format="numpy",
+                                          prefetch_batches=0):
             for text in batch["draft"]:
                 draft = Draft.model_validate_json(str(text))
                 write_atomic(cache_path(cache_dir, draft.doc_id), draft.model_dump_json() + "\n")
