@@ -7,6 +7,9 @@ from pydantic import Field
 
 from tunearena.configbase import StrictModel
 
+OUTPUTS = ("documents.jsonl", "paraphrases.jsonl", "qa_train.jsonl", "qa_test.jsonl")
+"""The files synthesis writes, which other config sections may name as ``synthesis:<file>``."""
+
 
 class GeneratorConfig(StrictModel):
     """The model that writes questions, answers them from their document, and paraphrases."""

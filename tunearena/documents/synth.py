@@ -35,8 +35,6 @@ from tunearena.documents.records import (
 )
 from tunearena.files import write_atomic
 
-OUTPUTS = ("documents.jsonl", "paraphrases.jsonl", "qa_train.jsonl", "qa_test.jsonl")
-"""The files other config sections may name as ``synthesis:<file>``."""
 SAMPLES = 10
 """Test questions the summary shows with their source passages."""
 SMALL_TEST = 30

@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from tunearena.cluster.config import ClusterConfig
 from tunearena.configbase import ConfigError, StrictModel, format_validation_error, reference_rows
+from tunearena.documents.config import OUTPUTS as SYNTHESIS_OUTPUTS
 from tunearena.documents.config import SynthesisConfig
 from tunearena.evaluation.arm import Arm
 from tunearena.evaluation.config import EvaluationConfig, ReportConfig
@@ -135,7 +136,6 @@ _PATH_FIELDS = (
 )
 SYNTHESIS_PREFIX = "synthesis:"
 """How a path names a file that synthesis writes (``synthesis:qa_test.jsonl``)."""
-_SYNTHESIS_OUTPUTS = ("documents.jsonl", "paraphrases.jsonl", "qa_train.jsonl", "qa_test.jsonl")
 
 
 _HUB_KEYS = ("model.base", "synthesis.generator.model")
@@ -196,9 +196,9 @@ def _synthesis_paths(raw: dict) -> None:
             raise ConfigError(f"{key} is {value!r}, but the config has no synthesis: section "
                               f"to write it; add one (synthesis.documents: a folder of "
                               f"documents) or name a file")
-        if name not in _SYNTHESIS_OUTPUTS:
+        if name not in SYNTHESIS_OUTPUTS:
             raise ConfigError(f"{key} is {value!r}: synthesis writes "
-                              f"{', '.join(SYNTHESIS_PREFIX + n for n in _SYNTHESIS_OUTPUTS)}")
+                              f"{', '.join(SYNTHESIS_PREFIX + n for n in SYNTHESIS_OUTPUTS)}")
         return str((run_dir / "synthesis" / name).resolve())
 
     _map_paths(raw, fix)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import tunearena
+from tunearena.documents.config import OUTPUTS
 from tunearena.launch.config import ExperimentConfig
 from tunearena.training.config import Stage, ancestors
 
@@ -42,7 +43,7 @@ def synthesized_digest(cfg: ExperimentConfig) -> str | None:
     if cfg.synthesis is None:
         return None
     digest_of = hashlib.sha256()
-    for name in ("documents.jsonl", "paraphrases.jsonl", "qa_train.jsonl", "qa_test.jsonl"):
+    for name in OUTPUTS:
         path = cfg.synthesis_dir / name
         digest_of.update(name.encode() + (path.read_bytes() if path.is_file() else b"-"))
     return digest_of.hexdigest()[:16]

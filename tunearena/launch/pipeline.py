@@ -163,7 +163,8 @@ class Pipeline:
     def synthesize(self) -> SynthesisSummary:
         """Check the documents and the generator, then write the corpus, questions and
         paraphrases into ``synthesis/`` (documents drafted by an earlier attempt are reused)."""
-        from tunearena.documents.synth import OUTPUTS, synthesize
+        from tunearena.documents.config import OUTPUTS
+        from tunearena.documents.synth import synthesize
         from tunearena.evaluation.prompt import ANSWER_DELIMITER, format_prompt
         from tunearena.launch.synthesis import check_synthesis
 
