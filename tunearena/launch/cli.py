@@ -78,6 +78,26 @@ def _parser() -> argparse.ArgumentParser:
                           "submit --resume)")
     stop.add_argument("job_id", metavar="JOB_ID")
     stop.add_argument("--address", help=address_help)
+    serve = sub.add_parser("serve", help="serve a finished run's arms (the verdict's by "
+                           "default) behind an OpenAI-compatible API on Ray Serve; Ctrl-C "
+                           "stops it")
+    serve.add_argument("served_run", type=Path, metavar="RUN_DIR",
+                       help="a finished run directory")
+    serve.add_argument("--arm", action="append", default=[], metavar="ARM",
+                       help="an arm to serve under its own model name (repeatable: A/B "
+                       "tests), e.g. ft, ft+rag, base+rag, ft@qa (default: serve.arms, else "
+                       "the verdict's arm)")
+    serve.add_argument("--host", help="the address to bind (serve.host, default 127.0.0.1: "
+                       "this machine only)")
+    serve.add_argument("--port", type=int, help="serve.port (default 8000)")
+    serve.add_argument("--address", help="local (an embedded Ray, the default), auto, or a "
+                       "cluster's HOST:PORT (serve.address)")
+    serve.add_argument("--api-key-env", metavar="NAME", help="require the key held in this "
+                       "environment variable as 'Authorization: Bearer KEY' (serve.api_key_env)")
+    serve.add_argument("--log-requests", type=Path, metavar="FILE",
+                       help="append each question, its documents and the answer to this "
+                       "JSONL file (serve.log_requests)")
+    common(serve)
     sub.add_parser("reference", help="print the config reference (Markdown)")
     report = sub.add_parser("report", help="re-render report.md, report.html and review.csv "
                             "from a run's results.json (recomputes nothing)")
@@ -130,6 +150,20 @@ def _report(run_dir: Path, console, err, table: bool = False, pdf: bool = False)
                       soft_wrap=True)
             return 2
     return 0
+
+
+def _serve(args: argparse.Namespace, console) -> int:
+    """``serve``: the run's ``serve:`` settings, overridden by ``--set`` and the flags."""
+    import json
+
+    from tunearena.serve.server import serve_config, serve_run
+
+    flags = {"arms": args.arm or None, "host": args.host, "port": args.port,
+             "address": args.address, "api_key_env": args.api_key_env,
+             "log_requests": args.log_requests and str(args.log_requests.resolve())}
+    overrides = [*args.overrides, *(f"serve.{key}={json.dumps(value)}"
+                                    for key, value in flags.items() if value is not None)]
+    return serve_run(args.served_run, serve_config(args.served_run, overrides), console)
 
 
 def _job_command(args: argparse.Namespace, console, err) -> int:
@@ -257,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C does (the manifest marks the step interrupted, Ray shuts down), and exits 143.
     with signals_interrupt():
         try:
+            if args.command == "serve":
+                return _serve(args, console)
             return _command(args, argv, console)
         except UserError as e:  # the input or the cluster is wrong: its message, no traceback
             err.print(f"[bold red]error:[/bold red] {escape(str(e))}", markup=True,

@@ -22,6 +22,7 @@ from tunearena.documents.config import SynthesisConfig
 from tunearena.evaluation.arm import Arm
 from tunearena.evaluation.config import EvaluationConfig, ReportConfig
 from tunearena.rag.config import RagConfig
+from tunearena.serve.config import ServeConfig
 from tunearena.training.config import (
     ModelConfig,
     Stage,
@@ -53,6 +54,9 @@ class ExperimentConfig(StrictModel):
     synthesis: SynthesisConfig | None = None
     """Write the corpus, training questions, paraphrases and test questions from a folder of
     documents first; the other sections name them as ``synthesis:<file>``."""
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    """How ``tunearena serve RUN_DIR`` serves the finished run (read from the run's
+    ``config.yaml``); no step of the run reads it."""
 
     @property
     def synthesis_dir(self) -> Path:

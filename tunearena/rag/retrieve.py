@@ -34,12 +34,18 @@ class Retrieval:
     every question names its gold document, ``recall_at_k`` and ``recall_curve``."""
 
 
+def recall_sweep(top_k: int) -> list[int]:
+    """The depths gold-document recall is measured at; the search goes to the largest, and a
+    served RAG arm searches as deep, so its passages are those the arm was scored with."""
+    return sorted({1, 2, 3, 5, 10, top_k})
+
+
 def retrieve_contexts(index_dir: Path, benchmarks: Mapping[str, Sequence[Question]], top_k: int,
                       timed_questions: int) -> dict[str, Retrieval]:
     """Search the index once per question, to the recall sweep's largest k; the top ``top_k``
     become the passages, and the gold document's recall is measured at every k of the sweep.
     The first ``timed_questions`` of each benchmark are also searched alone, as a user waits."""
-    sweep = sorted({1, 2, 3, 5, 10, top_k})
+    sweep = recall_sweep(top_k)
     index = RagIndex.load(index_dir)
     out = {}
     for name, items in benchmarks.items():
