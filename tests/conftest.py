@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,31 @@ def ray_local():
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def letters_model(tiny_model_dir, tmp_path_factory):
+    """The tiny random Llama, made to write words: lower-case letters, spaces, newlines.
+
+    Every other token gets a zero output row (logit 0, below the best of the 28 kept), and
+    a space takes the place of "q" and a newline that of "n" (their rows copied, scaled by
+    1.01), so answers have several words and some stop early. Returns (dir, model, tok).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    writable = torch.tensor(
+        [bool(re.fullmatch(r"[a-z ]|\n", tok.decode([t]))) for t in range(len(tok))]
+    )
+    assert int(writable.sum()) == 28
+    with torch.no_grad():
+        rows = model.lm_head.weight
+        rows[~writable] = 0.0
+        for char, replaced in ((" ", "q"), ("\n", "n")):
+            rows[tok.encode(char)[0]] = 1.01 * rows[tok.encode(replaced)[0]]
+    path = tmp_path_factory.mktemp("letters_model")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path, model, tok

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import torch
@@ -32,33 +31,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n_threads)
-
-
-@pytest.fixture(scope="module")
-def letters_model(tiny_model_dir, tmp_path_factory):
-    """The tiny random Llama, made to write words: lower-case letters, spaces, newlines.
-
-    Every other token gets a zero output row (logit 0, below the best of the 28 kept), and
-    a space takes the place of "q" and a newline that of "n" (their rows copied, scaled by
-    1.01), so answers have several words and some stop early. Returns (dir, model, tok).
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    writable = torch.tensor(
-        [bool(re.fullmatch(r"[a-z ]|\n", tok.decode([t]))) for t in range(len(tok))]
-    )
-    assert int(writable.sum()) == 28
-    with torch.no_grad():
-        rows = model.lm_head.weight
-        rows[~writable] = 0.0
-        for char, replaced in ((" ", "q"), ("\n", "n")):
-            rows[tok.encode(char)[0]] = 1.01 * rows[tok.encode(replaced)[0]]
-    path = tmp_path_factory.mktemp("letters_model")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path, model, tok
 
 
 def _greedy_answer(model, tok, prompt: str, max_new_tokens: int = MAX_ANSWER_TOKENS) -> str:
