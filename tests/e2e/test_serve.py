@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -185,6 +186,19 @@ def test_figures_and_the_request_log(server, scored):
     assert rag and rag[0]["question"] == scored["ft+rag"][0][0]
     assert len(rag[0]["documents"]) == 2 and rag[0]["answer"]
     assert sum(row["model"] == "base" for row in logged) >= len(scored["base"])
+    # The same counts reach Ray's Prometheus endpoint, every few seconds.
+    metrics = re.search(r"metrics \(Prometheus, with Ray's\): (\S+)", server.output.read_text())
+    assert metrics, server.output.read_text()
+    deadline = time.monotonic() + 60
+    while True:
+        text = requests.get(metrics.group(1), timeout=30).text
+        served = [line for line in text.splitlines() if line.startswith(
+            "ray_tunearena_requests_total{") and 'model="ft+rag"' in line]
+        if served or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert served and float(served[0].rsplit(" ", 1)[1]) >= 1
+    assert "ray_tunearena_request_latency_ms_bucket{" in text
 
 
 def test_a_replica_killed_mid_answer_fails_fast_and_comes_back(server, scored):

@@ -12,17 +12,17 @@ import yaml
 from tunearena.configbase import ConfigError
 from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
 from tunearena.evaluation.report import summarise
+from tunearena.launch.serving import serve_config
 from tunearena.serve.arms import ServeError, served_arms
 from tunearena.serve.config import ServeConfig
-from tunearena.serve.engine import cut_at_stop, held_back
-from tunearena.serve.protocol import ApiError, ChatRequest, CompletionRequest, parse_request
-from tunearena.serve.server import (
+from tunearena.serve.deploy import (
     api_key_digest,
     check_port,
     deployment_name,
     replica_resources,
-    serve_config,
 )
+from tunearena.serve.engine import cut_at_stop, held_back
+from tunearena.serve.protocol import ApiError, ChatRequest, CompletionRequest, parse_request
 
 BENCH = [BenchmarkConfig(name="dom", path="dom.jsonl", kind="domain", track="generative")]
 

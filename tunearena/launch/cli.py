@@ -156,7 +156,7 @@ def _serve(args: argparse.Namespace, console) -> int:
     """``serve``: the run's ``serve:`` settings, overridden by ``--set`` and the flags."""
     import json
 
-    from tunearena.serve.server import serve_config, serve_run
+    from tunearena.launch.serving import serve_config, serve_run
 
     flags = {"arms": args.arm or None, "host": args.host, "port": args.port,
              "address": args.address, "api_key_env": args.api_key_env,

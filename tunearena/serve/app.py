@@ -50,7 +50,11 @@ _END = object()
 class ArmReplica:
     """One replica of one arm: its ``Engine``, with requests batched by Ray Serve."""
 
-    def __init__(self, arm: ServedArm, max_batch_size: int, batch_wait_s: float):
+    def __init__(self, arm: ServedArm, max_batch_size: int, batch_wait_s: float,
+                 threads: int):
+        import torch
+
+        torch.set_num_threads(threads)  # the CPUs the replica reserved, not the machine's
         self.engine = Engine(arm)
         self._generate.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
         self._generate.set_batch_wait_timeout_s(batch_wait_s)  # type: ignore[attr-defined]

@@ -15,7 +15,10 @@ class AutoscalingConfig(StrictModel):
     """Ray Serve's autoscaling of each arm's replicas, by requests in flight per replica."""
 
     min_replicas: int = Field(1, ge=0)
+    """Replicas kept however quiet it is (0 lets an idle arm scale away; its next request
+    waits for a replica to load)."""
     max_replicas: int = Field(4, ge=1)
+    """Replicas at most, however busy."""
     target_ongoing_requests: float = Field(4.0, gt=0)
     """The requests each replica should have in flight; more adds a replica."""
 
@@ -47,8 +50,8 @@ class ServeConfig(StrictModel):
     """Replicas of each arm (ignored when ``autoscaling`` is set)."""
     autoscaling: AutoscalingConfig | None = None
     cpus_per_replica: float | None = Field(None, gt=0)
-    """CPUs each arm replica reserves. Unset: 1 on a cluster; on the embedded Ray, this
-    machine's CPUs shared among the replicas, at most 1 each."""
+    """CPUs each arm replica reserves (and its PyTorch threads). Unset: 1 on a cluster; on
+    the embedded Ray, this machine's CPUs shared equally among the replicas."""
     gpus_per_replica: float | None = Field(None, ge=0)
     """GPUs each arm replica reserves. Unset: 1 when the cluster has GPUs, else 0."""
     max_batch_size: int = Field(8, ge=1)
