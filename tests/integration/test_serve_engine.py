@@ -94,3 +94,27 @@ def test_a_prompt_that_leaves_no_room_says_by_how_much(letters_model):
     # Earlier turns become solved examples before the question, as format_prompt writes them.
     assert engine.render("Q2", [("Q1", "A1")]).text == (
         "Question: Q1\nAnswer: A1\n\nQuestion: Q2\nAnswer:")
+
+
+def test_a_lora_arm_served_as_base_and_adapter_answers_as_its_merged_model(
+        tmp_path, letters_model):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base_dir, _, tok = letters_model
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    torch.manual_seed(0)
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                            init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    lora.merge_and_unload().save_pretrained(tmp_path / "merged")
+    tok.save_pretrained(tmp_path / "merged")
+    merged = Engine(ServedArm("ft", str(tmp_path / "merged")))
+    stacked = Engine(ServedArm("ft", str(base_dir), adapter_dir=str(tmp_path / "adapter")))
+    plain = Engine(ServedArm("base", str(base_dir)))
+
+    def answers(engine: Engine) -> list[str]:
+        return [a.text for a in engine.generate([(engine.render(q), SCORED)
+                                                 for q in QUESTIONS])]
+
+    assert answers(stacked) == answers(merged) != answers(plain)

@@ -3,15 +3,13 @@ arms a run can serve, the serve settings, the request fields, and stop strings."
 
 from __future__ import annotations
 
-import json
 import socket
 
 import pytest
 import yaml
+from serve_runs import make_run
 
 from tunearena.configbase import ConfigError
-from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, ReportConfig
-from tunearena.evaluation.report import summarise
 from tunearena.launch.serving import serve_config
 from tunearena.serve.arms import ServeError, served_arms
 from tunearena.serve.config import ServeConfig
@@ -23,36 +21,6 @@ from tunearena.serve.deploy import (
 )
 from tunearena.serve.engine import cut_at_stop, held_back
 from tunearena.serve.protocol import ApiError, ChatRequest, CompletionRequest, parse_request
-
-BENCH = [BenchmarkConfig(name="dom", path="dom.jsonl", kind="domain", track="generative")]
-
-
-def _answers(n: int, right: int) -> list[dict]:
-    return [{"id": f"q{i}", "exact_match": int(i < right), "f1": float(i < right),
-             "prediction": " x"} for i in range(n)]
-
-
-def make_run(tmp_path, base_right: int = 2, rag_right: int = 30, with_index: bool = True):
-    """A run directory as ``tunearena run`` leaves it, as far as serving reads it: results
-    (the verdict from these scores), config, the stage's model dir and the index."""
-    run = tmp_path / "run"
-    samples = {"base": {"dom": _answers(40, base_right)},
-               "base+rag": {"dom": _answers(40, rag_right)},
-               "ft@qa": {"dom": _answers(40, base_right)}}
-    base = tmp_path / "base_model"
-    base.mkdir()
-    extra = {"run": {"name": "run", "base_model": str(base), "prompt_format": "plain"}}
-    results = summarise(samples, BENCH, EvaluationConfig(
-        benchmarks=BENCH, arms=["base", "base+rag", "ft@qa"], bootstrap_samples=200),
-        ReportConfig(), extra)
-    run.mkdir()
-    (run / "results.json").write_text(json.dumps(results.to_json()), encoding="utf-8")
-    (run / "config.yaml").write_text(yaml.safe_dump({"rag": {"top_k": 3}}), encoding="utf-8")
-    (run / "models" / "qa").mkdir(parents=True)
-    if with_index:
-        (run / "index").mkdir()
-        (run / "index" / "index.faiss").write_bytes(b"")
-    return run
 
 
 def test_the_default_arm_is_the_verdicts_and_rag_arms_read_the_runs_index(tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 from tunearena.launch.config import apply_override
-from tunearena.serve.arms import served_arms
+from tunearena.serve.arms import ServeError, served_arms
 from tunearena.serve.config import ServeConfig
 from tunearena.serve.deploy import (
     APP_NAME,
@@ -88,16 +88,20 @@ def serve_run(run_dir: Path, cfg: ServeConfig, console: Console,
         cpus, gpus = replica_resources(cfg, len(arms), ray.cluster_resources(), local)
         from ray import serve
 
-        stack.callback(serve.shutdown)
         console.print(f"starting {len(arms)} arm(s) on Ray Serve ({cpus:g} CPU"
                       + (f", {gpus:g} GPU" if gpus else "") + " per replica); loading "
                       "the models...")
         serve.start(http_options={"host": cfg.host, "port": cfg.port})
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # set up by serve.start
+        if APP_NAME in serve.status().applications:
+            raise ServeError(f"this cluster already serves an application named {APP_NAME} "
+                             "(another tunearena serve); stop that one first")
+        # Ours alone on an embedded Ray; on a shared cluster only our application goes.
+        stack.callback(serve.shutdown if local else lambda: serve.delete(APP_NAME))
         t0 = time.perf_counter()
         serve.run(build_app(arms, cfg, cpus, gpus, key, log_path), name=APP_NAME,
                   route_prefix="/", blocking=False)
-        url = f"http://{_url_host(cfg.host)}:{cfg.port}/v1"
+        url = f"http://{_url_host(cfg.host)}:{_http_port(cfg.port)}/v1"
         for arm in arms:
             what = arm.model_dir + (f" + adapter {arm.adapter_dir}" if arm.adapter_dir else "")
             rag = f", retrieving the top {arm.top_k} passages from {arm.index_dir}" \
@@ -118,6 +122,17 @@ def serve_run(run_dir: Path, cfg: ServeConfig, console: Console,
             console.print("stopping...")
         _summary(console)
     return 0
+
+
+def _http_port(asked: int) -> int:
+    """The port Ray Serve listens on: the one asked for, unless the cluster already ran Serve
+    with its own (Ray Serve keeps a running instance's HTTP settings)."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        return int(_get_global_client().http_config.port)
+    except Exception:  # Ray Serve's internals moved: say what was asked for
+        return asked
 
 
 def _forever() -> None:
