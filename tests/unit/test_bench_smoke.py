@@ -78,3 +78,23 @@ def test_scoring_against_bare_hflm():
     assert "ratio tunearena/HFLM (bench):" in out and "ratio tunearena/HFLM (bench__rag):" in out
     assert "same choices as HFLM (bench): yes" in out  # both paths did the same work
     assert "per-token time ratio rag/plain (tunearena):" in out
+
+
+@pytest.mark.slow
+def test_serve_load(tmp_path, tiny_model_dir):
+    import json
+
+    import yaml
+    from serve_runs import make_run
+
+    run = make_run(tmp_path, base_model=tiny_model_dir)
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"question": q}) + "\n" for q in ("A?", "B?")))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["evaluation"] = {"benchmarks": [{"path": str(questions)}]}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    out = bench("serve_load.py", str(run), "--arm", "base", "--requests", "4",
+                "--concurrency", "1", "2", "--max-tokens", "4")
+    rows = [line for line in out.splitlines() if line.startswith("| tunearena serve")]
+    assert len(rows) == 2 and all(row.split("|")[7].strip() == "0" for row in rows)  # errors
+    assert "| bare process (baseline) |" in out

@@ -341,6 +341,8 @@ class Router:
             except ApiError as e:
                 status = e.status
                 yield _sse(e.body())
+            finally:  # a client that went away stops the generation too
+                pieces.cancel()
             yield "data: [DONE]\n\n"
             answers = [answer] if answer is not None and status == 200 else []
             self._count(model, status, t0, answers)

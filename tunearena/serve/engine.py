@@ -168,6 +168,8 @@ class Engine:
                 return torch.full((input_ids.shape[0],), cancelled.is_set(),
                                   dtype=torch.bool, device=input_ids.device)
 
+        failed: list[BaseException] = []
+
         def run() -> None:
             try:
                 with self._rng(sampling), torch.no_grad():
@@ -178,9 +180,9 @@ class Engine:
                         streamer=streamer, use_cache=True,
                         stopping_criteria=StoppingCriteriaList([_Watch()]),
                         **self._generation_kwargs(sampling))
-            except BaseException:
+            except BaseException as e:  # raised to the reader once it has stopped reading
+                failed.append(e)
                 streamer.end()  # the reader must not wait for text that never comes
-                raise
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
@@ -201,6 +203,8 @@ class Engine:
         finally:
             cancelled.set()
             worker.join()
+        if failed:
+            raise failed[0]
         n = produced[0]
         reason = "stop" if cut or n < sampling.max_tokens else "length"
         yield Answer(text, reason, len(prompt.ids), n)
