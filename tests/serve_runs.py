@@ -5,6 +5,7 @@ an index file."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import yaml
@@ -20,17 +21,16 @@ def _answers(n: int, right: int) -> list[dict]:
              "prediction": " x"} for i in range(n)]
 
 
-def make_run(tmp_path: Path, base_right: int = 2, rag_right: int = 30,
-             with_index: bool = True, base_model: Path | None = None) -> Path:
+def make_run(tmp_path: Path, base_model: Path, base_right: int = 2, rag_right: int = 30,
+             with_index: bool = True) -> Path:
     """A run directory as ``tunearena run`` leaves it, as far as serving reads it: results
-    (the verdict from these scores), config, the stage's model dir and the index. The base
-    model is ``base_model``, or an empty dir."""
+    (the verdict from these scores), config, the stage ``qa``'s model (a copy of
+    ``base_model``) and an index file."""
     run = tmp_path / "run"
     samples = {"base": {"dom": _answers(40, base_right)},
                "base+rag": {"dom": _answers(40, rag_right)},
                "ft@qa": {"dom": _answers(40, base_right)}}
-    base = base_model or tmp_path / "base_model"
-    base.mkdir(exist_ok=True)
+    base = base_model
     extra = {"run": {"name": "run", "base_model": str(base), "prompt_format": "plain"}}
     results = summarise(samples, BENCH, EvaluationConfig(
         benchmarks=BENCH, arms=["base", "base+rag", "ft@qa"], bootstrap_samples=200),
@@ -38,7 +38,7 @@ def make_run(tmp_path: Path, base_right: int = 2, rag_right: int = 30,
     run.mkdir()
     (run / "results.json").write_text(json.dumps(results.to_json()), encoding="utf-8")
     (run / "config.yaml").write_text(yaml.safe_dump({"rag": {"top_k": 3}}), encoding="utf-8")
-    (run / "models" / "qa").mkdir(parents=True)
+    shutil.copytree(base_model, run / "models" / "qa")
     if with_index:
         (run / "index").mkdir()
         (run / "index" / "index.faiss").write_bytes(b"")

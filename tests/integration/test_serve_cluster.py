@@ -23,7 +23,7 @@ def test_serve_joins_a_cluster_spreads_replicas_and_leaves_it_running(tmp_path, 
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    run = make_run(tmp_path, base_model=tiny_model_dir)
+    run = make_run(tmp_path, tiny_model_dir)
     proc = None
     cluster = Cluster(initialize_head=True,
                       head_node_args={"num_cpus": 1, "include_dashboard": False})

@@ -87,7 +87,7 @@ def test_serve_load(tmp_path, tiny_model_dir):
     import yaml
     from serve_runs import make_run
 
-    run = make_run(tmp_path, base_model=tiny_model_dir)
+    run = make_run(tmp_path, tiny_model_dir)
     questions = tmp_path / "questions.jsonl"
     questions.write_text("".join(json.dumps({"question": q}) + "\n" for q in ("A?", "B?")))
     config = yaml.safe_load((run / "config.yaml").read_text())

@@ -3,6 +3,7 @@ arms a run can serve, the serve settings, the request fields, and stop strings."
 
 from __future__ import annotations
 
+import shutil
 import socket
 
 import pytest
@@ -10,6 +11,7 @@ import yaml
 from serve_runs import make_run
 
 from tunearena.configbase import ConfigError
+from tunearena.errors import UserError
 from tunearena.launch.serving import serve_config
 from tunearena.serve.arms import ServeError, served_arms
 from tunearena.serve.config import ServeConfig
@@ -23,20 +25,21 @@ from tunearena.serve.engine import cut_at_stop, held_back
 from tunearena.serve.protocol import ApiError, ChatRequest, CompletionRequest, parse_request
 
 
-def test_the_default_arm_is_the_verdicts_and_rag_arms_read_the_runs_index(tmp_path):
-    run = make_run(tmp_path)
+def test_the_default_arm_is_the_verdicts_and_rag_arms_read_the_runs_index(
+        tmp_path, tiny_model_dir):
+    run = make_run(tmp_path, tiny_model_dir)
     (arm,) = served_arms(run)
     assert arm.name == "base+rag"  # retrieval won: 30 of 40 against 2 of 40
     assert arm.index_dir == str(run / "index") and arm.top_k == 3
-    assert arm.model_dir == str(tmp_path / "base_model")
+    assert arm.model_dir == str(tiny_model_dir)
     assert arm.max_tokens == 32 and arm.stop == ("\n",)  # as the generative track scored
     ft = served_arms(run, ["ft@qa", "base"])
     assert [a.name for a in ft] == ["ft@qa", "base"]
     assert ft[0].model_dir == str(run / "models" / "qa") and not ft[0].rag
 
 
-def test_neither_serves_the_base_model(tmp_path):
-    run = make_run(tmp_path, base_right=20, rag_right=20)
+def test_neither_serves_the_base_model(tmp_path, tiny_model_dir):
+    run = make_run(tmp_path, tiny_model_dir, base_right=20, rag_right=20)
     (arm,) = served_arms(run)
     assert arm.name == "base" and not arm.rag
 
@@ -46,31 +49,33 @@ def test_neither_serves_the_base_model(tmp_path):
     (["base+fewshot"], "is not served"),
     (["gpt"], "the model part must be base, ft or ft@<stage>"),
 ])
-def test_arms_that_cannot_be_served_are_refused_naming_why(tmp_path, arms, says):
+def test_arms_that_cannot_be_served_are_refused_naming_why(tmp_path, tiny_model_dir, arms,
+                                                          says):
     with pytest.raises(ServeError, match=says.replace("+", r"\+")):
-        served_arms(make_run(tmp_path), arms)
+        served_arms(make_run(tmp_path, tiny_model_dir), arms)
 
 
-def test_missing_weights_index_or_results_are_named(tmp_path):
-    run = make_run(tmp_path, with_index=False)
+def test_missing_weights_index_or_results_are_named(tmp_path, tiny_model_dir):
+    run = make_run(tmp_path, tiny_model_dir, with_index=False)
     with pytest.raises(ServeError, match="index .* is not there"):
         served_arms(run, ["base+rag"])
-    (run / "models" / "qa").rmdir()
+    with pytest.raises(ServeError, match="holds no adapter"):
+        served_arms(run, ["ft@qa"], lora="adapter")
+    (run / "models" / "qa" / "model.safetensors").write_bytes(b"damaged")
+    with pytest.raises(UserError, match="model.safetensors"):  # before any replica loads it
+        served_arms(run, ["ft@qa"])
+    shutil.rmtree(run / "models" / "qa")
     with pytest.raises(ServeError, match=r"models/qa is not there"):
         served_arms(run, ["ft@qa"])
     with pytest.raises(ServeError, match="no such run directory"):
         served_arms(tmp_path / "nowhere")
     (run / "results.json").unlink()
-    with pytest.raises(Exception, match="results not found"):
+    with pytest.raises(UserError, match="results not found"):
         served_arms(run)
-    other = tmp_path / "b"
-    other.mkdir()
-    with pytest.raises(ServeError, match="holds no adapter"):
-        served_arms(make_run(other), ["ft@qa"], lora="adapter")
 
 
-def test_serve_settings_come_from_the_run_config_and_set(tmp_path):
-    run = make_run(tmp_path)
+def test_serve_settings_come_from_the_run_config_and_set(tmp_path, tiny_model_dir):
+    run = make_run(tmp_path, tiny_model_dir)
     assert serve_config(run) == ServeConfig()
     saved = yaml.safe_load((run / "config.yaml").read_text())
     saved["serve"] = {"port": 9000, "replicas": 2}

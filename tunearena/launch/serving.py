@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
 from rich.console import Console
 
 from tunearena.launch.config import apply_override
-from tunearena.serve.arms import ServeError, served_arms
+from tunearena.serve.arms import ServedArm, ServeError, served_arms
 from tunearena.serve.config import ServeConfig
 from tunearena.serve.deploy import (
     APP_NAME,
@@ -58,10 +58,9 @@ def serve_config(run_dir: Path, overrides: Sequence[str] = ()) -> ServeConfig:
 
 
 
-def serve_run(run_dir: Path, cfg: ServeConfig, console: Console,
-              wait: Callable[[], None] | None = None) -> int:
-    """Serve the run's arms until Ctrl-C (or until ``wait`` returns), then stop Serve and
-    Ray and end any process Ray left. Returns the exit status."""
+def serve_run(run_dir: Path, cfg: ServeConfig, console: Console) -> int:
+    """Serve the run's arms until Ctrl-C or SIGTERM, then stop Serve (and an embedded Ray)
+    and end any process Ray left. Returns the exit status."""
     import ray
 
     from tunearena.cluster.config import ClusterConfig
@@ -99,29 +98,50 @@ def serve_run(run_dir: Path, cfg: ServeConfig, console: Console,
         # Ours alone on an embedded Ray; on a shared cluster only our application goes.
         stack.callback(serve.shutdown if local else lambda: serve.delete(APP_NAME))
         t0 = time.perf_counter()
-        serve.run(build_app(arms, cfg, cpus, gpus, key, log_path), name=APP_NAME,
-                  route_prefix="/", blocking=False)
-        url = f"http://{_url_host(cfg.host)}:{_http_port(cfg.port)}/v1"
-        for arm in arms:
-            what = arm.model_dir + (f" + adapter {arm.adapter_dir}" if arm.adapter_dir else "")
-            rag = f", retrieving the top {arm.top_k} passages from {arm.index_dir}" \
-                if arm.rag else ""
-            console.print(f"  model [bold]{arm.name}[/bold]: {what}{rag}", soft_wrap=True)
-        console.print(f"serving at [bold]{url}[/bold] (ready in {time.perf_counter() - t0:.0f} "
-                      "s" + (", API key required" if key else "")
-                      + (f", requests logged to {log_path}" if log_path else "")
-                      + "); Ctrl-C stops", soft_wrap=True)
-        for node in ray.nodes():
-            if node.get("Alive") and node.get("MetricsExportPort"):
-                console.print(f"  metrics (Prometheus, with Ray's): http://"
-                              f"{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics",
-                              soft_wrap=True)
         try:
-            (wait or _forever)()
+            serve.run(build_app(arms, cfg, cpus, gpus, key, log_path), name=APP_NAME,
+                      route_prefix="/", blocking=False)
+        except RuntimeError as e:  # a replica could not start: its error, not Serve's stack
+            raise ServeError(f"an arm's replica failed to start: {_first_error(e)} (Ray "
+                             "Serve's logs: /tmp/ray/session_latest/logs/serve/)") from None
+        _announce(console, arms, f"http://{_url_host(cfg.host)}:{_http_port(cfg.port)}/v1",
+                  time.perf_counter() - t0, key is not None, log_path)
+        try:
+            while True:
+                time.sleep(3600)
         except KeyboardInterrupt:
             console.print("stopping...")
         _summary(console)
     return 0
+
+
+def _announce(console: Console, arms: list[ServedArm], url: str, ready_s: float,
+              keyed: bool, log_path: str | None) -> None:
+    """What is served, where, and where its metrics are."""
+    import ray
+
+    for arm in arms:
+        what = arm.model_dir + (f" + adapter {arm.adapter_dir}" if arm.adapter_dir else "")
+        rag = (f", retrieving the top {arm.top_k} passages from {arm.index_dir}" if arm.rag
+               else "")
+        console.print(f"  model [bold]{arm.name}[/bold]: {what}{rag}", soft_wrap=True)
+    console.print(f"serving at [bold]{url}[/bold] (ready in {ready_s:.0f} s"
+                  + (", API key required" if keyed else "")
+                  + (f", requests logged to {log_path}" if log_path else "")
+                  + "); Ctrl-C stops", soft_wrap=True)
+    for node in ray.nodes():
+        if node.get("Alive") and node.get("MetricsExportPort"):
+            console.print(f"  metrics (Prometheus, with Ray's): http://"
+                          f"{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics",
+                          soft_wrap=True)
+
+
+def _first_error(error: Exception) -> str:
+    """The last line of ``error``'s text that names an exception (a replica's own error,
+    inside Ray Serve's report), else its first line."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    named = [ln for ln in lines if "Error" in ln.split(":", 1)[0]]
+    return (named[-1] if named else lines[0] if lines else type(error).__name__)[:500]
 
 
 def _http_port(asked: int) -> int:
@@ -133,11 +153,6 @@ def _http_port(asked: int) -> int:
         return int(_get_global_client().http_config.port)
     except Exception:  # Ray Serve's internals moved: say what was asked for
         return asked
-
-
-def _forever() -> None:
-    while True:
-        time.sleep(3600)
 
 
 def _url_host(host: str) -> str:

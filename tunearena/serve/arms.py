@@ -17,6 +17,7 @@ from tunearena.errors import UserError
 from tunearena.evaluation.arm import Arm
 from tunearena.evaluation.results import Results, load_results
 from tunearena.evaluation.tasks import MAX_ANSWER_TOKENS
+from tunearena.training.model_dir import check_model_dir
 
 VERDICT_ARMS = {"both": "ft+rag", "fine-tune": "ft", "RAG": "base+rag", "neither": "base"}
 """The arm served by default for each verdict; neither: the base model, as it was."""
@@ -109,6 +110,7 @@ def _served(arm: Arm, run_dir: Path, results: Results, config: dict, lora: str) 
     if not Path(model_dir).is_dir():
         raise ServeError(f"arm {arm}: its model {model_dir} is not there (was the run "
                          "directory copied without models/?)")
+    check_model_dir(str(model_dir))  # config and weights complete, and no code of its own
     adapter = None
     if lora == "adapter" and arm.is_finetuned:
         model_dir, adapter = _adapter(arm, Path(model_dir), run_dir)
