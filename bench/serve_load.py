@@ -3,10 +3,12 @@ against the same model answering in one bare process.
 
     python bench/serve_load.py [RUN_DIR] [--arm ARM] [--requests 256]
                                [--concurrency 1 4 16] [--max-tokens 32]
+                               [--set serve.KEY=VALUE ...]
 
 ``RUN_DIR`` (default ``runs/demo``, which ``tunearena demo`` writes) is served as a user
 serves it, by ``tunearena serve RUN_DIR --arm ARM`` in a subprocess with its default settings
-(one replica, this machine's CPUs, requests batched); ``ARM`` defaults to the verdict's. The
+(one replica, this machine's CPUs, requests batched) unless ``--set`` changes them; ``ARM``
+defaults to the verdict's. The
 questions are the run's first benchmark's, cycled to ``--requests``; each is asked as a chat
 completion at temperature 0 with ``max_tokens``.
 
@@ -104,11 +106,13 @@ def load(url: str, arm: str, asked: list[str], concurrency: int, max_tokens: int
             "errors": errors}
 
 
-def start_server(run_dir: Path, arm: str, port: int, out: Path) -> subprocess.Popen:
+def start_server(run_dir: Path, arm: str, port: int, out: Path,
+                 overrides: list[str]) -> subprocess.Popen:
+    sets = [a for o in overrides for a in ("--set", o)]
     with out.open("w") as f:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tunearena.launch.cli", "serve", str(run_dir), "--arm", arm,
-             "--port", str(port)], stdout=f, stderr=subprocess.STDOUT)
+             "--port", str(port), *sets], stdout=f, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 600
     while "serving at" not in out.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -124,6 +128,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="serve.KEY=VALUE", help="a serve setting, e.g. "
+                        "serve.replicas=2 (repeatable)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     asked = questions(args.run_dir, args.requests)
@@ -132,7 +139,7 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"serve_load_{port}.out"
-    server = start_server(args.run_dir, base["arm"], port, out)
+    server = start_server(args.run_dir, base["arm"], port, out, args.overrides)
     try:
         rows = [("bare process (baseline)", base)]
         for c in args.concurrency:
@@ -143,7 +150,8 @@ def main() -> None:
         server.send_signal(signal.SIGINT)
         server.wait(120)
     print(f"arm {base['arm']} of {args.run_dir}, {args.requests} chat requests, "
-          f"max_tokens {args.max_tokens}, {os.cpu_count()} CPUs\n")
+          f"max_tokens {args.max_tokens}, {os.cpu_count()} CPUs"
+          + "".join(f", {o}" for o in args.overrides) + "\n")
     print("| | requests/s | tokens/s | p50 ms | p95 ms | p99 ms | errors | ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for name, r in rows:

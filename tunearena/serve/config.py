@@ -56,8 +56,10 @@ class ServeConfig(StrictModel):
     """GPUs each arm replica reserves. Unset: 1 when the cluster has GPUs, else 0."""
     max_batch_size: int = Field(8, ge=1)
     """Requests generated together in one batch (Ray Serve's request batching)."""
-    batch_wait_ms: float = Field(5.0, ge=0)
-    """How long a replica waits for a batch to fill before it generates."""
+    batch_wait_ms: float = Field(0.0, ge=0)
+    """How long a replica waits for more requests before it generates. 0 takes what is
+    queued: a lone request is not held back, and under load the batch fills while the one
+    before it generates."""
     max_tokens: int = Field(512, ge=1)
     """The most tokens a request may ask for (``max_tokens``); more is refused (400)."""
     max_request_bytes: int = Field(1_000_000, ge=1024)
