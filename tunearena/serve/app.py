@@ -68,7 +68,7 @@ class ArmReplica:
         answer = await self._generate((prompt, sampling))
         return {"answer": answer, "documents": list(prompt.documents)}
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)  # set per deployment above
     async def _generate(self, jobs: list) -> list[Answer]:
         return await asyncio.to_thread(self.engine.generate, jobs)
 
