@@ -97,7 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-requests", type=Path, metavar="FILE",
                        help="append each question, its documents and the answer to this "
                        "JSONL file (serve.log_requests)")
-    common(serve)
+    serve.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="serve.KEY=VALUE", help="override a serve setting, e.g. --set "
+                       "serve.replicas=2 (repeatable)")
+    serve.add_argument("--debug", action="store_true",
+                       help="on an internal error, print the full traceback too")
     sub.add_parser("reference", help="print the config reference (Markdown)")
     report = sub.add_parser("report", help="re-render report.md, report.html and review.csv "
                             "from a run's results.json (recomputes nothing)")
