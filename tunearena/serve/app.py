@@ -235,7 +235,7 @@ class Router:
                 question, history = req.turns()
                 if req.stream:
                     return await self._stream(kind, req, model, question, history, sampling, t0)
-                result = await self._call(model, question, history, sampling)
+                result = await self._call(model, question, history, sampling, "messages")
                 answers, documents = [result["answer"]], [result["documents"]]
                 response = chat_response(model, answers[0], documents[0])
                 self._log(model, kind, [(question, history)], answers, documents, t0)
@@ -246,7 +246,7 @@ class Router:
                     return await self._stream(kind, req, model, req.prompts[0], [],
                                               sampling, t0)
                 results = await asyncio.gather(
-                    *(self._call(model, p, [], sampling) for p in req.prompts))
+                    *(self._call(model, p, [], sampling, "prompt") for p in req.prompts))
                 answers = [r["answer"] for r in results]
                 documents = [r["documents"] for r in results]
                 response = completion_response(model, answers, documents)
@@ -282,12 +282,13 @@ class Router:
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ApiError(400, f"the request body is not valid JSON: {e}") from None
 
-    async def _call(self, model: str, question: str, history: list,
-                    sampling: Sampling) -> dict[str, Any]:
+    async def _call(self, model: str, question: str, history: list, sampling: Sampling,
+                    field: str) -> dict[str, Any]:
+        """The arm's answer; a prompt too long for the model is a 400 on ``field``."""
         result = await self._bounded(self.handles[model].complete.remote(
             question, history, sampling), model)
         if "error" in result:
-            raise ApiError(400, result["error"], param="messages", code="context_length_exceeded")
+            raise ApiError(400, result["error"], param=field, code="context_length_exceeded")
         return result
 
     async def _bounded(self, pending: Any, model: str) -> Any:
@@ -314,7 +315,8 @@ class Router:
             question, history, sampling)
         first = await self._bounded(pieces.__anext__(), model)
         if "error" in first:
-            raise ApiError(400, first["error"], param="messages", code="context_length_exceeded")
+            raise ApiError(400, first["error"], param="messages" if kind == "chat" else "prompt",
+                           code="context_length_exceeded")
         documents = first["documents"]
 
         async def events() -> AsyncIterator[str]:
