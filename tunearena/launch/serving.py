@@ -171,7 +171,8 @@ def _summary(console: Console) -> None:
         return
     for name, f in figures.items():
         if f["requests"]:
-            console.print(f"  {name}: {f['requests']} requests ({f['errors']} failed), p50 "
+            plural = "s" if f["requests"] != 1 else ""
+            console.print(f"  {name}: {f['requests']} request{plural} ({f['errors']} failed), p50 "
                           f"{f['latency_p50_ms'] or 0:.0f} ms, p95 {f['latency_p95_ms'] or 0:.0f} "
                           f"ms, {f['prompt_tokens']} prompt and {f['completion_tokens']} "
                           "completion tokens", soft_wrap=True)
