@@ -31,7 +31,8 @@ def make_run(tmp_path: Path, base_model: Path, base_right: int = 2, rag_right: i
                "base+rag": {"dom": _answers(40, rag_right)},
                "ft@qa": {"dom": _answers(40, base_right)}}
     base = base_model
-    extra = {"run": {"name": "run", "base_model": str(base), "prompt_format": "plain"}}
+    extra = {"run": {"name": "run", "base_model": str(base), "prompt_format": "plain"},
+             "retrieval": {"index": {"n_chunks": 3}, "dom": {"k": 3}}}
     results = summarise(samples, BENCH, EvaluationConfig(
         benchmarks=BENCH, arms=["base", "base+rag", "ft@qa"], bootstrap_samples=200),
         ReportConfig(), extra)

@@ -3,6 +3,7 @@ arms a run can serve, the serve settings, the request fields, and stop strings."
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 
@@ -36,6 +37,16 @@ def test_the_default_arm_is_the_verdicts_and_rag_arms_read_the_runs_index(
     ft = served_arms(run, ["ft@qa", "base"])
     assert [a.name for a in ft] == ["ft@qa", "base"]
     assert ft[0].model_dir == str(run / "models" / "qa") and not ft[0].rag
+
+
+def test_a_rag_arm_needs_the_k_it_was_scored_with(tmp_path, tiny_model_dir):
+    run = make_run(tmp_path, tiny_model_dir)
+    results = json.loads((run / "results.json").read_text())
+    del results["retrieval"]
+    (run / "results.json").write_text(json.dumps(results))
+    with pytest.raises(ServeError, match="no single retrieval k"):
+        served_arms(run, ["base+rag"])
+    assert served_arms(run, ["base"])[0].top_k == 0  # no passages, no k needed
 
 
 def test_neither_serves_the_base_model(tmp_path, tiny_model_dir):

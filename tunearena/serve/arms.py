@@ -1,8 +1,7 @@
 """Which arms a finished run can serve, and everything a replica needs to answer as the
 arm was scored: its weights, its retrieval, its prompt format.
 
-Everything is read from the run directory (``results.json``, ``config.yaml``, ``models/``,
-``index/``) and checked here, in the driver, before any cluster resource is claimed.
+Everything is read from the run directory (``results.json``, ``models/``, ``index/``) and checked here, in the driver, before any cluster resource is claimed.
 """
 
 from __future__ import annotations
@@ -11,11 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from tunearena.errors import UserError
 from tunearena.evaluation.arm import Arm
-from tunearena.evaluation.results import Results, load_results
+from tunearena.evaluation.results import BenchmarkRetrieval, Results, load_results
 from tunearena.evaluation.tasks import MAX_ANSWER_TOKENS
 from tunearena.training.model_dir import check_model_dir
 
@@ -72,12 +69,11 @@ def served_arms(run_dir: Path, names: Sequence[str] = (), lora: str = "merged",
     if not run_dir.is_dir():
         raise ServeError(f"{run_dir}: no such run directory (tunearena run CONFIG makes one)")
     results = load_results(run_dir / "results.json")
-    config = _read_config(run_dir)
     names = list(dict.fromkeys(names)) or [default_arm(results)]
     arms = []
     for name in names:
         arm = _parse(name, results)
-        arms.append(_served(arm, run_dir, results, config, lora))
+        arms.append(_served(arm, run_dir, results, lora))
     return arms
 
 
@@ -96,7 +92,7 @@ def _parse(name: str, results: Results) -> Arm:
     return arm
 
 
-def _served(arm: Arm, run_dir: Path, results: Results, config: dict, lora: str) -> ServedArm:
+def _served(arm: Arm, run_dir: Path, results: Results, lora: str) -> ServedArm:
     base = results.run.base_model if results.run else None
     if not base:
         raise ServeError(f"{run_dir / 'results.json'}: run.base_model is not recorded; "
@@ -114,15 +110,27 @@ def _served(arm: Arm, run_dir: Path, results: Results, config: dict, lora: str) 
     adapter = None
     if lora == "adapter" and arm.is_finetuned:
         model_dir, adapter = _adapter(arm, Path(model_dir), run_dir)
-    index_dir = None
+    index_dir, top_k = None, 0
     if arm.context == "rag":
         index_dir = run_dir / "index"
         if not (index_dir / "index.faiss").is_file():
             raise ServeError(f"arm {arm}: the run's index {index_dir} is not there")
-    top_k = int((config.get("rag") or {}).get("top_k") or 0)
+        top_k = _scored_top_k(results, arm)
     chat = results.run is not None and results.run.prompt_format == "chat_template"
     return ServedArm(str(arm), str(model_dir), str(adapter) if adapter else None,
                      str(index_dir) if index_dir else None, top_k, chat)
+
+
+def _scored_top_k(results: Results, arm: Arm) -> int:
+    """The passages per question the run's RAG arms were scored with (``results.json``'s
+    retrieval ``k``, the same on every benchmark)."""
+    ks = {r.k for r in (results.retrieval or {}).values()
+          if isinstance(r, BenchmarkRetrieval) and r.k is not None}
+    if len(ks) != 1:
+        raise ServeError(f"arm {arm}: results.json records no single retrieval k (found "
+                         f"{sorted(ks) or 'none'}), so the passages it was scored with are "
+                         "unknown; rerun the retrieve step (tunearena run --resume)")
+    return ks.pop()
 
 
 def _adapter(arm: Arm, merged: Path, run_dir: Path) -> tuple[Path, Path]:
@@ -141,16 +149,3 @@ def _adapter(arm: Arm, merged: Path, run_dir: Path) -> tuple[Path, Path]:
 def _only_stage(models: Path) -> str | None:
     stages = sorted(p.name for p in models.iterdir() if p.is_dir()) if models.is_dir() else []
     return stages[0] if len(stages) == 1 else None
-
-
-def _read_config(run_dir: Path) -> dict:
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise ServeError(f"{path}: the run's resolved config is missing")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ServeError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ServeError(f"{path}: expected a mapping of sections")
-    return data
