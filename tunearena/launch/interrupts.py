@@ -12,10 +12,16 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from typing import TYPE_CHECKING
 
 import psutil
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from tunearena.cluster.config import ClusterConfig
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 REAP_GRACE_S = 5.0
@@ -96,3 +102,27 @@ def reap(before: set[psutil.Process]) -> list[str]:
             proc.kill()
     psutil.wait_procs(alive, timeout=REAP_GRACE_S)
     return found
+
+
+def enter_ray(stack: ExitStack, cfg: ClusterConfig, console: Console,
+              say: Callable[[str], None] = print) -> None:
+    """Start or join Ray (``ray_session``) until ``stack`` unwinds; ``say`` gets the line
+    naming a joined cluster. A Ray this process starts is its own to clean up: after
+    ``ray.shutdown`` (the stack unwinds in reverse) any process it started here and left
+    running is ended, and ``console`` names them. Our signal handlers are put back, since
+    ``ray.init`` takes SIGTERM for itself."""
+    import ray
+
+    from tunearena.cluster.ray_cluster import ray_session
+
+    if not ray.is_initialized():
+        before = descendants()
+
+        def end_leftovers() -> None:
+            if left := reap(before):
+                console.print(f"[dim]ended {len(left)} process(es) Ray left running: "
+                              f"{', '.join(left)}[/dim]")
+
+        stack.callback(end_leftovers)
+    stack.enter_context(ray_session(cfg, say))
+    reclaim()

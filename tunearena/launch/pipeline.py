@@ -29,7 +29,7 @@ from tunearena.evaluation.benchmarks import QAItem
 from tunearena.files import write_atomic
 from tunearena.launch.config import ExperimentConfig, dump_config
 from tunearena.launch.inputs import check_inputs, check_runs_dir
-from tunearena.launch.interrupts import descendants, reap, reclaim
+from tunearena.launch.interrupts import enter_ray
 from tunearena.launch.keys import (
     code_version,
     index_key,
@@ -64,24 +64,9 @@ class _Ray:
         self.started = self.checked = False
 
     def ensure(self) -> None:
-        import ray
-
-        from tunearena.cluster.ray_cluster import ray_session
-
-        if self.started:
-            return
-        if not ray.is_initialized():
-            # Ours to start, so ours to clean up: after ray.shutdown (the stack unwinds in
-            # reverse), end any process Ray started here and left running.
-            self.stack.callback(self._reap, descendants())
-        self.stack.enter_context(ray_session(self.cfg))
-        reclaim()  # ray.init takes SIGTERM for itself
-        self.started = True
-
-    def _reap(self, before: set) -> None:
-        if left := reap(before):
-            self.console.print(f"[dim]ended {len(left)} process(es) Ray left running: "
-                               f"{', '.join(left)}[/dim]")
+        if not self.started:
+            enter_ray(self.stack, self.cfg, self.console)
+            self.started = True
 
 
 class Pipeline:

@@ -64,8 +64,7 @@ def serve_run(run_dir: Path, cfg: ServeConfig, console: Console) -> int:
     import ray
 
     from tunearena.cluster.config import ClusterConfig
-    from tunearena.cluster.ray_cluster import ray_session
-    from tunearena.launch.interrupts import descendants, reap, reclaim
+    from tunearena.launch.interrupts import enter_ray
     from tunearena.remote_code import set_trust_remote_code
 
     set_trust_remote_code(False)  # a served model never runs code of its own
@@ -78,12 +77,8 @@ def serve_run(run_dir: Path, cfg: ServeConfig, console: Console) -> int:
     # Ray Serve's per-request lines go to its log files (RAY_LOG_DIR/serve/), not this console.
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
     with ExitStack() as stack:
-        if not ray.is_initialized():
-            before = descendants()
-            stack.callback(lambda: _reaped(reap(before), console))
-        stack.enter_context(ray_session(ClusterConfig(address=cfg.address),
-                                        say=lambda line: console.print(line)))
-        reclaim()  # ray.init takes SIGTERM for itself
+        enter_ray(stack, ClusterConfig(address=cfg.address), console,
+                  say=lambda line: console.print(line))
         cpus, gpus = replica_resources(cfg, len(arms), ray.cluster_resources(), local)
         from ray import serve
 
@@ -176,9 +171,3 @@ def _summary(console: Console) -> None:
                           f"{f['latency_p50_ms'] or 0:.0f} ms, p95 {f['latency_p95_ms'] or 0:.0f} "
                           f"ms, {f['prompt_tokens']} prompt and {f['completion_tokens']} "
                           "completion tokens", soft_wrap=True)
-
-
-def _reaped(left: list[str], console: Console) -> None:
-    if left:
-        console.print(f"[dim]ended {len(left)} process(es) Ray left running: "
-                      f"{', '.join(left)}[/dim]")
