@@ -12,6 +12,7 @@ it. Plain Python and PyTorch: the Ray Serve replica (``app.py``) wraps it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ class Engine:
     tokenizer: Any = field(init=False, repr=False)
     max_length: int = field(init=False)
     _index: Any = field(init=False, repr=False, default=None)
+    _eos: set[int] = field(init=False, repr=False, default_factory=set)
+    """The token ids that end a generation (the model's and the tokenizer's)."""
     _seeded: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -80,6 +83,9 @@ class Engine:
         self.max_length = model_max_length(self.arm.model_dir)
         if self.tokenizer.pad_token_id is None:  # as lm-eval's HFLM pads
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        ends = self.model.generation_config.eos_token_id
+        ends = ends if isinstance(ends, list) else [ends]
+        self._eos = {i for i in [*ends, self.tokenizer.eos_token_id] if i is not None}
         if self.arm.index_dir:
             from tunearena.rag.index import RagIndex
 
@@ -221,40 +227,28 @@ class Engine:
             kwargs |= {"stop_strings": list(sampling.stop), "tokenizer": self.tokenizer}
         return kwargs
 
-    def _rng(self, sampling: Sampling):
+    @contextlib.contextmanager
+    def _rng(self, sampling: Sampling) -> Iterator[None]:
         """Seeds torch for a seeded sampled request, one at a time (the generator is shared)."""
-        import contextlib
-
+        if sampling.seed is None or sampling.temperature == 0:
+            yield
+            return
         import torch
 
-        if sampling.seed is None or sampling.temperature == 0:
-            return contextlib.nullcontext()
-        lock = self._seeded
-
-        @contextlib.contextmanager
-        def seeded():
-            with lock:
-                torch.manual_seed(sampling.seed)
-                yield
-
-        return seeded()
-
-    def _eos_ids(self) -> set[int]:
-        ids = self.model.generation_config.eos_token_id
-        ids = ids if isinstance(ids, list) else [ids]
-        return {i for i in [*ids, self.tokenizer.eos_token_id] if i is not None}
+        with self._seeded:
+            torch.manual_seed(sampling.seed)
+            yield
 
     def _until_end(self, row: list[int]) -> list[int]:
         """The generated tokens up to and with the first end-of-sequence token (the batch's
         padding after it dropped)."""
-        eos = self._eos_ids()
         for j, token in enumerate(row):
-            if token in eos:
+            if token in self._eos:
                 return row[: j + 1]
         return row
 
     def _ends(self, tokens: list[int]) -> bool:
-        return bool(tokens) and tokens[-1] in self._eos_ids()
+        return bool(tokens) and tokens[-1] in self._eos
 
     def _until_stop(self, tokens: list[int], stop: tuple[str, ...]) -> list[int]:
         """The fewest leading tokens whose text holds a stop string (the tokens generated
