@@ -12,15 +12,17 @@ from tunearena.evaluation.config import BenchmarkConfig, EvaluationConfig, Repor
 from tunearena.evaluation.report import (
     ResultsError,
     decide,
+    html_report,
     load_results,
     markdown_report,
     primary_score,
     sample_track,
     summarise,
 )
-from tunearena.evaluation.report.verdict import RULE_IN_FULL
+from tunearena.evaluation.report.verdict import RAG_AWARE_RULE, RULE_IN_FULL
 from tunearena.evaluation.results import SCHEMA_VERSION, Results, parse_results
 from tunearena.evaluation.stats import mean_ci, paired_diff_ci
+from tunearena.serve.arms import default_arm
 
 BENCHMARKS = [
     BenchmarkConfig(name="dom", path="dom.jsonl", kind="domain"),
@@ -568,10 +570,15 @@ def _stage_world(selected: str = "a", warning: str | None = None) -> tuple[dict,
                     }
                 },
                 "history": [{"step": 20, "train_loss": 1.5}, {"step": 50, "val_loss": 1.3}],
+                "parameters": 1_200_000,
+                "trainable_parameters": 1_200_000,
+                "peak_rss_mb": [900.0, 1410.4],
             },
             "b": {
                 "start_from": "a",
                 "method": "lora",
+                "parameters": 1_287_552,
+                "trainable_parameters": 87_552,
                 "steps": 80,
                 "stopped_early_at": 60,
                 "mix": {
@@ -692,6 +699,11 @@ def test_markdown_stages_section():
         "tolerance |" in md
     )
     assert "| **a** (ft) | +25.0 | 2.0 | yes |" in md and "| b | +50.0 | 10.0 | no |" in md
+    # How the methods compare: what each trained and held, beside what it gained and lost.
+    assert ("| stage | method | trainable parameters | share trained | peak memory (MB) "
+            "| train time (s) | domain gain (points) | largest general drop (points) |") in md
+    assert "| a | full | 1,200,000 | 100% | 1,410 | 33.1 | +25.0 | 2.0 |" in md
+    assert "| b | lora | 87,552 | 6.8% | — | — | +50.0 | 10.0 |" in md
     # The matrix: base as the reference row, then each stage from its start.
     assert "| stage | starts from | dom (domain) | gen (general) |" in md
     assert "| base | — | 25.0% | 80.0% |" in md
@@ -778,3 +790,94 @@ def test_reports_are_replaced_together_or_not_at_all(tmp_path, monkeypatch):
     assert {p: p.read_bytes() for p in (md, html, review)} == before  # none was replaced
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.md",
                                                           "review.csv"]
+
+
+# -- RAG-aware fine-tuning -------------------------------------------------------------------
+
+RAFT_ARMS = ["base", "base+rag", "ft@a", "ft@raft", "ft@raft+rag", "ft", "ft+rag"]
+RAFT_CONTEXT = {"p_gold": 0.8, "distractors": None, "seed": 0, "records": 360,
+                "with_gold": 289, "gold_rate": 289 / 360, "mean_passages": 2.0,
+                "inferred_gold": 360, "validation_file": None}
+"""What the prepare step records of a RAG-aware stage's task (rag_context_stage)."""
+
+
+def _raft(raft_rag: int, selected: str = "a", raft_gen: int = 80) -> dict:
+    """Stages a (plain) and raft (rag_context), with ``raft_rag`` of 40 domain questions right
+    for ft@raft+rag (nested, as everywhere here); ft+rag is the selected stage's + RAG."""
+    right = {"base": 10, "base+rag": 20, "ft@a": 20, "ft@raft": 15, "ft@a+rag": 28,
+             "ft@raft+rag": raft_rag}
+    gen = {"ft@raft": raft_gen, "ft@raft+rag": raft_gen}
+    samples = {arm: {"dom": _scores(40, d, "d"), "gen": _scores(100, gen.get(arm, 80), "g")}
+               for arm, d in right.items()}
+    samples["ft"] = samples[f"ft@{selected}"]
+    plain_rag = samples.pop("ft@a+rag")  # not an arm of its own: ft+rag when a is ft
+    samples["ft+rag"] = plain_rag if selected == "a" else samples["ft@raft+rag"]
+    stages = {"order": ["a", "raft"], "selection": {"selected": selected},
+              "stages": {"a": {"start_from": "base"},
+                         "raft": {"start_from": "base", "data": {"qa": {
+                             "task": "qa", "read": 360, "rag_context": RAFT_CONTEXT}}}}}
+    cfg = EvaluationConfig(benchmarks=BENCHMARKS, arms=RAFT_ARMS, bootstrap_samples=1000)
+    return summarise(samples, BENCHMARKS, cfg, ReportConfig(), {"stages": stages}).to_json()
+
+
+def test_a_rag_aware_stage_that_beats_ft_plus_rag_is_the_chosen_both():
+    results = _raft(raft_rag=38)
+    d = results["decision"]
+    assert (d["verdict"], d["chosen"]) == ("both", "ft@raft+rag")
+    assert d["rule"].startswith("both: ft@raft+rag (stage raft, fine-tuned with retrieved "
+                                "passages) beats base, base+rag, ft and ft+rag on every domain")
+    assert d["sentence"] == (
+        "Use both, and make the fine-tuning RAG-aware: train the model further on your data "
+        "with passages retrieved from your documents in its prompts (stage raft: the right "
+        "document's passage in 80.3% of them, p_gold 0.8), and let it read retrieved passages "
+        "when it answers (RAG).")
+    decisive = [e["comparison"] for e in d["evidence"] if e["decisive"]]
+    assert decisive == ["ft@raft+rag - base", "ft@raft+rag - base+rag", "ft@raft+rag - ft",
+                        "ft@raft+rag - ft+rag"]
+    # The pair is kept the other way round (ft+rag is the later arm): read back negated.
+    assert results["benchmarks"]["dom"]["pairs"]["ft+rag - ft@raft+rag"]["diff"] == -0.25
+    (vs_plain,) = [e for e in d["evidence"] if e["comparison"] == "ft@raft+rag - ft+rag"]
+    assert vs_plain["diff"] == 0.25 and vs_plain["ci"][0] > 0
+    assert d["rule_in_full"] == [*RULE_IN_FULL[:2], RAG_AWARE_RULE, *RULE_IN_FULL[2:]]
+    # What serve puts forward by default is the chosen arm.
+    assert default_arm(parse_results(results)) == "ft@raft+rag"
+
+
+@pytest.mark.parametrize(("raft_rag", "raft_gen", "why"), [
+    (28, 80, "ft@raft+rag is not shown to beat ft+rag"),
+    (38, 60, "stage raft's model forgets beyond the 2-point tolerance (ft@raft on gen, "
+             "ft@raft+rag on gen)"),
+])
+def test_a_rag_aware_stage_that_does_not_win_leaves_the_plain_rule(raft_rag, raft_gen, why):
+    d = _raft(raft_rag=raft_rag, raft_gen=raft_gen)["decision"]
+    assert (d["verdict"], d["chosen"]) == ("both", "ft+rag")
+    assert d["sentence"].startswith("Use both: train the model further on your data")
+    assert d["reasons"][-1] == f"Not ft@raft+rag (RAG-aware): {why}."
+    assert RAG_AWARE_RULE in d["rule_in_full"]
+
+
+def test_a_selected_rag_aware_stage_is_ft_plus_rag_and_the_sentence_says_so():
+    d = _raft(raft_rag=38, selected="raft")["decision"]
+    assert (d["verdict"], d["chosen"]) == ("both", "ft+rag")
+    assert "make the fine-tuning RAG-aware" in d["sentence"] and "stage raft" in d["sentence"]
+    assert d["rule_in_full"] == list(RULE_IN_FULL)  # no arm beside ft+rag to check first
+
+
+def test_the_report_sets_a_rag_aware_stage_beside_ft_plus_rag():
+    md = render_markdown(_raft(raft_rag=38))
+    assert md.index("## Stages") < md.index("### RAG-aware fine-tuning: stage raft") \
+        < md.index("### Accuracy after each stage")
+    assert ("Stage raft is RAG-aware fine-tuning (RAFT): its training prompts held 2 passages "
+            "retrieved from the run's index, the gold document's in 80.3% of its 360 prompts "
+            "(p_gold 0.8). Its model with retrieval (ft@raft+rag) against plain fine-tuning with "
+            "retrieval, ft+rag (= ft@a+rag), paired question by question:") in md
+    assert ("| benchmark | kind | ft@raft+rag | ft+rag | difference (points) | 95% CI "
+            "| verdict |") in md
+    assert re.search(r"\| dom \| domain \| 95\.0% \| 70\.0% \| \+25\.0 \| \+\d+\.\d to "
+                     r"\+\d+\.\d \| better than ft\+rag \|", md)
+    assert "| gen | general | 80.0% | 80.0% | +0.0 | +0.0 to +0.0 | no evidence" in md
+    html = html_report(parse_results(_raft(raft_rag=38)))
+    assert "RAG-aware fine-tuning: stage raft" in html and 'class="rag-aware"' in html
+    # The stage that ft is: ft+rag is already it, nothing to set beside it.
+    md = render_markdown(_raft(raft_rag=38, selected="raft"))
+    assert "It is the stage ft is, so ft+rag is its model with retrieval." in md

@@ -224,7 +224,8 @@ def test_smollm2_lora_estimate_is_plausible_from_its_parameter_counts():
 def test_smollm2_shape_is_what_model_shape_reads():
     from tunearena.training.gguf import resolve_base
 
-    assert model_shape(str(resolve_base("smollm2-135m-instruct")), LoraConfig()) == SMOLLM2_LORA
+    assert model_shape(str(resolve_base("smollm2-135m-instruct")),
+                       TrainingConfig(enabled=False, method="lora")) == SMOLLM2_LORA
 
 
 def test_model_shape_matches_the_real_model(tiny_model_dir):
@@ -254,7 +255,7 @@ def test_lora_shape_matches_peft(tiny_model_dir, targets):
         PeftLoraConfig(r=4, lora_alpha=8, target_modules=targets, task_type="CAUSAL_LM"),
     )
     trainable, total = peft_model.get_nb_trainable_parameters()
-    shape = model_shape(str(tiny_model_dir), lora)
+    shape = model_shape(str(tiny_model_dir), TrainingConfig(enabled=False, method="lora", lora=lora))
     assert (shape.total_params, shape.trainable_params) == (total, trainable)
     h = AutoConfig.from_pretrained(tiny_model_dir).hidden_size
     i = AutoConfig.from_pretrained(tiny_model_dir).intermediate_size

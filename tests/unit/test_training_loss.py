@@ -14,7 +14,7 @@ from tunearena.training.model import (
     _chunk_loss_and_grad,
     linear_cross_entropy,
     load_model,
-    peft_lora_config,
+    peft_config,
     use_chunked_loss,
 )
 
@@ -117,7 +117,7 @@ def test_model_loss_and_gradients_match_the_models_own(tiny_model_dir, method):
     torch.manual_seed(0)  # the same LoRA initialisation for both
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     if method == "lora":
-        plain = get_peft_model(plain, peft_lora_config(cfg))
+        plain = get_peft_model(plain, peft_config(cfg, str(tiny_model_dir)))
     torch.manual_seed(0)
     chunked = load_model(str(tiny_model_dir), cfg, bf16=False)
     base = chunked.get_base_model() if method == "lora" else chunked

@@ -31,11 +31,16 @@ from tunearena.training.stage_data import prepare_stage_data
 
 
 def test_every_format_names_its_fields_and_an_unknown_one_is_refused():
-    assert set(FORMATS) == {"text", "instruction", "chat"}
+    assert set(FORMATS) == {"text", "instruction", "chat", "preference"}
     assert get_format("instruction").texts({"prompt": "Q?", "response": "A."}) == ["Q?", "A."]
     assert get_format("text").problem({"text": 3}, False) == "format 'text' needs a non-empty string 'text'"
     assert get_format("chat").needs_chat_template and not get_format("text").needs_chat_template
-    with pytest.raises(DataError, match="unknown data format 'csv'; known: text, instruction, chat"):
+    assert get_format("preference").texts({"prompt": "Q?", "chosen": "A.", "rejected": "B."}) \
+        == ["Q?", "A.", "B."]
+    assert "no 'rejected' field" in get_format("preference").problem(
+        {"prompt": "Q?", "chosen": "A."}, False)
+    with pytest.raises(DataError, match="unknown data format 'csv'; known: text, instruction, "
+                                        "chat, preference"):
         get_format("csv")
 
 

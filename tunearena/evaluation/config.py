@@ -76,8 +76,9 @@ class EvaluationConfig(StrictModel):
     arms: list[str] = Field(default_factory=lambda: list(ARMS))
     """Arms to compare: ``base``, ``ft`` (the fine-tuned model; with ``stages``, the stage
     chosen under ``forgetting_tolerance``), ``ft@<stage>`` (one stage's model; every stage is
-    added when ``stages`` are set), each also with ``+rag``. ``base`` is always included, as
-    every difference is taken against it."""
+    added when ``stages`` are set), each also with ``+rag``; with ``ft+rag``, the
+    ``ft@<stage>+rag`` of every stage with ``rag_context`` is added beside it. ``base`` is
+    always included, as every difference is taken against it."""
     fewshot: FewshotConfig = Field(default_factory=FewshotConfig)
     """Solved examples for the ``+fewshot`` arms (prompting alone, no training, no retrieval)."""
     long_prompts: Literal["error", "drop"] = "error"

@@ -50,14 +50,20 @@ class Request:
 
 def model_max_length(model_dir: str | Path) -> int:
     """The context lm-eval's ``HFLM`` gives the model in ``model_dir`` (its ``max_length``):
-    the config's positions, else the tokenizer's ``model_max_length``, else 2048."""
+    the config's positions, else the tokenizer's ``model_max_length``, else 2048. For a stage
+    exported as an adapter alone, its base's, less the positions its virtual tokens take."""
     from lm_eval.models.utils import resolve_max_length
     from transformers import AutoConfig, AutoTokenizer
 
+    from tunearena.evaluation.adapted import adapter_base, unmerged_adapter, virtual_tokens
+
     trusted = trust_remote_code()
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trusted)
+    adapter = unmerged_adapter(model_dir)
+    config = AutoConfig.from_pretrained(adapter_base(adapter) if adapter else model_dir,
+                                        trust_remote_code=trusted)
     return resolve_max_length(
-        config, AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trusted))
+        config, AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trusted),
+    ) - (virtual_tokens(adapter) if adapter else 0)
 
 
 def tokens_needed(request: Request, tokenizer) -> int:

@@ -132,13 +132,20 @@ def _leaves(name: str, group_subtasks: dict[str, list[str]]) -> list[str]:
 
 def load_model(model_dir: Path, device: str = "cpu") -> tuple:
     """``(model, tokenizer)`` from a local model dir, in eval mode on ``device`` (fp32 on CPU,
-    the checkpoint's dtype on a GPU)."""
+    the checkpoint's dtype on a GPU); a stage exported as an adapter alone is its base with
+    the adapter on it (``adapted.py``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tunearena.evaluation.adapted import load_adapted, unmerged_adapter
+
+    adapter = unmerged_adapter(model_dir)
     with _quiet():
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True,
                                                   trust_remote_code=trust_remote_code())
+        if adapter is not None:
+            dtype = torch.float32 if device == "cpu" else torch.bfloat16
+            return load_adapted(adapter, dtype, device), tokenizer
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, local_files_only=True, dtype=torch.float32 if device == "cpu" else "auto",
             trust_remote_code=trust_remote_code(),

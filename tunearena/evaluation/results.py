@@ -113,6 +113,19 @@ class Pair(_Model):
     verdict: str
 
 
+def paired(pairs: dict[str, Pair], a: str, b: str) -> tuple[float, float, float] | None:
+    """``a - b`` and its interval from a benchmark's ``pairs``, which keep each pair one way
+    round (the later arm first); None when the two were not paired."""
+    if f"{a} - {b}" in pairs:
+        pair = pairs[f"{a} - {b}"]
+        return pair.diff, *pair.ci
+    if f"{b} - {a}" in pairs:
+        pair = pairs[f"{b} - {a}"]
+        # 0.0 - x rather than -x: no difference of zero comes back as -0.0 ("-0.0 points").
+        return 0.0 - pair.diff, 0.0 - pair.ci[1], 0.0 - pair.ci[0]
+    return None
+
+
 class StatWarning(_Model):
     """A reason not to read a benchmark's intervals as they stand.
 
@@ -273,6 +286,28 @@ with warnings.catch_warnings():
         p90_step_s: float  # type: ignore[assignment]
 
 
+class RagContextCounts(_Model):
+    """What adding retrieved passages did to one file's records."""
+
+    records: int
+    with_gold: int
+    """Records whose prompt holds the gold document's passage."""
+    gold_rate: float
+    mean_passages: float
+    inferred_gold: int
+    """Records without a ``doc_id``, whose gold document retrieval found."""
+
+
+class RagContext(RagContextCounts):
+    """A RAG-aware stage's task (``rag_context``): its settings and what they did
+    (``training.rag_context.rag_context_stage``)."""
+
+    p_gold: float
+    distractors: int | None = None
+    seed: int = 0
+    validation_file: RagContextCounts | None = None
+
+
 class TaskData(_Open):
     """The prepare step's report on one task's records."""
 
@@ -292,6 +327,8 @@ class TaskData(_Open):
     longest_tokens: int | None = None
     dropped_over_seq_len: int | None = None
     """Of those, left out of training (``long_records: drop``)."""
+    rag_context: RagContext | None = None
+    """Set for a RAG-aware stage's task: the passages its prompts were given."""
 
 
 class StageMix(_Model):
@@ -318,6 +355,13 @@ class StageRecord(_Model):
     data: dict[str, TaskData] | None = None
     history: list[dict[str, float]] | None = None
     export_check: list[ExportCheck] | None = None
+    parameters: int | None = None
+    trainable_parameters: int | None = None
+    peak_gpu_memory_mb: float | None = None
+    peak_rss_mb: list[float] | None = None
+    kind: str | None = None
+    reward_accuracy: float | None = None
+    reward_margin: float | None = None
 
 
 class StageSummary(TrainingSummary):
@@ -608,6 +652,28 @@ class Results(_Model):
     def selected_stage(self) -> str | None:
         selection = self.stages.selection if self.stages else None
         return selection.selected if selection else None
+
+    @property
+    def rag_aware_stages(self) -> dict[str, RagContext]:
+        """The stages trained with retrieved passages (``rag_context``), in stage order, each
+        with its tasks' counts pooled (the first task's settings: one stage has one)."""
+        out: dict[str, RagContext] = {}
+        stages = self.stages or Stages()
+        for name in stages.order:
+            stage = stages.stages.get(name)
+            data = (stage.data if stage is not None else None) or {}
+            tasks = [d.rag_context for d in data.values() if d.rag_context is not None]
+            if tasks:
+                records = sum(t.records for t in tasks)
+                with_gold = sum(t.with_gold for t in tasks)
+                out[name] = tasks[0].model_copy(update={
+                    "records": records, "with_gold": with_gold,
+                    "gold_rate": with_gold / records if records else 0.0,
+                    "mean_passages": sum(t.mean_passages * t.records for t in tasks) / records
+                    if records else 0.0,
+                    "inferred_gold": sum(t.inferred_gold for t in tasks),
+                    "validation_file": None})
+        return out
 
 
 class ResultsError(UserError, ValueError):

@@ -31,6 +31,7 @@ from tunearena.training.config import (
     resolve_stages,
 )
 from tunearena.training.model_dir import means_local_dir
+from tunearena.training.rag_context import check_rag_context_stage
 
 
 class ExperimentConfig(StrictModel):
@@ -75,6 +76,10 @@ class ExperimentConfig(StrictModel):
         if self.stages:
             # Every stage is scored, giving the stage x benchmark matrix.
             arms += [Arm("ft", n) for n in names if Arm("ft", n) not in arms]
+        if Arm("ft", None, "rag") in arms:
+            # A RAG-aware stage is scored as it was trained to be used: beside plain ft+rag.
+            arms += [a for s in stages if s.rag_context is not None
+                     and (a := Arm("ft", s.name, "rag")) not in arms]
 
         def position(arm: Arm) -> tuple[int, int, int]:
             # base first, then each stage in order, then the selected ft; each alone, then
@@ -90,12 +95,6 @@ class ExperimentConfig(StrictModel):
             if stage and stage not in names:
                 raise ValueError(f"evaluation.arms lists {str(arm)!r} but there is no stage "
                                  f"{stage!r}")
-            target = [s for s in stages if s.name == stage] if stage else stages
-            if arm.is_finetuned and any(s.training.method != "full"
-                                        and not s.training.lora.merge for s in target):
-                raise ValueError(f"evaluation.arms lists {str(arm)!r}, which evaluates a merged "
-                                 "model, but its stage has lora.merge false (set it true, or "
-                                 "drop the arm)")
         return self
 
     def resolved_stages(self) -> list[Stage]:
@@ -114,6 +113,11 @@ class ExperimentConfig(StrictModel):
                              "(set rag.corpus, or drop the +rag arms)")
         if self.evaluation.enabled and not self.evaluation.benchmarks:
             raise ValueError("evaluation.benchmarks is empty: nothing to compare the arms on")
+        for stage in self.resolved_stages():
+            if stage.rag_context is not None:
+                check_rag_context_stage(
+                    stage.name, [(d.path, d.format) for d in stage.training.datasets],
+                    self.rag.enabled, self.rag.corpus)
         return self
 
     def section_hash(self, *sections: str) -> str:

@@ -49,9 +49,9 @@ def check_inputs(cfg: ExperimentConfig, runs_dir_here: bool = True,
     every later load in this process and its Ray workers (``tunearena.remote_code``).
 
     Training files are cleaned, leak-checked, split and measured against ``seq_len`` as the
-    prepare step will (``training.data_check``); with ``+rag`` arms, the index's factory
-    string, search parameters, embedder and ``top_k`` are tried against the corpus
-    (``rag.check``); with ``runs_dir_here`` (false for a job whose run directory is on the
+    prepare step will (``training.data_check``); with ``+rag`` arms or a ``rag_context``
+    stage, the index's factory string, search parameters, embedder and ``top_k`` are tried
+    against the corpus (``rag.check``); with ``runs_dir_here`` (false for a job whose run directory is on the
     cluster), ``runs_dir`` is written to.
 
     A GGUF ``model.base`` is converted here (once; a cached conversion is reused) and
@@ -86,7 +86,8 @@ def check_inputs(cfg: ExperimentConfig, runs_dir_here: bool = True,
     if cfg.rag.enabled and cfg.rag.corpus is not None:
         from tunearena.rag.corpus import load_documents
 
-        if any(Arm.parse(a).context == "rag" for a in cfg.evaluation.arms):
+        if any(Arm.parse(a).context == "rag" for a in cfg.evaluation.arms) or any(
+                s.rag_context is not None for s in cfg.stages):
             from tunearena.rag.check import check_rag
 
             check_rag(cfg.rag)  # the index will be built: the corpus, FAISS, top_k

@@ -69,7 +69,8 @@ def _without_quiet_defaults(section: dict[str, Any]) -> dict[str, Any]:
 def prepare_key(cfg: ExperimentConfig, stage: Stage) -> str:
     """What a stage's prepared data depends on: its files, their cleaning and split, and the
     benchmark questions they are checked against; with ``long_records: drop``, also what
-    decides which records are too long (seq_len, packing, the tokenizer's model)."""
+    decides which records are too long (seq_len, packing, the tokenizer's model); with
+    ``rag_context``, its settings and the index the passages come from."""
     t = stage.training
     key: dict[str, Any] = {
         "datasets": [d.model_dump(mode="json") for d in t.datasets],
@@ -83,6 +84,10 @@ def prepare_key(cfg: ExperimentConfig, stage: Stage) -> str:
         key["long_records"] = [t.seq_len, t.packing, cfg.model.base]
     if cfg.synthesis is not None:
         key["synthesized"] = synthesized_digest(cfg)
+    if stage.rag_context is not None:
+        # Its prompts are rewritten with passages of the run's index (rag.top_k of them
+        # unless distractors says): a new index rewrites them.
+        key["rag_context"] = [stage.rag_context.model_dump(mode="json"), index_key(cfg)]
     return digest(key)
 
 

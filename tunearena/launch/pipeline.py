@@ -188,9 +188,12 @@ class Pipeline:
         with ExitStack() as stack, self.manifest.closing_steps():
             ray = _Ray(cfg.cluster, stack, self.console)
             # Retrieval reads no trained model, so it runs first: every prompt a RAG arm will
-            # score is then known, and measured against the context, before training.
-            if any(a.context == "rag" for a in arms):
+            # score is then known, and measured against the context, before training. A
+            # rag_context stage's training prompts are retrieved from the same index.
+            rag_arms = any(a.context == "rag" for a in arms)
+            if rag_arms or any(s.rag_context is not None for s in stages):
                 index = self._step("index", index_key(cfg), lambda: self.index(ray))
+            if rag_arms:
                 retrieval = self._step("retrieve", retrieve_key(cfg),
                                        lambda: self.retrieve(benchmarks))
             if cfg.evaluation.enabled:
@@ -214,8 +217,6 @@ class Pipeline:
 
         from transformers import AutoTokenizer
 
-        from tunearena.training.lengths import model_context
-
         cfg = self.cfg
         questions = {name: [q.question for q in items] for name, items in benchmarks.items()}
         # Every stage's records are measured with the base's tokenizer, which each stage's
@@ -226,14 +227,6 @@ class Pipeline:
         def step(kind: str, stage: Stage) -> str:
             # A run without stages has one, named ft; its steps keep their plain names.
             return f"{kind}:{stage.name}" if cfg.stages else kind
-
-        def prepare(stage: Stage) -> tuple[dict, dict]:
-            files, reports = prepare_stage(stage, questions, self.run_dir / "data", tokenizer(),
-                                           model_context(cfg.model.base), self.chat_template)
-            for task, report in reports.items():
-                for line in preparation_lines(stage.name, task, report):
-                    self.console.print(line, highlight=False)
-            return {k: self._rel(p) for k, p in files.items()}, reports
 
         def train(stage: Stage, data_report: dict) -> tuple[dict, TrainingSummary]:
             loaded = load_stage(stage, stages, cfg.model.base, self.run_dir, self.chat_template)
@@ -247,11 +240,48 @@ class Pipeline:
             ray.checked = True
             return {"model": self._rel(out)}, summary
 
+        def prepare(stage: Stage) -> tuple[dict, dict]:
+            return self.prepare(stage, questions, tokenizer())
+
         prepared = {s.name: self._step(step("prepare", s), prepare_key(cfg, s),
                                        partial(prepare, s)) for s in stages}
         return {s.name: self._step(step("train", s), stage_key(cfg, s, stages),
                                    partial(train, s, prepared[s.name]),
                                    load=TrainingSummary.model_validate) for s in stages}
+
+    def prepare(self, stage: Stage, questions: dict[str, list[str]],
+                tokenizer: Any) -> tuple[dict, dict]:
+        """Prepare a stage's files into ``data/<stage>/`` (``prepare_stage``). A
+        ``rag_context`` stage's files are first rewritten with passages from the run's index
+        (``data/<stage>-<task>.rag.jsonl``), and those are prepared: its prepared records, and
+        a later stage's replay of them, hold the passages. Returns the written files and each
+        task's report, with the ``rag_context`` record for such a stage's tasks."""
+        from tunearena.training.lengths import model_context
+        from tunearena.training.rag_context import (
+            load_stage_index,
+            rag_context_line,
+            rag_context_stage,
+        )
+
+        data_dir = self.run_dir / "data"
+        contexts: dict[str, dict] = {}
+        if stage.rag_context is not None:
+            index = load_stage_index(self.run_dir / "index", stage.name)
+            stage, contexts = rag_context_stage(stage, index, self.cfg.rag.top_k, data_dir)
+            for task, record in contexts.items():
+                self.console.print(rag_context_line(stage.name, task, record), highlight=False)
+        files, reports = prepare_stage(stage, questions, data_dir, tokenizer,
+                                       model_context(self.cfg.model.base), self.chat_template)
+        for task, report in reports.items():
+            if task in contexts:
+                report["rag_context"] = contexts[task]
+            for line in preparation_lines(stage.name, task, report):
+                self.console.print(line, highlight=False)
+        artifacts = {k: self._rel(p) for k, p in files.items()}
+        if contexts:  # the stage's datasets are the rewritten files
+            artifacts |= {f"{ds.task} rag_context": self._rel(ds.path)
+                          for ds in stage.training.datasets}
+        return artifacts, reports
 
     def index(self, ray: _Ray) -> tuple[dict, dict]:
         from tunearena.rag.index import build_index

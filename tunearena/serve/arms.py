@@ -93,6 +93,8 @@ def _parse(name: str, results: Results) -> Arm:
 
 
 def _served(arm: Arm, run_dir: Path, results: Results, lora: str) -> ServedArm:
+    from tunearena.evaluation.adapted import adapter_base, unmerged_adapter
+
     base = results.run.base_model if results.run else None
     if not base:
         raise ServeError(f"{run_dir / 'results.json'}: run.base_model is not recorded; "
@@ -106,9 +108,12 @@ def _served(arm: Arm, run_dir: Path, results: Results, lora: str) -> ServedArm:
     if not Path(model_dir).is_dir():
         raise ServeError(f"arm {arm}: its model {model_dir} is not there (was the run "
                          "directory copied without models/?)")
-    check_model_dir(str(model_dir))  # config and weights complete, and no code of its own
+    unmerged = unmerged_adapter(model_dir)
+    # Config and weights complete, and no code of their own: the model's, or for a stage
+    # exported as an adapter alone (which the engine loads on its base), the base's.
+    check_model_dir(adapter_base(unmerged) if unmerged else str(model_dir))
     adapter = None
-    if lora == "adapter" and arm.is_finetuned:
+    if lora == "adapter" and arm.is_finetuned and unmerged is None:
         model_dir, adapter = _adapter(arm, Path(model_dir), run_dir)
     index_dir, top_k = None, 0
     if arm.context == "rag":

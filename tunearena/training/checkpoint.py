@@ -67,6 +67,9 @@ class TrainState:
     best_val: float = math.inf
     """Best validation loss so far, and validations since it (early stopping)."""
     bad_evals: int = 0
+    reference: dict[str, list] = field(default_factory=dict)
+    """A ``dpo`` stage's reference log-probabilities per split (``preference_loop.py``),
+    computed at the first step and kept so a resumed stage compares against its start."""
 
     def add_task_counts(self, counts) -> None:
         """Count the sequences a step drew from each task."""

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunearena.configbase import StrictModel
+from tunearena.training.methods import METHODS, MethodName, same_adapter
 
 
 class ModelConfig(StrictModel):
@@ -52,10 +53,13 @@ class DatasetConfig(StrictModel):
 
     path: Path
     """JSONL file, one record a line."""
-    format: Literal["text", "instruction", "chat"] = "text"
+    format: Literal["text", "instruction", "chat", "preference"] = "text"
     """``text``: ``{"text"}``, loss on every token; ``instruction``: ``{"prompt", "response"}``,
     loss on the response only; ``chat``: ``{"messages": [{"role", "content"}, ...]}`` through
-    the tokenizer's chat template, loss on the assistant turns only."""
+    the tokenizer's chat template, loss on the assistant turns only; ``preference`` (for a
+    stage of ``kind: dpo`` or ``simpo``): ``{"prompt", "chosen", "rejected"}``, or
+    ``{"messages": [...ending with a user turn], "chosen", "rejected"}``, each reply a string or
+    an assistant message."""
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """Task name in logs and the report; default: the file name without its extension."""
     weight: float | None = Field(None, gt=0)
@@ -106,7 +110,43 @@ class LoraConfig(StrictModel):
     """Module names to adapt (e.g. ``[q_proj, v_proj]``), or ``all-linear``: every linear layer
     but the output head."""
     merge: bool = True
-    """Also export the adapter merged into a full model dir (the ``ft`` arms evaluate it)."""
+    """Also export the adapter merged into a full model dir, which the ``ft`` arms score and a
+    later stage can start from (``lora``, ``qlora`` and ``dora``). False: the arms score the
+    base with the adapter on it."""
+
+
+class Ia3Config(StrictModel):
+    """Learned scaling vectors (peft's IA3) for ``method: ia3``; merged after training."""
+
+    target_modules: list[str] | None = None
+    """Modules whose outputs (or, for feed-forward ones, inputs) are scaled; default: peft's
+    choice for the architecture (Llama: ``k_proj``, ``v_proj``, ``down_proj``)."""
+    feedforward_modules: list[str] | None = None
+    """Which of ``target_modules`` are feed-forward layers, scaled on their input; set it
+    with ``target_modules``."""
+
+    @model_validator(mode="after")
+    def _feedforward_among_targets(self) -> Ia3Config:
+        if (self.feedforward_modules is None) != (self.target_modules is None):
+            raise ValueError("set ia3.target_modules and ia3.feedforward_modules together "
+                             "(or neither, for peft's choice)")
+        extra = set(self.feedforward_modules or ()) - set(self.target_modules or ())
+        if extra:
+            raise ValueError(f"ia3.feedforward_modules {sorted(extra)} are not in "
+                             f"ia3.target_modules")
+        return self
+
+
+class VirtualTokensConfig(StrictModel):
+    """Learned virtual tokens for ``method: prompt_tuning`` or ``prefix_tuning``. They cannot
+    merge into the weights: the arms score the base with the adapter on it."""
+
+    count: int = Field(20, ge=1, le=512)
+    """Virtual tokens: prompt tuning puts their embeddings before the input, prefix tuning
+    their keys and values in every layer. They take that many positions of the context."""
+    init_text: str | None = None
+    """``prompt_tuning`` only: start the virtual tokens from this text's token embeddings
+    (e.g. a task description; repeated or cut to ``count`` tokens); default: random."""
 
 
 class TrackingConfig(StrictModel):
@@ -124,6 +164,31 @@ class TrackingConfig(StrictModel):
     """MLflow experiment the run is logged under."""
 
 
+class PreferenceConfig(StrictModel):
+    """Settings of a preference stage (``kind: dpo`` or ``simpo``)."""
+
+    beta: float = Field(0.1, gt=0)
+    """Scale of the implicit reward (how far the policy may move): 0.1 suits DPO; SimPO,
+    whose rewards are per-token averages, is usually run with about 2.0."""
+    gamma: float = Field(0.5, ge=0)
+    """SimPO's target margin between the chosen and the rejected reward; ignored by DPO."""
+
+
+class RagContextConfig(StrictModel):
+    """Put retrieved passages into a stage's instruction prompts (RAFT)."""
+
+    p_gold: float = Field(0.8, ge=0.0, le=1.0)
+    """Probability that a record's prompt holds its gold document's passage; without it the
+    model learns to answer from memory when retrieval misses (RAFT's P)."""
+    distractors: int | None = Field(None, ge=0, le=99)
+    """Passages beside the gold one, retrieved for the question from other documents; a prompt
+    without the gold passage gets one more, so every prompt has ``distractors + 1``. Unset:
+    ``rag.top_k - 1``, so training prompts hold as many passages as scored ones."""
+    seed: int = 0
+    """Seeds the per-record draws of whether the gold passage goes in: the same seed and
+    records give the same prompts."""
+
+
 class TrainingConfig(StrictModel):
     """One fine-tuning stage on DeepSpeed, run by Ray Train workers."""
 
@@ -138,13 +203,29 @@ class TrainingConfig(StrictModel):
     T > 1 moves the mix towards uniform and T = 1 keeps the weights as given."""
     validation_fraction: float = Field(0.05, ge=0.0, lt=0.5)
     """Share of each file's records held out for the validation loss (seeded)."""
+    kind: Literal["sft", "dpo", "simpo"] = "sft"
+    """What the stage learns from. ``sft``: supervised, the next-token loss on its records.
+    ``dpo``: preference pairs (``preference`` datasets), the policy's log-probability gain over
+    the stage's starting model, chosen against rejected (that reference is computed once,
+    before the first step); ``simpo``: the same pairs with no reference, the length-normalised
+    log-probabilities of chosen and rejected pushed ``preference.gamma`` apart. Held-out pairs
+    (``validation_fraction``) report the loss, reward accuracy and margin."""
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    """``beta`` and ``gamma`` of a ``dpo`` or ``simpo`` stage."""
     seq_len: int = Field(256, ge=8)
     """Tokens per training sequence."""
-    method: Literal["full", "lora", "qlora"] = "full"
-    """``full``: every weight trains; ``lora``: adapters only (see ``lora``); ``qlora``: adapters
-    on a 4-bit base (CUDA and bitsandbytes only)."""
+    method: MethodName = "full"
+    """``full``: every weight trains. The rest train a peft adapter on a frozen base:
+    ``lora`` (see ``lora``); ``qlora``, LoRA on a 4-bit base (CUDA and bitsandbytes only);
+    ``dora``, weight-decomposed LoRA (``lora``'s settings); ``ia3``, learned scales (see
+    ``ia3``); ``prompt_tuning`` and ``prefix_tuning``, learned virtual tokens (see
+    ``virtual_tokens``), which cannot merge and are scored as base + adapter."""
     lora: LoraConfig = Field(default_factory=LoraConfig)
-    """Adapter settings, used when ``method`` is ``lora`` or ``qlora``."""
+    """Adapter settings, used when ``method`` is ``lora``, ``qlora`` or ``dora``."""
+    ia3: Ia3Config = Field(default_factory=Ia3Config)
+    """Scaling settings, used when ``method`` is ``ia3``."""
+    virtual_tokens: VirtualTokensConfig = Field(default_factory=VirtualTokensConfig)
+    """Virtual-token settings, used when ``method`` is ``prompt_tuning`` or ``prefix_tuning``."""
     packing: bool = True
     """Concatenate records into full ``seq_len`` sequences (else: one record each, padded)."""
     long_records: Literal["error", "drop"] = "error"
@@ -211,6 +292,15 @@ class TrainingConfig(StrictModel):
     seed: int = 0
     """Seeds data order and any random initialisation."""
 
+    @property
+    def exports_merged(self) -> bool:
+        """Whether the stage's export holds a full model: a full fine-tune, or an adapter
+        merged into its base (``lora.merge`` for the LoRA family; IA3 always merges)."""
+        method = METHODS[self.method]
+        if not method.adapter or self.method == "ia3":
+            return True
+        return method.merges and self.lora.merge
+
     @model_validator(mode="after")
     def _weights_all_or_none(self) -> TrainingConfig:
         weighted = [ds.weight is not None for ds in self.datasets]
@@ -221,6 +311,18 @@ class TrainingConfig(StrictModel):
         if len(set(tasks)) != len(tasks):
             raise ValueError(f"datasets: two datasets share the task name in {tasks}; "
                              "give them distinct name fields")
+        return self
+
+    @model_validator(mode="after")
+    def _preference_data_for_preference_kinds(self) -> TrainingConfig:
+        pairs = [ds.task for ds in self.datasets if ds.format == "preference"]
+        if self.kind == "sft" and pairs:
+            raise ValueError(f"datasets {pairs} hold preference pairs, which a kind sft stage "
+                             "cannot learn from; set kind: dpo (or simpo)")
+        others = [ds.task for ds in self.datasets if ds.format != "preference"]
+        if self.kind != "sft" and others:
+            raise ValueError(f"a kind {self.kind} stage learns from preference pairs only; "
+                             f"datasets {others} are not format preference")
         return self
 
     @model_validator(mode="after")
@@ -257,7 +359,7 @@ class ReplayConfig(StrictModel):
 
 
 # Stage keys that are not training keys; every other key of a stage overrides ``training:``.
-STAGE_OWN_KEYS = ("name", "start_from", "lora_init", "replay")
+STAGE_OWN_KEYS = ("name", "start_from", "lora_init", "replay", "rag_context")
 
 
 class StageConfig(StrictModel):
@@ -272,11 +374,16 @@ class StageConfig(StrictModel):
     """``base`` or an earlier stage's name; default: the stage listed before (the first stage
     starts from ``base``). Two stages starting from the same one compare variants."""
     lora_init: Literal["merge", "continue"] = "merge"
-    """For a LoRA stage after a LoRA stage: ``merge`` trains a fresh adapter on the predecessor
-    merged into its base; ``continue`` keeps training the predecessor's adapter on the same
-    base (one adapter for the whole chain)."""
+    """For an adapter stage after an adapter stage: ``merge`` trains a fresh adapter on the
+    predecessor merged into its base; ``continue`` keeps training the predecessor's adapter on
+    the same base (one adapter for the whole chain; the same method, or lora after qlora)."""
     replay: ReplayConfig | None = None
     """Replay of earlier stages' data or of other data (default: none)."""
+    rag_context: RagContextConfig | None = None
+    """RAG-aware fine-tuning (RAFT): the stage's ``instruction`` prompts carry passages
+    retrieved from the run's own index (``rag:``), the gold document's with probability
+    ``p_gold`` beside distractors, rendered as the ``+rag`` arms render them; the index is
+    built before the stage. Default: off."""
 
     @model_validator(mode="after")
     def _overrides_are_training_keys(self) -> StageConfig:
@@ -285,8 +392,8 @@ class StageConfig(StrictModel):
             if key not in allowed:
                 hint = difflib.get_close_matches(key, allowed + list(STAGE_OWN_KEYS), n=1)
                 raise ValueError(f"unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint
-                                 else " (a stage takes name, start_from, lora_init, replay and "
-                                 "any training key)"))
+                                 else " (a stage takes name, start_from, lora_init, replay, "
+                                 "rag_context and any training key)"))
         return self
 
     def overrides(self) -> dict[str, Any]:
@@ -304,6 +411,7 @@ class Stage:
     training: TrainingConfig
     lora_init: str = "merge"
     replay: ReplayConfig | None = None
+    rag_context: RagContextConfig | None = None
 
 
 def resolve_stages(training: TrainingConfig, stages: list[StageConfig]) -> list[Stage]:
@@ -339,22 +447,53 @@ def resolve_stages(training: TrainingConfig, stages: list[StageConfig]) -> list[
             raise ValueError(f"{where}: no datasets (set them on the stage or in training)")
         parent = seen.get(start)
         if parent is not None and parent.training.method != "full":
+            if (stage.lora_init == "continue" and cfg.method != "full"
+                    and not same_adapter(cfg.method, parent.training.method)):
+                raise ValueError(f"{where}: lora_init continue keeps training the "
+                                 f"{parent.training.method} adapter of {start!r}, but this stage's method is "
+                                 f"{cfg.method}; set the same method, or lora_init merge")
             continuing = stage.lora_init == "continue" and cfg.method != "full"
-            if not continuing and not parent.training.lora.merge:
-                raise ValueError(f"{where}: starts from LoRA stage {start!r}, whose adapter is not "
-                                 "merged; set its lora.merge true, or lora_init continue")
+            if not continuing and not parent.training.exports_merged:
+                fix = ("set its lora.merge true, or lora_init continue"
+                       if METHODS[parent.training.method].merges else
+                       f"{parent.training.method} cannot merge: set lora_init continue and "
+                       f"method {parent.training.method}, or start from {parent.start_from}")
+                raise ValueError(f"{where}: starts from {parent.training.method} stage "
+                                 f"{start!r}, whose adapter is not merged; {fix}")
         if stage.lora_init == "continue" and cfg.method != "full" and parent is not None \
                 and parent.training.method == "full":
-            raise ValueError(f"{where}: lora_init continue needs a LoRA predecessor; "
+            raise ValueError(f"{where}: lora_init continue needs an adapter predecessor; "
                              f"{start!r} is a full fine-tune")
         replay = stage.replay
         if replay is not None and replay.stages != "earlier":
             for name in replay.stages:
                 if name not in seen:
                     raise ValueError(f"{where}: replay.stages names {name!r}, not an earlier stage")
-        seen[stage.name] = Stage(stage.name, start, cfg, stage.lora_init, replay)
+        if replay is not None:
+            _check_replay_kinds(where, cfg, replay, start, seen)
+        seen[stage.name] = Stage(stage.name, start, cfg, stage.lora_init, replay,
+                                 stage.rag_context)
         resolved.append(seen[stage.name])
     return resolved
+
+
+def _check_replay_kinds(where: str, cfg: TrainingConfig, replay: ReplayConfig, start: str,
+                        seen: dict[str, Stage]) -> None:
+    """Replay mixes records of the same kind only: next-token data into a supervised stage."""
+    if cfg.kind != "sft":
+        raise ValueError(f"{where}: a kind {cfg.kind} stage learns from preference pairs and "
+                         "cannot replay; drop its replay")
+    names: list[str] = []
+    current = start
+    while replay.stages == "earlier" and current != "base":
+        names.append(current)
+        current = seen[current].start_from
+    sources = names if replay.stages == "earlier" else replay.stages
+    preference = [n for n in sources if seen[n].training.kind != "sft"]
+    if preference:
+        raise ValueError(f"{where}: replay would mix in the preference pairs of stage(s) "
+                         f"{preference}, which a supervised stage cannot learn from; list the "
+                         "stages to replay in replay.stages without them")
 
 
 def ancestors(stages: list[Stage], name: str) -> list[str]:

@@ -17,7 +17,9 @@ import numpy as np
 from tunearena.training.formats import (
     IGNORE_INDEX,
     DataError,
+    TokenizedPair,
     Tokens,
+    preference_tokens,
     require_chat_template,
     tokenize_chat,
     tokenize_record,
@@ -71,6 +73,17 @@ def pad(examples: Sequence[Tokens], seq_len: int, pad_id: int) -> TokenizedSplit
     return TokenizedSplit(ids, labels, mask)
 
 
+def pad_pairs(pairs: Sequence[TokenizedPair], seq_len: int, pad_id: int) -> TokenizedSplit:
+    """One preference pair a row of ``2 * seq_len``: the chosen sequence padded to
+    ``seq_len``, then the rejected one, so a pair is sampled, sliced and moved as one row
+    (``preference.split_pair_rows`` takes it apart on the worker)."""
+    chosen = pad([p.chosen for p in pairs], seq_len, pad_id)
+    rejected = pad([p.rejected for p in pairs], seq_len, pad_id)
+    return TokenizedSplit(*(np.concatenate([a, b], axis=1) for a, b in (
+        (chosen.input_ids, rejected.input_ids), (chosen.labels, rejected.labels),
+        (chosen.attention_mask, rejected.attention_mask))))
+
+
 @dataclass
 class TaskRecords:
     """One task's records, split, before tokenisation."""
@@ -100,7 +113,10 @@ def tokenize_tasks(tasks: Sequence[TaskRecords], tokenizer, seq_len: int, packin
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def build(records: list[dict], fmt: str, task: str) -> TokenizedSplit:
-        examples = [tokenize_record(r, fmt, tokenizer, chat_template) for r in records]
+        pairs = ([preference_tokens(r, tokenizer, chat_template) for r in records]
+                 if fmt == "preference" else [])
+        examples = ([max(p.chosen, p.rejected, key=lambda t: len(t[0])) for p in pairs] if pairs else
+                    [tokenize_record(r, fmt, tokenizer, chat_template) for r in records])
         long = [len(x) for x, _ in examples if len(x) > seq_len] if counts_long(fmt, packing) else []
         if long:
             # The prepare step counted (or dropped) these against this seq_len; a replayed
@@ -110,6 +126,8 @@ def tokenize_tasks(tasks: Sequence[TaskRecords], tokenizer, seq_len: int, packin
                 f"{max(long)} tokens) would be {'split by packing' if packing else 'cut'}; raise "
                 "training.seq_len, shorten those records, or set training.long_records: drop "
                 "(and rerun the stage's prepare step, without --resume)")
+        if fmt == "preference":
+            return pad_pairs(pairs, seq_len, pad_id)
         return pack(examples, seq_len) if packing else pad(examples, seq_len, pad_id)
 
     trains, vals = [], []

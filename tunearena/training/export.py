@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from tunearena.training.worker import Worker
 
 ADAPTER_DIR = "adapter"
-"""Where a LoRA stage's adapter goes inside the export dir (the merged model sits beside it)."""
+"""Where an adapter stage's adapter goes inside the export dir (the merged model, when the
+method merges, sits beside it)."""
 
 
 class ExportError(RuntimeError):
@@ -60,25 +61,36 @@ def gathered_state_dict(engine, zero_stage: int, rank: int,
 
 
 def export(engine, zero_stage: int, is_lora: bool, out_dir: Path, rank: int) -> int:
-    """Write the model (full) or the adapter (LoRA, into ``out_dir/adapter``) from rank 0.
+    """Write the model (full) or the adapter (into ``out_dir/adapter``) from rank 0.
 
     A collective under ZeRO-3: every rank must call it. Returns the tensor count on rank 0.
     """
+    import contextlib
+
+    import deepspeed
+
     state = gathered_state_dict(engine, zero_stage, rank, trainable_only=is_lora)
-    if state is None:
-        return 0
-    if is_lora:
-        # peft keeps only the adapter's tensors of the given state dict, renamed as
-        # PeftModel.from_pretrained expects them.
-        engine.module.save_pretrained(out_dir / ADAPTER_DIR, state_dict=state,
-                                      safe_serialization=True)
-    else:
-        engine.module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
-    return len(state)
+    if not is_lora:
+        if state is not None:
+            engine.module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+        return len(state or ())
+    # peft keeps only the adapter's tensors of the given state dict, renamed as
+    # PeftModel.from_pretrained expects them; but a prompt-learning adapter (prompt or
+    # prefix tuning) is saved by running its prompt encoder, whose ZeRO-3 partitions every
+    # rank must gather together, so every rank holds them whole while rank 0 saves.
+    trainable = [p for p in engine.module.parameters() if p.requires_grad]
+    whole = (deepspeed.zero.GatheredParameters(trainable, modifier_rank=None)
+             if zero_stage == 3 else contextlib.nullcontext())
+    with whole:
+        if state is not None:
+            engine.module.save_pretrained(out_dir / ADAPTER_DIR, state_dict=state,
+                                          safe_serialization=True)
+    return len(state or ())
 
 
 def merge_adapter(base_dir: str, adapter_dir: Path, out_dir: Path, dtype: torch.dtype) -> None:
-    """Fold a LoRA adapter into its base weights and save a plain Hugging Face model dir."""
+    """Fold an adapter (LoRA, DoRA, IA3) into its base weights and save a plain Hugging Face
+    model dir."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -153,7 +165,8 @@ def export_verified(engine, cfg: TrainingConfig, worker: Worker, check_batch: di
     import ray.train
     from transformers import AutoTokenizer
 
-    is_lora = cfg.method != "full"
+    is_lora = cfg.method != "full"  # an adapter method
+    merged = cfg.exports_merged
     # The loss of the trained engine on one fixed sequence (a collective under ZeRO-3: every
     # rank runs the same forward); the export must reproduce it when reloaded.
     trained_loss = batch_loss(engine, check_batch)
@@ -167,9 +180,9 @@ def export_verified(engine, cfg: TrainingConfig, worker: Worker, check_batch: di
         checks.append(check_losses_match(
             "adapter", trained_loss,
             reload_loss(out / ADAPTER_DIR, check_batch, dtype, model_dir), tolerance))
-        if cfg.lora.merge:
+        if merged:
             merge_adapter(model_dir, out / ADAPTER_DIR, out, dtype)
-    if not is_lora or cfg.lora.merge:
+    if merged:
         checks.append(check_losses_match(
             "model", trained_loss, reload_loss(out, check_batch, dtype), tolerance))
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code())

@@ -170,6 +170,124 @@ def tokenize_chat(messages: list[dict], tokenizer) -> Tokens:
     return ids, labels
 
 
+# Preference records: a prompt (or the conversation up to the user's turn), chosen, rejected.
+
+PREFERENCE_FIELDS = "a preference record needs prompt (or messages), chosen and rejected"
+
+
+class PreferenceDataError(UserError, ValueError):
+    """A preference file that cannot be used; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One record: the prompt (plain text, or the conversation up to the user's turn)."""
+
+    where: str
+    """``path:LINE`` of the record, for errors."""
+    prompt: str | list[dict]
+    chosen: str
+    rejected: str
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    """Both replies as (input ids, labels), labels ``IGNORE_INDEX`` on everything but the reply."""
+
+    chosen: Tokens
+    rejected: Tokens
+
+
+def reply_text(record: dict, key: str) -> str | None:
+    """A reply given as a string or as an assistant message; None for anything else."""
+    value = record[key]
+    if isinstance(value, dict) and value.get("role") == "assistant":
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def preference_problem(record: dict, allow_empty: bool = False) -> str | None:
+    """What is wrong with a preference record, or None (empty replies are never allowed)."""
+    if ("prompt" in record) == ("messages" in record):
+        return ("has both 'prompt' and 'messages'; give one" if "prompt" in record
+                else f"no 'prompt' or 'messages' field; {PREFERENCE_FIELDS}")
+    for key in ("chosen", "rejected"):
+        if key not in record:
+            return f"no {key!r} field; {PREFERENCE_FIELDS}"
+        reply = reply_text(record, key)
+        if reply is None:
+            return f"{key!r} must be a string or an assistant message (role and content)"
+        if not reply.strip():
+            return f"{key!r} is empty; give the reply's text"
+    if "prompt" in record and not (isinstance(record["prompt"], str) and record["prompt"].strip()):
+        return "'prompt' must be a non-empty string"
+    messages = record.get("messages")
+    if "messages" in record:
+        if not isinstance(messages, list) or not messages:
+            return "'messages' must be a non-empty list of {role, content} turns"
+        # The conversation with its chosen reply must be a valid ``chat`` record.
+        turn = {"role": "assistant", "content": reply_text(record, "chosen")}
+        if wrong := _chat_problem({"messages": [*messages, turn]}):
+            return wrong
+        if messages[-1]["role"] != "user":
+            return "'messages' must end with the user turn that chosen and rejected answer"
+    if reply_text(record, "chosen") == reply_text(record, "rejected"):
+        return "'chosen' and 'rejected' are the same reply, so the pair teaches nothing; fix or drop it"
+    return None
+
+
+def preference_pair(record: dict, where: str) -> PreferencePair:
+    """A checked preference record as a pair."""
+    prompt = record["prompt"] if "prompt" in record else record["messages"]
+    return PreferencePair(where, prompt, str(reply_text(record, "chosen")),
+                          str(reply_text(record, "rejected")))
+
+
+def preference_texts(record: dict) -> list[str]:
+    """The strings a preference record holds: its prompt (or turns), chosen and rejected."""
+    prompt = ([record["prompt"]] if "prompt" in record
+              else [m["content"] for m in record["messages"]])
+    return [*prompt, str(reply_text(record, "chosen")), str(reply_text(record, "rejected"))]
+
+
+def tokenize_reply(pair: PreferencePair, reply: str, tokenizer, chat_template: bool) -> Tokens:
+    """One reply after the pair's prompt, rendered as an SFT record with the same prompt is;
+    labels only on that reply."""
+    try:
+        if isinstance(pair.prompt, str):  # as an SFT instruction record renders it
+            ids, labels = tokenize_record({"prompt": pair.prompt, "response": reply},
+                                          "instruction", tokenizer, chat_template)
+        else:
+            require_chat_template(tokenizer, "a 'messages' record")
+            ids, labels = tokenize_chat([*pair.prompt, {"role": "assistant", "content": reply}],
+                                        tokenizer)
+    except DataError as e:
+        raise PreferenceDataError(f"{pair.where}: {e}") from None
+    # Only the final reply is scored: earlier assistant turns are prompt here, and would
+    # dilute SimPO's per-token average and the rewards reported.
+    start = max(i for i, label in enumerate(labels) if label == IGNORE_INDEX) + 1
+    return ids, [IGNORE_INDEX] * start + labels[start:]
+
+
+def tokenize_pair(pair: PreferencePair, tokenizer, chat_template: bool = False) -> TokenizedPair:
+    """The pair's chosen and rejected replies after its prompt."""
+    return TokenizedPair(*(tokenize_reply(pair, reply, tokenizer, chat_template)
+                           for reply in (pair.chosen, pair.rejected)))
+
+
+def preference_tokens(record: dict, tokenizer, chat_template: bool = False,
+                      where: str = "a preference record") -> TokenizedPair:
+    """A checked preference record's chosen and rejected replies after its prompt, as
+    ``preference.tokenize_pairs`` renders them."""
+    return tokenize_pair(preference_pair(record, where), tokenizer, chat_template)
+
+
+def _longer_reply(record: dict, tokenizer, chat_template: bool) -> Tokens:
+    """The longer of a preference record's two sequences (prompt and chosen or rejected)."""
+    pair = preference_tokens(record, tokenizer, chat_template)
+    return max(pair.chosen, pair.rejected, key=lambda tokens: len(tokens[0]))
+
+
 FORMATS: dict[str, DataFormat] = {
     f.name: f
     for f in (
@@ -184,6 +302,9 @@ FORMATS: dict[str, DataFormat] = {
         DataFormat("chat", _chat_problem, lambda r: [m["content"] for m in r["messages"]],
                    lambda r, tokenizer: tokenize_chat(r["messages"], tokenizer),
                    needs_chat_template=True),
+        # Two replies to one prompt, for a preference stage: the longer is what must fit.
+        DataFormat("preference", preference_problem, preference_texts,
+                   lambda r, tokenizer: _longer_reply(r, tokenizer, False)),
     )
 }
 """Every format a dataset's ``format`` may name."""
@@ -210,6 +331,8 @@ def tokenize_record(record: dict, fmt: str, tokenizer, chat_template: bool = Fal
     ``chat_template`` (the run's prompts go through it), ``instruction`` records are rendered
     as a user turn and the assistant's reply, as evaluation renders the same question."""
     data_format = get_format(fmt)
+    if fmt == "preference":  # renders its own prompt, through the template when asked
+        return _longer_reply(record, tokenizer, chat_template)
     if chat_template and data_format.as_chat is not None:
         return tokenize_chat(data_format.as_chat(record), tokenizer)
     return data_format.tokenize(record, tokenizer)

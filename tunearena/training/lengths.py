@@ -121,7 +121,8 @@ def check_long_records(prepared: Sequence[PreparedData], training: TrainingConfi
     long = [p.report for p in prepared if p.report.get("over_seq_len")]
     if not long:
         return
-    how = ("cut" if not training.packing
+    # A preference pair is never packed: each reply is padded to seq_len on its own.
+    how = ("cut" if not training.packing or training.kind != "sft"
            else "split, their responses apart from their prompts (packing)")
     files = "; ".join(f"{Path(r['path'])}: {r['over_seq_len']} record(s), the longest "
                       f"{r['longest_tokens']} tokens" for r in long)

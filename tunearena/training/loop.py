@@ -29,6 +29,7 @@ from tunearena.training.ds_config import build_ds_config, build_lr_scheduler
 from tunearena.training.export import export_verified
 from tunearena.training.mixture import Mixture, count_tasks, epoch_order
 from tunearena.training.model import count_parameters, load_model
+from tunearena.training.preference_loop import PairObjective
 from tunearena.training.summary import TrainingSummary
 from tunearena.training.throughput import mfu
 from tunearena.training.tracking import Tracker
@@ -69,6 +70,8 @@ def train_loop_per_worker(config: dict) -> None:
                                 train["input_ids"].shape[1], n_params, n_trainable, placement))
     state = resume(engine, cfg, worker, plan, placement, len(mixture.names))
     start_step = state.step
+    pairs = (PairObjective.start(engine, cfg, train, val, worker, state)
+             if cfg.kind != "sft" else None)
     tracker = (Tracker.open(cfg.tracking, config["run_name"], cfg.model_dump(mode="json"),
                             resume_run_id=state.mlflow_run_id) if worker.is_main else None)
     state.mlflow_run_id = tracker.mlflow_run_id if tracker is not None else None
@@ -94,7 +97,8 @@ def train_loop_per_worker(config: dict) -> None:
         t_step = time.perf_counter()
         for micro in range(cfg.grad_accum_steps):
             rows = order[plan.rank_slice(step_in_epoch, micro, worker.rank)]
-            loss = engine(**worker.to_device(train, rows)).loss
+            batch = worker.to_device(train, rows)
+            loss = pairs.loss(engine, batch, rows).loss if pairs else engine(**batch).loss
             # DeepSpeed divides the loss by grad_accum_steps before backward and only applies
             # the optimizer (after averaging gradients over ranks) at the accumulation boundary.
             engine.backward(loss)
@@ -106,8 +110,13 @@ def train_loop_per_worker(config: dict) -> None:
         if (step + 1) % cfg.log_every_steps == 0 or last:
             metrics |= window.flush(worker, engine, state, steps_per_epoch, n_params, n_trainable)
         if val is not None and ((step + 1) % cfg.eval_every_steps == 0 or last):
-            metrics["val_loss"], val_by_task = validation_loss(
-                engine, val, list(mixture.names), cfg.micro_batch_size, worker)
+            if pairs is not None:
+                held_out = pairs.validate(engine, val, worker)
+                metrics["val_loss"] = held_out.pop("loss")
+                metrics |= {f"val_{name}": value for name, value in held_out.items()}
+            else:
+                metrics["val_loss"], val_by_task = validation_loss(
+                    engine, val, list(mixture.names), cfg.micro_batch_size, worker)
             if len(val_by_task) > 1:
                 metrics |= {f"val_loss/{name}": loss for name, loss in val_by_task.items()}
             # The same numbers on every rank, so every rank takes the same decision.
@@ -134,7 +143,9 @@ def train_loop_per_worker(config: dict) -> None:
                             n_params, n_trainable, val_by_task, config["bf16"])
     # One fixed sequence that the export, reloaded, must score as the trained engine does.
     check_batch = worker.to_device(val if val is not None else train, np.array([0]))
-    check_batch = {k: v[:, :512] for k, v in check_batch.items()}
+    # A preference row is [chosen | rejected]: its chosen half is one sequence.
+    width = cfg.seq_len if pairs is not None else 512
+    check_batch = {k: v[:, :width] for k, v in check_batch.items()}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = export_verified(engine, cfg, worker, check_batch, config["model_dir"],
                                      config["bf16"], summary, Path(tmp) / "model", EXPORT_MARKER)
@@ -390,6 +401,11 @@ def build_summary(cfg: TrainingConfig, worker: Worker, plan: BatchPlan, mixture:
         final_train_loss=next((h["train_loss"] for h in reversed(history) if "train_loss" in h),
                               None),
         final_val_loss=next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None),
+        kind=cfg.kind,
+        reward_accuracy=next((h["val_reward_accuracy"] for h in reversed(history)
+                              if "val_reward_accuracy" in h), None),
+        reward_margin=next((h["val_reward_margin"] for h in reversed(history)
+                            if "val_reward_margin" in h), None),
         val_loss_by_task=val_by_task,
         mix={
             "target": dict(zip(mixture.names, mixture.probabilities, strict=True)),

@@ -15,13 +15,13 @@ import torch
 from tunearena.cluster.preflight import Check
 from tunearena.remote_code import trust_remote_code
 from tunearena.training.batch import BatchPlan
-from tunearena.training.config import LoraConfig, TrainingConfig
+from tunearena.training.config import TrainingConfig
 from tunearena.training.ds_config import bucket_elements
 from tunearena.training.model import (
     CHUNK_LOGITS,
     CHUNKED_LOSS_MODEL_TYPES,
     count_parameters,
-    peft_lora_config,
+    peft_config,
 )
 
 GIB = 1024**3
@@ -61,22 +61,25 @@ class ModelShape:
     """The loss runs in chunks (``use_chunked_loss``), so the full logits never exist."""
 
 
-def model_shape(model_dir: str, lora: LoraConfig | None) -> ModelShape:
+def model_shape(model_dir: str, adapter: TrainingConfig | None) -> ModelShape:
     """The shape of ``model_dir``'s architecture, from its config alone.
 
-    The model is built on the meta device (shapes, no storage), and for LoRA wrapped with the
-    same peft config training uses, so adapter counts match. No weights are read.
+    The model is built on the meta device (shapes, no storage), and with ``adapter`` (a stage
+    training a peft adapter) wrapped with the peft config that stage trains with, so adapter
+    counts match. No weights are read.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code())
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code())
-        if lora is not None:
+        if adapter is not None:
             from peft import get_peft_model
 
-            # The training config only carries the adapter settings into peft's config.
-            model = get_peft_model(model, peft_lora_config(TrainingConfig(enabled=False, lora=lora)))
+            # Virtual tokens start random here: their count, not their start, sets the shape.
+            tokens = adapter.virtual_tokens.model_copy(update={"init_text": None})
+            model = get_peft_model(model, peft_config(
+                adapter.model_copy(update={"virtual_tokens": tokens}), model_dir))
     total, trainable = count_parameters(model)
     adapted = [m for m in model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
     layers = config.num_hidden_layers
@@ -259,7 +262,7 @@ def estimate_memory_per_worker(cfg: TrainingConfig, world_size: int, bf16: bool,
         buckets_bytes=bucket_elems * bucket_value_bytes,
         activations_bytes=activation_bytes(
             shape, cfg.micro_batch_size, cfg.seq_len, value_bytes, cfg.gradient_checkpointing,
-            cfg.lora.dropout if cfg.method != "full" else 0.0),
+            cfg.lora.dropout if cfg.method in ("lora", "qlora", "dora") else 0.0),
         logits_bytes=logits_bytes(shape, tokens, value_bytes, head_trains=cfg.method == "full"),
         host_bytes=math.ceil(host),
         use_gpu=use_gpu,
@@ -277,7 +280,7 @@ def estimate_for(model_dir: str, cfg: TrainingConfig, world_size: int, bf16: boo
                  use_gpu: bool) -> MemoryEstimate:
     """The estimate for training ``model_dir`` (a local dir or hub id) on ``cfg``, from its
     config alone (no weights read)."""
-    shape = model_shape(model_dir, cfg.lora if cfg.method != "full" else None)
+    shape = model_shape(model_dir, cfg if cfg.method != "full" else None)
     return estimate_memory_per_worker(cfg, world_size, bf16, shape, use_gpu)
 
 

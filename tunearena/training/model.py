@@ -1,16 +1,20 @@
-"""The model a worker trains: the base weights, plus LoRA adapters and gradient checkpointing
+"""The model a worker trains: the base weights, plus a peft adapter and gradient checkpointing
 when the config asks for them, and a causal-LM loss that never holds the full logits."""
 
 from __future__ import annotations
 
 import types
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from tunearena.remote_code import trust_remote_code
 from tunearena.training.config import TrainingConfig
 from tunearena.training.data import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
 
 CHUNKED_LOSS_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 """Architectures whose logits are exactly ``lm_head(final hidden state)`` (no soft-capping or
@@ -21,23 +25,36 @@ CHUNK_LOGITS = 2**27
 large enough for full-speed matmuls."""
 
 
-def peft_lora_config(cfg: TrainingConfig):
-    """The peft ``LoraConfig`` for ``cfg.lora`` (causal LM, adapters only, no bias)."""
-    from peft import LoraConfig, TaskType
+def peft_config(cfg: TrainingConfig, model_dir: str) -> PeftConfig:
+    """The peft config of an adapter method (causal LM), from the stage's settings;
+    ``model_dir`` is the model it trains on (whose tokenizer reads ``init_text``)."""
+    import peft
 
-    return LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
-        r=cfg.lora.rank,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        target_modules=cfg.lora.target_modules,
-        bias="none",
-    )
+    task = peft.TaskType.CAUSAL_LM
+    if cfg.method in ("lora", "qlora", "dora"):
+        return peft.LoraConfig(
+            task_type=task, r=cfg.lora.rank, lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules,
+            bias="none", use_dora=cfg.method == "dora")
+    if cfg.method == "ia3":
+        return peft.IA3Config(task_type=task, target_modules=cfg.ia3.target_modules,
+                              feedforward_modules=cfg.ia3.feedforward_modules)
+    tokens = cfg.virtual_tokens
+    if cfg.method == "prompt_tuning":
+        init = peft.PromptTuningInit.TEXT if tokens.init_text else peft.PromptTuningInit.RANDOM
+        return peft.PromptTuningConfig(
+            task_type=task, num_virtual_tokens=tokens.count, prompt_tuning_init=init,
+            prompt_tuning_init_text=tokens.init_text,
+            tokenizer_name_or_path=model_dir if tokens.init_text else None)
+    if cfg.method == "prefix_tuning":
+        return peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=tokens.count)
+    raise ValueError(f"{cfg.method} trains no adapter")
 
 
 def load_model(model_dir: str, cfg: TrainingConfig, bf16: bool,
                init_adapter: str | None = None) -> torch.nn.Module:
-    """``from_pretrained`` in the training dtype, wrapped for LoRA / QLoRA when asked.
+    """``from_pretrained`` in the training dtype, wrapped in the stage's peft adapter when its
+    method trains one (``peft_config``).
 
     Under ZeRO-3 the caller must have created ``HfDeepSpeedConfig`` first, so the base
     weights are partitioned as they load. The adapters peft adds afterwards are ordinary
@@ -81,7 +98,7 @@ def load_model(model_dir: str, cfg: TrainingConfig, bf16: bool,
         config = PeftConfig.from_pretrained(init_adapter)
         config.base_model_name_or_path = model_dir
         return PeftModel.from_pretrained(model, init_adapter, is_trainable=True, config=config)
-    return get_peft_model(model, peft_lora_config(cfg))
+    return get_peft_model(model, peft_config(cfg, model_dir))
 
 
 def compile_blocks(model: torch.nn.Module) -> int:

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 STAGE_RESULT_FIELDS = (
     "start_from", "method", "lora_init", "steps", "planned_steps", "stopped_early_at",
     "train_s", "final_train_loss", "final_val_loss", "val_loss_by_task", "mix", "replay",
-    "data", "history", "export_check",
+    "data", "history", "export_check", "parameters", "trainable_parameters",
+    "peak_gpu_memory_mb", "peak_rss_mb", "kind", "reward_accuracy", "reward_margin",
 )
 
 
@@ -287,7 +288,7 @@ def train_stage(loaded: LoadedStage, cluster: ClusterConfig, run_name: str, stor
 
         record_base(out_dir / ADAPTER_DIR, stage.name,
                     base_record(loaded.run_dir, loaded.model_stage, loaded.base),
-                    merged=stage.training.lora.merge)
+                    merged=stage.training.exports_merged)
     return summary.model_copy(update={
         "start_from": stage.start_from,
         "lora_init": stage.lora_init if stage.training.method != "full" else None,

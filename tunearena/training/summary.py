@@ -93,6 +93,13 @@ class TrainingSummary(_Record):
     """Tokens that carry loss in an epoch of training sequences."""
     final_train_loss: float | None = None
     final_val_loss: float | None = None
+    kind: str = "sft"
+    """``sft``, or the preference objective (``dpo``, ``simpo``)."""
+    reward_accuracy: float | None = None
+    """A preference stage's share of held-out pairs whose chosen reply's reward beats the
+    rejected one's, at the end (0 at the start of DPO, where every reward is 0)."""
+    reward_margin: float | None = None
+    """Its mean chosen-minus-rejected reward on the held-out pairs, at the end."""
     val_loss_by_task: dict[str, float] = {}
     mix: TaskMix
     history: list[dict[str, int | float]] = []

@@ -38,9 +38,13 @@ def uses_bf16(cfg: TrainingConfig, use_gpu: bool) -> bool:
 
 
 def check_method(cfg: TrainingConfig, use_gpu: bool) -> None:
-    """QLoRA needs CUDA workers and bitsandbytes; say so before any worker starts."""
+    """A method its ZeRO stage cannot run, or QLoRA without CUDA workers and bitsandbytes:
+    say so before any worker starts."""
     import importlib.util
 
+    if cfg.method == "qlora" and cfg.zero_stage == 3:
+        raise MethodUnavailable("training.method qlora runs with zero_stage 0-2: ZeRO-3 cannot "
+                                "partition 4-bit weights")
     if cfg.method != "qlora":
         return
     if not use_gpu:
@@ -48,9 +52,6 @@ def check_method(cfg: TrainingConfig, use_gpu: bool) -> None:
                                 "CUDA kernel); use method lora on CPU")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise MethodUnavailable('training.method qlora needs bitsandbytes: pip install bitsandbytes')
-    if cfg.zero_stage == 3:
-        raise MethodUnavailable("training.method qlora runs with zero_stage 0-2: ZeRO-3 cannot "
-                                "partition 4-bit weights")
 
 
 def run_stage(

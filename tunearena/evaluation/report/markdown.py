@@ -128,6 +128,13 @@ def _stages(view: dict[str, Any]) -> list[str]:
               c["forgetting"], c["within"]] for c in view["candidates"]],
             numeric=[False, True, True, False])
         lines += [*table_lines(candidates), "", view["candidates_note"], ""]
+    if view["methods"].rows:
+        lines += ["### How the methods compare", "", *table_lines(view["methods"]), "",
+                  view["methods_note"], ""]
+    for aware in view["rag_aware"]:
+        lines += [f"### RAG-aware fine-tuning: stage {aware['stage']}", "", aware["sentence"], ""]
+        if aware["table"].rows:
+            lines += [*table_lines(aware["table"]), ""]
     lines += ["### Accuracy after each stage", "", view["matrix_note"], "", view["bt_note"], ""]
     names = [f"{b['name']} ({b['kind']})" for b in view["benchmarks"]]
     matrix = Table(["stage", "starts from", *names],

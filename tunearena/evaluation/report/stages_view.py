@@ -5,23 +5,31 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunearena.evaluation.arm import Arm
 from tunearena.evaluation.report import formats as fmt
+from tunearena.evaluation.report import numbers
 from tunearena.evaluation.report.formats import NONE
 from tunearena.evaluation.report.table import Table
 from tunearena.evaluation.results import (
+    Candidate,
     MatrixCell,
     Results,
     StageCost,
     StageRecord,
     StageSummary,
     TaskData,
+    paired,
 )
 
 Stage = StageSummary | StageRecord
 
 _TEXT_COLUMNS = ("stage", "starts from", "method", "stopped early", "task")
 _TRAINING_COLUMNS = ("stage", "starts from", "method", "steps", "stopped early", "train time (s)",
-                     "final train loss", "final val loss", "device-hours", "USD")
+                     "final train loss", "final val loss", "held-out reward accuracy",
+                     "held-out reward margin", "device-hours", "USD")
+_METHOD_COLUMNS = ("stage", "method", "trainable parameters", "share trained",
+                   "peak memory (MB)", "train time (s)", "domain gain (points)",
+                   "largest general drop (points)")
 _COUNTS = (("read", "read"), ("empty_or_garbled", "empty or garbled"),
            ("exact_duplicates", "exact duplicates"), ("near_duplicates", "near duplicates"),
            ("leaked", "leaked"), ("kept", "kept"), ("train", "train"),
@@ -57,6 +65,11 @@ def stages_view(results: Results) -> dict[str, Any] | None:
                    for name in results.benchmarks]}
         for stage in order
     ]
+    by_stage = {c.stage: c for c in (selection.candidates if selection else [])}
+    methods = _drop_empty_columns(_table(
+        list(_METHOD_COLUMNS),
+        [_method_row(stage, info.get(stage), by_stage.get(stage), has_general)
+         for stage in order]))
     training = _drop_empty_columns(_table(
         list(_TRAINING_COLUMNS),
         [_training_row(stage, info.get(stage), per_stage_cost.get(stage)) for stage in order]))
@@ -79,6 +92,12 @@ def stages_view(results: Results) -> dict[str, Any] | None:
         "domain benchmarks. Largest general drop: the most points lost on any general "
         f"benchmark; more than {tolerance * 100:g} counts as forgetting.",
         "benchmarks": [{"name": name, "kind": b.kind} for name, b in results.benchmarks.items()],
+        "methods": methods,
+        "methods_note": "Each stage's method with what it cost and what it did: the parameters "
+        "it trained, the most memory a worker held (GPU memory on GPUs, the process's resident "
+        "memory on CPUs), its training time, and its domain gain and largest general drop as "
+        "in the table above. A method that trains fewer parameters often gains less and "
+        "forgets less; read both columns together.",
         "matrix": matrix_rows,
         "matrix_note": "Each cell: accuracy, then the change in points against the base model "
         "and against the model the stage started from (its start).",
@@ -86,7 +105,46 @@ def stages_view(results: Results) -> dict[str, Any] | None:
         "score its starting model already had; below zero, the stage made the model forget.",
         "training": training,
         "details": [_stage_detail(stage, info.get(stage) or StageRecord()) for stage in order],
+        "rag_aware": _rag_aware(results, selected),
     }
+
+
+def _rag_aware(results: Results, selected: str | None) -> list[dict[str, Any]]:
+    """Each stage trained with retrieved passages (``rag_context``): what its prompts held,
+    in a sentence, and a table of its ``ft@<stage>+rag`` against plain ``ft+rag`` per
+    benchmark, paired question by question."""
+    out = []
+    ci = f"{fmt.pct_label(results.settings.confidence)} CI"
+    for stage, context in results.rag_aware_stages.items():
+        arm = str(Arm("ft", stage, "rag"))
+        plain = "ft+rag" + (f" (= ft@{selected}+rag)" if selected else "")
+        sentence = (f"Stage {stage} is RAG-aware fine-tuning (RAFT): its training prompts held "
+                    f"{context.mean_passages:g} passages retrieved from the run's index, the "
+                    f"gold document's in {fmt.percent(context.gold_rate)} of its "
+                    f"{context.records:,} prompts (p_gold {context.p_gold:g}).")
+        rows = []
+        if stage == selected:
+            sentence += " It is the stage ft is, so ft+rag is its model with retrieval."
+        elif arm not in results.arms or "ft+rag" not in results.arms:
+            sentence += f" {arm} and ft+rag were not both scored, so the two are not compared."
+        else:
+            sentence += (f" Its model with retrieval ({arm}) against plain fine-tuning with "
+                         f"retrieval, {plain}, paired question by question:")
+            for name, bench in results.benchmarks.items():
+                diff = paired(bench.pairs, arm, "ft+rag")
+                if diff is None:
+                    continue
+                d, lo, hi = diff
+                few = numbers.few_units(bench.n, bench.n_clusters)
+                rows.append([name, bench.kind, fmt.percent(bench.arms[arm].score),
+                             fmt.percent(bench.arms["ft+rag"].score), fmt.signed(d),
+                             fmt.signed_ci((lo, hi)),
+                             numbers.verdict(lo, hi, "better than ft+rag", "worse than ft+rag",
+                                             few[0] if few else None)])
+        table = Table(["benchmark", "kind", arm, "ft+rag", "difference (points)", ci, "verdict"],
+                      rows, numeric=[False, False, True, True, True, True, False])
+        out.append({"stage": stage, "arm": arm, "sentence": sentence, "table": table})
+    return out
 
 
 def _starts(record: Stage | None) -> str:
@@ -97,7 +155,9 @@ def _training_row(stage: str, s: Stage | None, cost: StageCost | None) -> list[s
     s = s or StageRecord()
     method = s.method or NONE
     if s.lora_init:
-        method += f" (LoRA from {s.lora_init})"
+        method += f" (adapter from {s.lora_init})"
+    if s.kind and s.kind != "sft":
+        method += f", {s.kind}"
     if "stopped_early_at" not in s.model_fields_set:
         stopped = NONE
     else:
@@ -111,9 +171,31 @@ def _training_row(stage: str, s: Stage | None, cost: StageCost | None) -> list[s
         fmt.number(s.train_s, ".1f"),
         fmt.number(s.final_train_loss, ".3f"),
         fmt.number(s.final_val_loss, ".3f"),
+        fmt.percent(s.reward_accuracy),
+        fmt.number(s.reward_margin, "+.3f"),
         fmt.number(cost.device_hours if cost else None, ".3g"),
         fmt.number(cost.usd if cost else None, ".2f"),
     ]
+
+
+def _method_row(stage: str, s: Stage | None, candidate: Candidate | None,
+                has_general: bool) -> list[str]:
+    """One stage's method, its trainable parameters and memory, time, gain and forgetting."""
+    s = s or StageRecord()
+    share = (_share(s.trainable_parameters / s.parameters)
+             if s.trainable_parameters is not None and s.parameters else NONE)
+    memory = s.peak_gpu_memory_mb or (max(s.peak_rss_mb) if s.peak_rss_mb else None)
+    forgetting = (fmt.unsigned(candidate.forgetting) if has_general else "not measured") \
+        if candidate else NONE
+    return [stage, s.method or NONE, fmt.number(s.trainable_parameters), share,
+            fmt.number(memory, ",.0f"), fmt.number(s.train_s, ".1f"),
+            fmt.signed(candidate.domain_gain) if candidate else NONE, forgetting]
+
+
+def _share(fraction: float) -> str:
+    """A share of the parameters to two significant digits: ``100%``, ``6.8%``, ``0.023%``."""
+    pct = 100 * fraction
+    return f"{pct:.0f}%" if pct >= 10 else f"{pct:.1f}%" if pct >= 1 else f"{pct:.2g}%"
 
 
 def _empty_cell() -> dict[str, Any]:

@@ -44,7 +44,12 @@ _NAMES = {
 
 
 def plain_name(arm: str) -> str:
-    """``ft+rag`` -> ``the fine-tuned model with RAG (ft+rag)``."""
+    """``ft+rag`` -> ``the fine-tuned model with RAG (ft+rag)``; ``ft@qa+rag`` -> ``the model
+    of stage qa with RAG (ft@qa+rag)``."""
+    parsed = Arm.parse(arm)
+    if parsed.stage is not None:
+        with_context = {"rag": " with RAG", "fewshot": " with few-shot examples"}
+        return f"the model of stage {parsed.stage}{with_context.get(parsed.context, '')} ({arm})"
     return f"{_NAMES.get(arm, arm)} ({arm})"
 
 

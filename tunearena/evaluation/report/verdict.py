@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from tunearena.evaluation.arm import Arm
 from tunearena.evaluation.report import numbers
-from tunearena.evaluation.report.formats import pct_label, points, signed
+from tunearena.evaluation.report.formats import pct_label, percent, points, signed
 from tunearena.evaluation.report.numbers import question_groups
-from tunearena.evaluation.results import Decision, Evidence, ForgettingCheck, Results
+from tunearena.evaluation.results import (
+    Decision,
+    Evidence,
+    ForgettingCheck,
+    Results,
+    paired,
+)
 
 VERDICTS = ("fine-tune", "RAG", "both", "neither")
 
@@ -23,6 +30,14 @@ RULE_IN_FULL = (
 )
 """The decision rule, checked in this order; the first clause that holds gives the verdict."""
 
+RAG_AWARE_RULE = (
+    "both, RAG-aware (checked first, for each stage trained with retrieved passages, "
+    "rag_context, in stage order): its ft@<stage>+rag beats base, base+rag, ft and ft+rag on "
+    "every domain benchmark, and no forgetting check of that stage's model (ft@<stage>, "
+    "ft@<stage>+rag) finds forgetting; ft@<stage>+rag is then the chosen arm."
+)
+"""The clause a run with a RAG-aware stage's ``ft@<stage>+rag`` arm adds before ``both``."""
+
 _SENTENCES = {
     "both": "Use both: train the model further on your data (fine-tune) and let it read "
     "passages retrieved from your documents when it answers (RAG).",
@@ -35,7 +50,13 @@ _SENTENCES = {
     "model, or score more questions to settle it.",
 }
 CHOSEN = {"both": "ft+rag", "fine-tune": "ft", "RAG": "base+rag", "neither": None}
-"""The arm each verdict puts forward."""
+"""The arm each verdict puts forward (``both`` may put a RAG-aware stage's forward instead)."""
+_RAG_AWARE_SENTENCE = (
+    "Use both, and make the fine-tuning RAG-aware: train the model further on your data with "
+    "passages retrieved from your documents in its prompts (stage {stage}: the right "
+    "document's passage in {gold_rate} of them, p_gold {p_gold:g}), and let it read retrieved "
+    "passages when it answers (RAG)."
+)
 
 Comparison = tuple[str, str]  # (a, b): the interval of a minus b, paired question by question
 Condition = tuple[bool, str, list[Comparison]]  # holds?, why not, the intervals it read
@@ -56,10 +77,10 @@ class _Intervals:
                 return None
             value = (row.diff_vs_base, *row.diff_ci)
         else:
-            pair = bench.pairs.get(f"{a} - {b}")
-            if pair is None:
+            found = paired(bench.pairs, a, b)
+            if found is None:
                 return None
-            value = (pair.diff, *pair.ci)
+            value = found
         self.seen[(a, b, name)] = value
         return value
 
@@ -92,6 +113,10 @@ def decide(results: Results) -> Decision:
       difference against base lies above zero;
     - fine-tuning is *acceptable* when no forgetting check of a fine-tuned arm (ft, ft+rag)
       has status ``forgetting`` (its whole interval past ``evaluation.forgetting_tolerance``);
+    - **both, RAG-aware** (only with a stage trained with ``rag_context`` whose
+      ``ft@<stage>+rag`` was scored and is not ``ft+rag`` itself; ``RAG_AWARE_RULE``): that
+      arm beats base, base+rag, ft and ft+rag, and its stage's model forgets nothing; the
+      verdict is both, with that arm chosen;
     - **both**: ft+rag helps, the intervals of ft+rag - base+rag and ft+rag - ft lie above
       zero on every domain benchmark, and fine-tuning is acceptable;
     - **fine-tune**: ft helps, fine-tuning is acceptable, and the interval of ft - base+rag
@@ -128,8 +153,25 @@ def decide(results: Results) -> Decision:
         name: next(((reason, comps) for ok, reason, comps in conds if not ok), None)
         for name, conds in conditions.items()
     }
-    verdict, reasons, decisive = _rule(domain, conditions, failures,
-                                       _kept(ft_checks, forgot, acceptable[1], tol))
+    aware_stage = _rag_aware_arms(results)
+    aware = {arm: _rag_aware_conditions(intervals, arm, stage, checks, tol)
+             for arm, stage in aware_stage.items()}
+    won = next((arm for arm, (conds, _, _) in aware.items() if all(ok for ok, _, _ in conds)),
+               None)
+    chosen: str | None
+    if domain and won is not None:
+        conds, own_checks, kept = aware[won]
+        verdict, chosen, ft_checks = "both", won, own_checks
+        reasons = [f"{won} (stage {aware_stage[won]}, fine-tuned with retrieved passages) beats "
+                   "base, base+rag, ft and ft+rag on every domain benchmark (each interval "
+                   "lies above zero).", kept]
+        decisive = [c for _, _, comps in conds for c in comps]
+    else:
+        verdict, reasons, decisive = _rule(domain, conditions, failures,
+                                           _kept(ft_checks, forgot, acceptable[1], tol))
+        chosen = CHOSEN[verdict]
+        reasons += [f"Not {arm} (RAG-aware): {next(r for ok, r, _ in conds if not ok)}."
+                    for arm, (conds, _, _) in aware.items() if domain]
     decisive = list(dict.fromkeys(decisive))
     evidence = [
         Evidence(comparison=f"{a} - {b}", benchmark=name, diff=diff, ci=(lo, hi),
@@ -140,16 +182,54 @@ def decide(results: Results) -> Decision:
     # The intervals that decided it first, in the order the rule names them.
     rank = {f"{a} - {b}": i for i, (a, b) in enumerate(decisive)}
     evidence.sort(key=lambda e: rank.get(e.comparison, len(rank)))
+    rule_in_full = list(RULE_IN_FULL)
+    if aware:
+        rule_in_full.insert(2, RAG_AWARE_RULE)
     return Decision(
         verdict=verdict,  # type: ignore[arg-type]
-        sentence=_SENTENCES[verdict],
+        sentence=_sentence(verdict, chosen, results),
         rule=f"{verdict}: " + " ".join(reasons),
         reasons=reasons,
-        chosen=CHOSEN[verdict],
+        chosen=chosen,
         confidence=_confidence(evidence, ft_checks, domain, results),
-        rule_in_full=list(RULE_IN_FULL),
+        rule_in_full=rule_in_full,
         evidence=evidence,
     )
+
+
+def _rag_aware_arms(results: Results) -> dict[str, str]:
+    """The scored ``ft@<stage>+rag`` arm of each stage trained with retrieved passages, but
+    the selected stage's, which ``ft+rag`` already is."""
+    arms = {str(Arm("ft", stage, "rag")): stage for stage in results.rag_aware_stages
+            if stage != results.selected_stage}
+    return {arm: stage for arm, stage in arms.items() if arm in results.arms}
+
+
+def _rag_aware_conditions(intervals: _Intervals, arm: str, stage: str,
+                          checks: list[ForgettingCheck], tol: float,
+                          ) -> tuple[list[Condition], list[ForgettingCheck], str]:
+    """Whether a RAG-aware arm wins ``both`` (``RAG_AWARE_RULE``): the conditions, the
+    forgetting checks of its stage's model, and what they say as a clause."""
+    own = [c for c in checks if c.arm in (arm, str(Arm("ft", stage)))]
+    forgot = [f"{c.arm} on {c.benchmark}" for c in own if c.status == "forgetting"]
+    forgets = (f"stage {stage}'s model forgets beyond the {points(tol)} tolerance "
+               f"({', '.join(forgot)})")
+    conditions = [intervals.beats(arm, other) for other in ("base", "base+rag", "ft", "ft+rag")]
+    kept = _kept(own, forgot, forgets, tol)
+    return [*conditions, (not forgot, forgets, [])], own, kept[0].upper() + kept[1:] + "."
+
+
+def _sentence(verdict: str, chosen: str | None, results: Results) -> str:
+    """The verdict's sentence; a ``both`` whose fine-tuned model was trained with retrieved
+    passages says the fine-tuning should be RAG-aware."""
+    stage = None
+    if verdict == "both" and chosen is not None:
+        stage = Arm.parse(chosen).stage or results.selected_stage
+    context = results.rag_aware_stages.get(stage) if stage else None
+    if context is None:
+        return _SENTENCES[verdict]
+    return _RAG_AWARE_SENTENCE.format(stage=stage, gold_rate=percent(context.gold_rate),
+                                      p_gold=context.p_gold)
 
 
 def _kept(ft_checks: list[ForgettingCheck], forgot: list[str], forgets: str, tol: float) -> str:
