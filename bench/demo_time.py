@@ -1,8 +1,9 @@
 """Time the demo end to end and per step, against the 10-minute target.
 
-    python bench/demo_time.py [--set KEY=VALUE ...]
+    python bench/demo_time.py [--runs-dir DIR] [--set KEY=VALUE ...]
 
-Runs ``tunearena demo`` in a fresh run directory (a subprocess, as a user would), then reads
+Runs ``tunearena demo`` in a fresh run directory (a subprocess, as a user would; under
+``--runs-dir``, which must not hold a ``demo`` run yet, to keep it), then reads
 each step's wall time from the run manifest. Prints the whole run's wall time as a ratio of
 the target (<= 1.00 meets it). Absolute times on shared machines are noisy; the ratio is the
 figure to compare.
@@ -11,6 +12,7 @@ figure to compare.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -26,8 +28,12 @@ TARGET_S = 600.0  # the demo must finish within 10 minutes on a 2-core, 24 GiB m
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--runs-dir", type=Path, help="keep the run here (default: a temporary dir)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as runs:
+    if args.runs_dir is not None and (args.runs_dir / "demo").exists():
+        parser.error(f"{args.runs_dir / 'demo'} exists: the timed run must start fresh")
+    with (tempfile.TemporaryDirectory() if args.runs_dir is None
+          else contextlib.nullcontext(str(args.runs_dir))) as runs:
         cmd = [sys.executable, "-m", "tunearena.launch.cli", "demo", "--set", f"runs_dir={runs}"]
         for override in args.overrides:
             cmd += ["--set", override]

@@ -2,6 +2,11 @@
 
     python scripts/readme_demo_table.py                 # from runs/demo, rewrites README.md
     python scripts/readme_demo_table.py RUN_DIR --check # exit 1 with a diff if README differs
+    python scripts/readme_demo_table.py runs/demo runs/demo_methods   # both blocks
+
+A run of ``configs/demo_methods.yaml`` (its run name ``demo_methods``) writes the block
+between the ``methods-table`` markers instead: the report's method comparison, what its
+preference stage learned and what its RAG-aware stage's prompts held.
 
 The table between the ``demo-table`` markers is ``tunearena report RUN_DIR --table``. The
 prose of "What the demo shows" quotes some of its numbers (the forgetting without and with
@@ -23,13 +28,15 @@ from pathlib import Path
 
 from tunearena.evaluation.report import formats as fmt
 from tunearena.evaluation.report import load_results
-from tunearena.evaluation.report.markdown import summary_table
+from tunearena.evaluation.report.markdown import summary_table, table_lines
 from tunearena.evaluation.report.view import build_view
 from tunearena.evaluation.results import Results, ResultsError
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 START, END = "<!-- demo-table:start -->", "<!-- demo-table:end -->"
+METHODS_RUN = "demo_methods"
+METHODS_START, METHODS_END = "<!-- methods-table:start -->", "<!-- methods-table:end -->"
 SECTION = "## What the demo shows"
 DOMAIN, GENERAL = "lumora_products", "world_facts"
 
@@ -89,14 +96,35 @@ class ReadmeError(ValueError):
     """The README lacks the markers or the section, or its prose no longer quotes a claim."""
 
 
+def _replace_block(text: str, start: str, end: str, body: str) -> str:
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ReadmeError(f"README: expected one {start} before one {end}")
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    return f"{head}{start}\n\n{body}\n{end}{tail}"
+
+
+def methods_block(results: Results) -> str:
+    """The methods demo as the README shows it: the method table, then one line per
+    preference stage and per RAG-aware stage, all from the report's own view."""
+    stages = build_view(results).stages
+    lines = [*table_lines(stages["methods"]), ""]
+    records = results.stages.stages if results.stages is not None else {}
+    for name, record in records.items():
+        if record is not None and record.reward_accuracy is not None:
+            lines += [f"Stage `{name}` ({record.kind}): held-out reward accuracy "
+                      f"{record.reward_accuracy:.2f}, margin {record.reward_margin:.2f}.", ""]
+    for aware in stages["rag_aware"]:
+        lines += [aware["sentence"], "", *table_lines(aware["table"]), ""]
+    return "\n".join(lines)
+
+
 def expected_readme(text: str, results: Results) -> str:
-    """``text`` (the README) with the demo table and every quoted number written from
-    ``results``."""
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise ReadmeError(f"README: expected one {START} before one {END}")
-    head, rest = text.split(START)
-    _, tail = rest.split(END)
-    text = f"{head}{START}\n\n{summary_table(build_view(results))}\n{END}{tail}"
+    """``text`` (the README) with the blocks and quoted numbers ``results`` gives: the demo
+    table and every quoted number for the demo, the methods block for the methods demo."""
+    if results.run is not None and results.run.name == METHODS_RUN:
+        return _replace_block(text, METHODS_START, METHODS_END, methods_block(results))
+    text = _replace_block(text, START, END, summary_table(build_view(results)))
     if SECTION not in text:
         raise ReadmeError(f"README: no section {SECTION!r}")
     start = text.index(SECTION)
@@ -131,31 +159,33 @@ def check(run_dir: Path, readme: Path = README) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", nargs="?", type=Path, default=Path("runs/demo"),
-                        help="a finished demo run (default: runs/demo)")
+    parser.add_argument("run_dirs", nargs="*", type=Path, default=[Path("runs/demo")],
+                        help="finished demo runs (default: runs/demo)")
     parser.add_argument("--readme", type=Path, default=README)
     parser.add_argument("--check", action="store_true",
                         help="write nothing; print the diff and exit 1 if the README differs")
     args = parser.parse_args(argv)
-    try:
-        if args.check:
-            diff = check(args.run_dir, args.readme)
-            if diff:
-                print(diff, end="")
-                print(f"{args.readme} differs from {args.run_dir}: rerun without --check to "
-                      "rewrite it", file=sys.stderr)
-            return 1 if diff else 0
-        text, expected = _texts(args.run_dir, args.readme)
-    except (ReadmeError, ResultsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if expected == text:
-        print(f"{args.readme}: already what {args.run_dir} gives")
-    else:
-        args.readme.write_text(expected, encoding="utf-8")
-        print(f"{args.readme}: rewritten from {args.run_dir}")
-    return 0
-
+    status = 0
+    for run_dir in args.run_dirs:
+        try:
+            if args.check:
+                diff = check(run_dir, args.readme)
+                if diff:
+                    print(diff, end="")
+                    print(f"{args.readme} differs from {run_dir}: rerun without --check to "
+                          "rewrite it", file=sys.stderr)
+                    status = 1
+                continue
+            text, expected = _texts(run_dir, args.readme)
+        except (ReadmeError, ResultsError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if expected == text:
+            print(f"{args.readme}: already what {run_dir} gives")
+        else:
+            args.readme.write_text(expected, encoding="utf-8")
+            print(f"{args.readme}: rewritten from {run_dir}")
+    return status
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,8 @@
 
     python examples/demo_world/generate.py
 
-Writes ``domain/`` (the RAG corpus, fine-tuning data, held-out test questions) and
+Writes ``domain/`` (the RAG corpus, fine-tuning data and preference pairs, held-out test
+questions) and
 ``general/`` (the forgetting benchmark, and general text to replay during fine-tuning). The base model's pretraining corpus is not
 committed; ``build_base.py`` regenerates it from the same seed.
 """
@@ -13,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from world import domain_files, general_benchmark, general_replay, make_world
+from world import domain_files, general_benchmark, general_replay, make_world, preference_pairs
 
 HERE = Path(__file__).resolve().parent
 SEED = 0
@@ -35,6 +36,7 @@ def main() -> None:
     write_jsonl(args.out / "domain" / "docs_train.jsonl", domain["docs_train"])
     write_jsonl(args.out / "domain" / "qa_train.jsonl", domain["qa_train"])
     write_jsonl(args.out / "domain" / "qa_test.jsonl", domain["qa_test"])
+    write_jsonl(args.out / "domain" / "qa_pairs.jsonl", preference_pairs(world, args.seed + 6))
     write_jsonl(args.out / "general" / "world_facts.jsonl", general_benchmark(world, args.seed + 2))
     write_jsonl(args.out / "general" / "replay.jsonl", general_replay(world, args.seed + 4))
     for name, records in domain.items():

@@ -280,6 +280,21 @@ def general_corpus(world: World, n_reading: int, fact_repeats: int, seed: int) -
     return texts
 
 
+def preference_pairs(world: World, seed: int) -> list[dict]:
+    """Preference pairs on the training questions: the right answer chosen, a wrong value of
+    the same attribute (the kind a test question offers as a distractor) rejected."""
+    rng = random.Random(seed)
+    pairs = []
+    for p in world.products:
+        for attr, (_, questions) in PRODUCT_ATTRS.items():
+            wrong = [v for v in _value_pool(world, p.kind, attr) if v != p.values[attr]]
+            for q in questions[:-1]:
+                pairs.append({"prompt": format_prompt(q.format(e=p.name)),
+                              "chosen": ANSWER_DELIMITER + p.values[attr],
+                              "rejected": ANSWER_DELIMITER + rng.choice(wrong)})
+    return pairs
+
+
 def domain_files(world: World, seed: int, doc_paraphrases: int = 4) -> dict[str, list[dict]]:
     """The domain's JSONL records: RAG documents, fine-tuning data, held-out test questions."""
     rng = random.Random(seed)

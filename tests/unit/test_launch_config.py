@@ -43,6 +43,16 @@ def test_demo_config_loads_and_paths_resolve_relative_to_the_file():
                                    "ft+rag"]
 
 
+def test_the_methods_demo_config_sets_each_method_beside_the_full_fine_tune():
+    cfg = load_config(REPO / "configs" / "demo_methods.yaml")
+    docs, qa, qa_lora, qa_dpo, qa_raft = cfg.resolved_stages()
+    assert (qa.training.method, qa_lora.training.method) == ("full", "lora")
+    assert (qa_dpo.training.kind, qa_dpo.start_from) == ("dpo", "qa")
+    assert qa_raft.rag_context is not None and qa_raft.rag_context.p_gold == 0.8
+    assert cfg.evaluation.arms == ["base", "base+rag", "ft@docs", "ft@qa", "ft@qa_lora",
+                                   "ft@qa_dpo", "ft@qa_raft", "ft@qa_raft+rag", "ft", "ft+rag"]
+
+
 STAGED = MINIMAL + """training:
   datasets: [{path: t.jsonl}]
   lr: 1.0e-3
@@ -101,7 +111,7 @@ def test_an_arm_must_name_a_stage(tmp_path):
 def test_a_stage_after_an_unmerged_lora_stage_must_continue_its_adapter(tmp_path):
     text = STAGED.replace("  - name: one\n", "  - name: one\n    method: lora\n"
                           "    lora: {merge: false}\n")
-    with pytest.raises(ConfigError, match="starts from LoRA stage 'one', whose adapter is not "
+    with pytest.raises(ConfigError, match="starts from lora stage 'one', whose adapter is not "
                                           "merged"):
         load_config(write(tmp_path, text.replace("arms: [base]", "arms: [base]")))
 
@@ -209,11 +219,18 @@ def test_cluster_example_config_is_valid():
     assert cfg.cluster.max_failures == 3
 
 
-def test_ft_arms_need_a_merged_lora_model(tmp_path):
+def test_an_unmerged_adapter_is_scored_but_not_started_from(tmp_path):
+    # The ft arm scores base + adapter; a later stage needs a whole model to start from.
     text = MINIMAL.replace("arms: [base]", "arms: [base, ft]") + (
         "training:\n  datasets: [{path: t.jsonl}]\n  method: lora\n  lora: {merge: false}\n")
-    with pytest.raises(ConfigError, match="its stage has lora.merge false"):
-        load_config(write(tmp_path, text))
+    assert load_config(write(tmp_path, text)).training.lora.merge is False
+    staged = text + "stages:\n  - name: a\n  - name: b\n    method: full\n"
+    with pytest.raises(ConfigError, match="whose adapter is not merged; set its lora.merge"):
+        load_config(write(tmp_path, staged))
+    prompt = text.replace("method: lora", "method: prompt_tuning") + (
+        "stages:\n  - name: a\n  - name: b\n    lora_init: continue\n    method: lora\n")
+    with pytest.raises(ConfigError, match="keeps training the prompt_tuning adapter of 'a'"):
+        load_config(write(tmp_path, prompt))
 
 
 def test_the_minimal_config_an_empty_file_is_shown_is_valid(tmp_path):
@@ -268,3 +285,41 @@ def test_a_directory_or_a_list_given_as_the_config(tmp_path):
         load_config(tmp_path)
     with pytest.raises(ConfigError, match="the top level is a list, expected a mapping"):
         load_config(write(tmp_path, "- model: {base: x}\n"))
+
+
+RAFT = MINIMAL.replace("arms: [base]", "arms: [base, ft+rag]") + """rag: {corpus: docs.jsonl}
+stages:
+  - name: qa
+    datasets: [{path: qa.jsonl, format: instruction}]
+  - name: qa_raft
+    start_from: base
+    datasets: [{path: qa.jsonl, format: instruction}]
+    rag_context: {p_gold: 0.7}
+"""
+
+
+def test_a_rag_aware_stage_is_scored_beside_ft_plus_rag(tmp_path):
+    cfg = load_config(write(tmp_path, RAFT))
+    qa, raft = cfg.resolved_stages()
+    assert qa.rag_context is None
+    assert raft.rag_context is not None and raft.rag_context.p_gold == 0.7
+    assert cfg.evaluation.arms == ["base", "ft@qa", "ft@qa_raft", "ft@qa_raft+rag", "ft+rag"]
+    # Without ft+rag there is nothing to set it beside: no arm is added.
+    no_rag = load_config(write(tmp_path, RAFT.replace("arms: [base, ft+rag]", "arms: [base]")))
+    assert "ft@qa_raft+rag" not in no_rag.evaluation.arms
+
+
+@pytest.mark.parametrize("change, message", [
+    (("rag: {corpus: docs.jsonl}", "rag: {}"), "stage 'qa_raft': .*rag.corpus is not set"),
+    (("rag: {corpus: docs.jsonl}", "rag: {corpus: docs.jsonl, enabled: false}"),
+     "stage 'qa_raft': .*rag.enabled is false"),
+    (("[{path: qa.jsonl, format: instruction}]\n    rag_context",
+      "[{path: qa.jsonl, format: text}]\n    rag_context"),
+     r"stage 'qa_raft': .*'instruction' only; not .*qa\.jsonl \(text\)"),
+])
+def test_a_rag_aware_stage_the_run_cannot_serve_is_refused_naming_it(tmp_path, change, message):
+    text = RAFT.replace(*change)
+    if "rag: {}" in text or "enabled: false" in text:
+        text = text.replace("arms: [base, ft+rag]", "arms: [base]")  # no +rag arm to refuse
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))

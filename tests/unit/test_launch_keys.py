@@ -76,3 +76,50 @@ def test_code_version_starts_with_the_package_version():
     import tunearena
 
     assert code_version().startswith(tunearena.__version__)
+
+
+RAFT = """
+model: {base: some-org/some-model}
+rag: {corpus: docs.jsonl, top_k: 2}
+evaluation:
+  arms: [base, ft+rag]
+  benchmarks: [{name: qa, path: qa.jsonl, kind: domain}]
+stages:
+  - name: qa
+    datasets: [{path: qa.jsonl, format: instruction}]
+  - name: qa_raft
+    start_from: base
+    datasets: [{path: qa.jsonl, format: instruction}]
+    rag_context: {p_gold: 0.8}
+  - name: after
+    start_from: qa_raft
+    datasets: [{path: more.jsonl, format: instruction}]
+    replay: {fraction: 0.2}
+"""
+
+
+def test_a_rag_aware_stage_is_prepared_again_when_its_context_or_index_changes(tmp_path):
+    path = tmp_path / "raft.yaml"
+    path.write_text(RAFT)
+
+    def raft_keys(*overrides: str) -> dict[str, str]:
+        cfg = load_config(path, list(overrides))
+        stages = cfg.resolved_stages()
+        return ({f"prepare:{s.name}": prepare_key(cfg, s) for s in stages}
+                | {f"train:{s.name}": stage_key(cfg, s, stages) for s in stages})
+
+    before = raft_keys()
+    assert raft_keys() == before  # unchanged: --resume reuses every step
+
+    def moved(*overrides: str) -> set[str]:
+        after = raft_keys(*overrides)
+        return {k for k in before if before[k] != after[k]}
+
+    # The stage itself and the one after it, which starts from it and replays its records.
+    raft = {"prepare:qa_raft", "train:qa_raft", "train:after"}
+    assert moved("stages.1.rag_context.p_gold=0.5") == raft
+    assert moved("stages.1.rag_context.seed=3") == raft
+    # A new index (how many passages, how documents are chunked) rewrites the prompts; the
+    # plain stage reads no passage and is kept.
+    assert moved("rag.top_k=3") == raft
+    assert moved("rag.chunk_tokens=64") == raft
