@@ -348,7 +348,35 @@ def _demo_only(*overrides: str):
 LONG_ANSWER = {"prompt": "Question: Tell me everything.\nAnswer:",
                "response": " The whole story, told again and again." * 60}
 
+def _methods_demo(*overrides: str, pairs: list[dict] | None = None):
+    """``tunearena check`` of configs/demo_methods.yaml; ``pairs``: its DPO stage's file."""
+    def build(tmp: Path) -> tuple[list[str], list[Path]]:
+        argv = ["check", str(METHODS_DEMO), "--set", f"runs_dir={tmp / 'runs'}"]
+        keep = [DEMO_DOMAIN]
+        if pairs is not None:
+            path = _jsonl(tmp / "pairs.jsonl", pairs)
+            argv += ["--set", f"stages.3.datasets.0.path={path}"]
+            keep = [path]
+        for assignment in overrides:
+            argv += ["--set", assignment]
+        return argv, keep
+    return build
+
+
+METHODS_DEMO = REPO / "configs" / "demo_methods.yaml"
+PAIR = {"prompt": "Question: What does the Zephyr lamp cost?\nAnswer:", "chosen": " 40 dollars",
+        "rejected": " 55 dollars"}
+
 DATA_CASES: list[Case] = [
+    Case("preference-record-missing-a-field",
+         _methods_demo(pairs=[PAIR, {k: v for k, v in PAIR.items() if k != "rejected"}]), 2,
+         ("pairs.jsonl:2", "no 'rejected' field", "prompt (or messages), chosen and rejected")),
+    Case("rag-aware-stage-without-a-corpus",
+         _methods_demo("rag.enabled=false", "evaluation.arms=[base, ft]"), 2,
+         ("stage 'qa_raft'", "rag.enabled is false")),
+    Case("qlora-under-zero3",
+         _methods_demo("stages.2.method=qlora", "stages.2.zero_stage=3"), 2,
+         ("stages.2 (qa_lora)", "ZeRO-3 cannot partition 4-bit weights")),
     Case("training-file-all-empty",
          _data_case("empty.jsonl", [{"text": ""}, {"text": "   "}, {"text": "\t"}]), 2,
          ("empty.jsonl", "no record is left after cleaning", "3 read",

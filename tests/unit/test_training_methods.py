@@ -43,10 +43,12 @@ def test_lora_merge_false_exports_the_adapter_alone():
     assert cfg(method="full").exports_merged and cfg(method="ia3").exports_merged
 
 
-def test_qlora_under_zero3_is_refused_with_the_reason():
-    with pytest.raises(MethodUnavailable, match="ZeRO-3 cannot partition 4-bit weights"):
-        check_method(cfg(method="qlora", zero_stage=3), use_gpu=True)
+def test_qlora_under_zero3_is_refused_by_the_config_with_the_reason():
+    with pytest.raises(ValueError, match="ZeRO-3 cannot partition 4-bit weights; set zero_stage 2"):
+        cfg(method="qlora", zero_stage=3)
     check_method(cfg(method="prefix_tuning", zero_stage=3), use_gpu=False)  # runs
+    with pytest.raises(MethodUnavailable, match="needs GPU workers"):
+        check_method(cfg(method="qlora", zero_stage=2), use_gpu=False)
 
 
 def test_continuing_an_adapter_needs_the_same_kind_of_adapter():

@@ -314,6 +314,13 @@ class TrainingConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _method_runs_under_its_zero_stage(self) -> TrainingConfig:
+        if self.method == "qlora" and self.zero_stage == 3:
+            raise ValueError("method qlora runs with zero_stage 0-2: ZeRO-3 cannot partition "
+                             "4-bit weights; set zero_stage 2, or method lora")
+        return self
+
+    @model_validator(mode="after")
     def _preference_data_for_preference_kinds(self) -> TrainingConfig:
         pairs = [ds.task for ds in self.datasets if ds.format == "preference"]
         if self.kind == "sft" and pairs:

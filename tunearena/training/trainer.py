@@ -42,9 +42,6 @@ def check_method(cfg: TrainingConfig, use_gpu: bool) -> None:
     say so before any worker starts."""
     import importlib.util
 
-    if cfg.method == "qlora" and cfg.zero_stage == 3:
-        raise MethodUnavailable("training.method qlora runs with zero_stage 0-2: ZeRO-3 cannot "
-                                "partition 4-bit weights")
     if cfg.method != "qlora":
         return
     if not use_gpu:
