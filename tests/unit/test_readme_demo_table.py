@@ -105,3 +105,13 @@ def test_prose_reworded_past_a_claim_or_lost_markers_are_errors(run_dir, readme,
     with pytest.raises(script.ReadmeError, match="expected one <!-- demo-table:start -->"):
         script.check(run_dir, readme)
     assert readme.read_text() == text.replace(script.END, "")  # nothing written
+
+
+def test_the_method_tables_time_and_memory_are_not_checked_but_its_gains_are():
+    def block(memory: str, seconds: str, gain: str) -> str:
+        return (f"x\n{script.METHODS_START}\n\n| stage | method | peak memory (MB) | "
+                f"train time (s) | domain gain (points) |\n|---|---|---:|---:|---:|\n"
+                f"| qa | full | {memory} | {seconds} | {gain} |\n\nafter\n{script.METHODS_END}\n")
+    mask = script._mask_machine_columns
+    assert mask(block("747", "49.3", "+14.7")) == mask(block("736", "52.0", "+14.7"))
+    assert mask(block("747", "49.3", "+14.7")) != mask(block("747", "49.3", "+15.7"))
