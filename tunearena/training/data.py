@@ -115,7 +115,7 @@ def tokenize_tasks(tasks: Sequence[TaskRecords], tokenizer, seq_len: int, packin
     def build(records: list[dict], fmt: str, task: str) -> TokenizedSplit:
         pairs = ([preference_tokens(r, tokenizer, chat_template) for r in records]
                  if fmt == "preference" else [])
-        examples = ([max(p.chosen, p.rejected, key=lambda t: len(t[0])) for p in pairs] if pairs else
+        examples = ([p.longer for p in pairs] if pairs else
                     [tokenize_record(r, fmt, tokenizer, chat_template) for r in records])
         long = [len(x) for x, _ in examples if len(x) > seq_len] if counts_long(fmt, packing) else []
         if long:

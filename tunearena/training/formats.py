@@ -197,6 +197,11 @@ class TokenizedPair:
     chosen: Tokens
     rejected: Tokens
 
+    @property
+    def longer(self) -> Tokens:
+        """The longer of the two sequences (prompt and reply): what must fit ``seq_len``."""
+        return max(self.chosen, self.rejected, key=lambda tokens: len(tokens[0]))
+
 
 def reply_text(record: dict, key: str) -> str | None:
     """A reply given as a string or as an assistant message; None for anything else."""
@@ -284,8 +289,7 @@ def preference_tokens(record: dict, tokenizer, chat_template: bool = False,
 
 def _longer_reply(record: dict, tokenizer, chat_template: bool) -> Tokens:
     """The longer of a preference record's two sequences (prompt and chosen or rejected)."""
-    pair = preference_tokens(record, tokenizer, chat_template)
-    return max(pair.chosen, pair.rejected, key=lambda tokens: len(tokens[0]))
+    return preference_tokens(record, tokenizer, chat_template).longer
 
 
 FORMATS: dict[str, DataFormat] = {

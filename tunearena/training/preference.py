@@ -111,7 +111,7 @@ def tokenize_pairs(pairs: Sequence[PreferencePair], tokenizer, seq_len: int,
     kept, long = [], []
     for pair in pairs:
         tokens = tokenize_pair(pair, tokenizer, chat_template)
-        length = max(len(tokens.chosen[0]), len(tokens.rejected[0]))
+        length = len(tokens.longer[0])
         if length > seq_len:
             long.append(f"{pair.where} ({length} tokens)")
         else:
