@@ -2,12 +2,14 @@
 
     python scripts/readme_demo_table.py                 # from runs/demo, rewrites README.md
     python scripts/readme_demo_table.py RUN_DIR --check # exit 1 with a diff if README differs
-    python scripts/readme_demo_table.py runs/demo runs/demo_methods   # both blocks
+    python scripts/readme_demo_table.py runs/demo runs/demo_methods runs/demo_sweep  # all
 
 A run of ``configs/demo_methods.yaml`` (its run name ``demo_methods``) writes the block
 between the ``methods-table`` markers instead: the report's method comparison, what its
 preference stage learned and what its RAG-aware stage's prompts held. Its time and memory
-columns are written but not checked: they depend on the machine.
+columns are written but not checked: they depend on the machine. A run of
+``configs/demo_sweep.yaml`` (``demo_sweep``) writes the block between the ``sweep-table``
+markers: the report's sentence and table of its sweep, its device-hours not checked.
 
 The table between the ``demo-table`` markers is ``tunearena report RUN_DIR --table``. The
 prose of "What the demo shows" quotes some of its numbers (the forgetting without and with
@@ -38,6 +40,8 @@ README = REPO / "README.md"
 START, END = "<!-- demo-table:start -->", "<!-- demo-table:end -->"
 METHODS_RUN = "demo_methods"
 METHODS_START, METHODS_END = "<!-- methods-table:start -->", "<!-- methods-table:end -->"
+SWEEP_RUN = "demo_sweep"
+SWEEP_START, SWEEP_END = "<!-- sweep-table:start -->", "<!-- sweep-table:end -->"
 SECTION = "## What the demo shows"
 DOMAIN, GENERAL = "lumora_products", "world_facts"
 
@@ -120,11 +124,22 @@ def methods_block(results: Results) -> str:
     return "\n".join(lines)
 
 
+def sweep_block(results: Results) -> str:
+    """The sweep demo as the README shows it: the report's sentence and table of each sweep."""
+    lines: list[str] = []
+    for sweep in build_view(results).stages["sweeps"]:
+        lines += [sweep["sentence"], "", *table_lines(sweep["table"]), ""]
+    return "\n".join(lines)
+
+
 def expected_readme(text: str, results: Results) -> str:
     """``text`` (the README) with the blocks and quoted numbers ``results`` gives: the demo
-    table and every quoted number for the demo, the methods block for the methods demo."""
+    table and every quoted number for the demo, the methods block for the methods demo, the
+    sweep block for the sweep demo."""
     if results.run is not None and results.run.name == METHODS_RUN:
         return _replace_block(text, METHODS_START, METHODS_END, methods_block(results))
+    if results.run is not None and results.run.name == SWEEP_RUN:
+        return _replace_block(text, SWEEP_START, SWEEP_END, sweep_block(results))
     text = _replace_block(text, START, END, summary_table(build_view(results)))
     if SECTION not in text:
         raise ReadmeError(f"README: no section {SECTION!r}")
@@ -149,17 +164,26 @@ def _texts(run_dir: Path, readme: Path) -> tuple[str, str]:
     return text, expected_readme(text, load_results(run_dir / "results.json"))
 
 
-MACHINE_COLUMNS = ("peak memory (MB)", "train time (s)")
-"""Columns of the method table that depend on the machine, not on the run's results: written,
-not checked."""
+MACHINE_COLUMNS = ("peak memory (MB)", "train time (s)", "device-hours")
+"""Columns of the method and sweep tables that depend on the machine, not on the run's
+results: written, not checked."""
+MACHINE_WORDS = re.compile(r"cost [0-9.e+-]+ device-hours( \(\$[0-9.,]+\))?")
+"""The sweep sentence's cost, which depends on the machine too."""
 
 
 def _mask_machine_columns(text: str) -> str:
-    """``text`` with the method table's machine-dependent cells blanked."""
-    if METHODS_START not in text or METHODS_END not in text:
+    """``text`` with the method and sweep tables' machine-dependent cells blanked."""
+    for start, end in ((METHODS_START, METHODS_END), (SWEEP_START, SWEEP_END)):
+        text = _mask_block(text, start, end)
+    return text
+
+
+def _mask_block(text: str, start: str, end: str) -> str:
+    if start not in text or end not in text:
         return text
-    head, rest = text.split(METHODS_START, 1)
-    block, tail = rest.split(METHODS_END, 1)
+    head, rest = text.split(start, 1)
+    block, tail = rest.split(end, 1)
+    block = MACHINE_WORDS.sub("cost ... device-hours", block)
     lines, masked = block.split("\n"), []
     columns: list[int] = []
     for line in lines:
@@ -174,7 +198,7 @@ def _mask_machine_columns(text: str) -> str:
         elif columns and not line.startswith("|"):
             columns = []
         masked.append(line)
-    return head + METHODS_START + "\n".join(masked) + METHODS_END + tail
+    return head + start + "\n".join(masked) + end + tail
 
 
 def check(run_dir: Path, readme: Path = README) -> str:

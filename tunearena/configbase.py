@@ -96,8 +96,9 @@ def reference_rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, 
         key = f"{prefix}{name}"
         inner = _unwrap(field.annotation)
         if isinstance(inner, type) and issubclass(inner, BaseModel):
-            is_list = getattr(field.annotation, "__origin__", None) is list
-            rows += reference_rows(inner, f"{key}[]." if is_list else f"{key}.")
+            origin = getattr(field.annotation, "__origin__", None)
+            rows += reference_rows(inner, f"{key}[]." if origin is list
+                                   else f"{key}.<key>." if origin is dict else f"{key}.")
             continue
         if field.is_required():
             default = "required"

@@ -71,3 +71,84 @@ def test_the_examples_checked_are_each_value_or_the_range_ends():
     assert Distribution(grid=[1, 2, 3]).examples() == [1, 2, 3]
     assert Distribution(uniform=(0.1, 0.5)).examples() == [0.1, 0.5]
     assert Distribution(randint=(1, 4)).name == "randint"
+
+
+def test_concurrent_trials_are_what_the_cluster_places_or_a_clear_refusal():
+    from tunearena.cluster.config import ClusterConfig
+    from tunearena.training.sweep_run import SweepUnplaceable, concurrent_trials
+
+    four = SweepConfig.model_validate({"space": {"lr": {"grid": [1e-4, 3e-4, 1e-3, 3e-3]}}})
+    two_workers = ClusterConfig(num_workers=2, cpus_per_worker=1, use_gpu=False)
+    assert concurrent_trials(four, two_workers, False, {"CPU": 8.0}) == 4
+    assert concurrent_trials(four, two_workers, False, {"CPU": 5.0}) == 2
+    gpus = ClusterConfig(num_workers=2, gpus_per_worker=1)
+    assert concurrent_trials(four, gpus, True, {"CPU": 64.0, "GPU": 2.0}) == 1
+    asked = four.model_copy(update={"max_concurrent_trials": 3})
+    with pytest.raises(SweepUnplaceable, match="max_concurrent_trials is 3, but the cluster "
+                                               r"\(4 CPU, 0 GPU\) places 2 trial"):
+        concurrent_trials(asked, two_workers, False, {"CPU": 4.0})
+    with pytest.raises(SweepUnplaceable, match="one trial needs 2 workers"):
+        concurrent_trials(four, two_workers, False, {"CPU": 1.0})
+
+
+def _stage_with(sweep: dict, **training) -> list:
+    from tunearena.training.config import StageConfig, TrainingConfig, resolve_stages
+
+    base = TrainingConfig.model_validate({"datasets": [{"path": "x.jsonl", "format": "text"}],
+                                          **training})
+    return resolve_stages(base, [StageConfig.model_validate({"name": "qa", "sweep": sweep})])
+
+
+def test_a_stage_sweep_is_checked_against_the_stage_before_anything_runs():
+    [stage] = _stage_with({"space": {"lr": {"grid": [1e-4, 3e-4]}}})
+    assert stage.sweep is not None and stage.sweep.trial_count() == 2
+    with pytest.raises(ValueError, match=r"stages.0 \(qa\).sweep.space: 'method' says what the "
+                                         "stage is"):
+        _stage_with({"space": {"method": {"grid": ["full", "lora"]}}})
+    with pytest.raises(ValueError, match="scheduler asha stops trials by their validation loss"):
+        _stage_with({"space": {"lr": {"grid": [1e-4]}}}, validation_fraction=0.0)
+    # Without ASHA, no validation data is needed.
+    _stage_with({"space": {"lr": {"grid": [1e-4]}}, "scheduler": "none"}, validation_fraction=0.0)
+
+
+def _summary(**changes):
+    from tunearena.training.summary import SweepSummary, SweepTrial
+
+    trials = [
+        SweepTrial(trial="a_00000", params={"lr": 0.02}, status="finished", evaluations=6,
+                   val_loss=2.5, train_s=60.0, device_hours=60 / 3600, domain_gain=0.2,
+                   forgetting=0.3, within_tolerance=False),
+        SweepTrial(trial="a_00001", params={"lr": 0.01}, status="finished", evaluations=6,
+                   val_loss=2.6, train_s=60.0, device_hours=60 / 3600, domain_gain=0.1,
+                   forgetting=0.05, within_tolerance=True),
+        SweepTrial(trial="a_00002", params={"lr": 1e-6}, status="stopped early", evaluations=1,
+                   val_loss=5.4, train_s=15.0, device_hours=15 / 3600),
+    ]
+    return SweepSummary(chosen="a_00001", rule="trial a_00001: the largest mean gain",
+                        space={"lr": {"grid": [0.02, 0.01, 1e-6]}}, scheduler="asha",
+                        num_samples=1, concurrent=2, scored=["a_00000", "a_00001"],
+                        trials=trials, device_hours=135 / 3600, **changes)
+
+
+def test_the_report_says_what_a_sweep_searched_how_trials_ended_and_what_it_cost():
+    from tunearena.evaluation.report.sweep_view import sweep_sentence
+
+    text = sweep_sentence("qa", _summary(), usd_per_hour=4.0)
+    assert text.startswith("Stage qa was trained 3 times over lr in {0.02, 0.01, 1e-06} "
+                           "(2 at a time): 2 finished, 1 stopped early.")
+    assert "ASHA stopped a trial" in text and "trial a_00001: the largest mean gain" in text
+    assert "0.0375 device-hours ($0.15)" in text
+
+
+def test_the_sweep_plot_marks_the_tolerance_and_the_chosen_trial():
+    from tunearena.evaluation.report.plots import sweep_figure
+
+    assert sweep_figure([], 0.1, "x") is None
+    fig = sweep_figure([("a_00000", 0.2, 0.3), ("a_00001", 0.1, 0.05)], 0.1, "a_00001")
+    assert fig is not None
+    ax = fig.axes[0]
+    tolerance_lines = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert [ln.get_xdata()[0] for ln in tolerance_lines] == [pytest.approx(10.0)]
+    offsets = [tuple(c.get_offsets()[0]) for c in ax.collections if len(c.get_offsets())]
+    assert (pytest.approx(30.0), pytest.approx(20.0)) in offsets
+    assert "the stage's model" in [t.get_text() for t in ax.get_legend().get_texts()]

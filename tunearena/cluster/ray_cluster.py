@@ -143,7 +143,8 @@ def worker_env(cfg: ClusterConfig) -> dict[str, str]:
 
 
 @contextmanager
-def ray_session(cfg: ClusterConfig, say: Callable[[str], None] = print) -> Iterator[None]:
+def ray_session(cfg: ClusterConfig, say: Callable[[str], None] = print,
+                dashboard: bool = False) -> Iterator[None]:
     """Connect to (or start) Ray for the duration of the block.
 
     An already-initialised Ray (a test's cluster, a notebook) is used as it is and left running.
@@ -164,7 +165,9 @@ def ray_session(cfg: ClusterConfig, say: Callable[[str], None] = print) -> Itera
         ray.init(
             address="local",
             num_cpus=cfg.num_cpus,
-            include_dashboard=False,
+            # The dashboard serves the State API, by which Ray Train removes the workers'
+            # placement group of a run whose controller died: a sweep's stopped trial.
+            include_dashboard=dashboard,
             runtime_env=runtime_env,
             log_to_driver=True,
         )

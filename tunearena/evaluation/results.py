@@ -18,7 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunearena.errors import UserError
 from tunearena.training.gguf import GGUFConversion
-from tunearena.training.summary import ExportCheck, ReplaySummary, TrainingSummary
+from tunearena.training.summary import (
+    ExportCheck,
+    ReplaySummary,
+    SweepSummary,
+    TrainingSummary,
+)
 
 SCHEMA_VERSION = 5
 """1 (no ``schema_version`` key): a generative benchmark's exact match, its interval and its
@@ -362,6 +367,7 @@ class StageRecord(_Model):
     kind: str | None = None
     reward_accuracy: float | None = None
     reward_margin: float | None = None
+    sweep: SweepSummary | None = None
 
 
 class StageSummary(TrainingSummary):

@@ -111,7 +111,28 @@ def check_inputs(cfg: ExperimentConfig, runs_dir_here: bool = True,
         examples = draw_examples(load_pool(fewshot.path), fewshot.k, cfg.seed, asked)
     cfg.model.chat_template = chat_template_of(cfg.model.base, cfg.model.chat_template)
     _check_lengths(cfg, prepared)
+    _check_sweeps_fit(cfg)
     return questions, examples
+
+
+def _check_sweeps_fit(cfg: ExperimentConfig) -> None:
+    """On a local Ray, whose size is known before it starts: each sweep's concurrent trials
+    against it (a cluster's is checked once joined, before any stage trains)."""
+    swept = [s for s in cfg.resolved_stages() if s.sweep is not None]
+    if not swept or cfg.cluster.address != "local":
+        return
+    import os
+
+    import torch
+
+    from tunearena.training.sweep_run import concurrent_trials
+
+    gpus = torch.cuda.device_count()
+    use_gpu = gpus > 0 if cfg.cluster.use_gpu == "auto" else bool(cfg.cluster.use_gpu)
+    resources = {"CPU": float(cfg.cluster.num_cpus or os.cpu_count() or 1), "GPU": float(gpus)}
+    for stage in swept:
+        assert stage.sweep is not None
+        concurrent_trials(stage.sweep, cfg.cluster, use_gpu, resources, f"stage {stage.name}: ")
 
 
 def _check_lengths(cfg: ExperimentConfig, prepared: dict[str, list]) -> None:

@@ -105,7 +105,7 @@ def reap(before: set[psutil.Process]) -> list[str]:
 
 
 def enter_ray(stack: ExitStack, cfg: ClusterConfig, console: Console,
-              say: Callable[[str], None] = print) -> None:
+              say: Callable[[str], None] = print, dashboard: bool = False) -> None:
     """Start or join Ray (``ray_session``) until ``stack`` unwinds; ``say`` gets the line
     naming a joined cluster. A Ray this process starts is its own to clean up: after
     ``ray.shutdown`` (the stack unwinds in reverse) any process it started here and left
@@ -124,5 +124,5 @@ def enter_ray(stack: ExitStack, cfg: ClusterConfig, console: Console,
                               f"{', '.join(left)}[/dim]")
 
         stack.callback(end_leftovers)
-    stack.enter_context(ray_session(cfg, say))
+    stack.enter_context(ray_session(cfg, say, dashboard))
     reclaim()

@@ -41,6 +41,7 @@ from tunearena.launch.keys import (
 )
 from tunearena.launch.lock import RunLock
 from tunearena.launch.manifest import Manifest, read_manifest, refuse_earlier_run
+from tunearena.launch.sweeping import train_sweep
 from tunearena.training.config import Stage
 from tunearena.training.stages import load_stage, preparation_lines, prepare_stage, train_stage
 from tunearena.training.summary import TrainingSummary
@@ -59,13 +60,15 @@ class _Ray:
     """The run's one Ray session, started when a step first needs it; it serves training and
     scoring. ``checked``: the cluster-wide preflight checks (storage, collective) have passed."""
 
-    def __init__(self, cfg: ClusterConfig, stack: ExitStack, console: Console):
-        self.cfg, self.stack, self.console = cfg, stack, console
+    def __init__(self, cfg: ClusterConfig, stack: ExitStack, console: Console,
+                 dashboard: bool = False):
+        self.cfg, self.stack, self.console, self.dashboard = cfg, stack, console, dashboard
         self.started = self.checked = False
 
     def ensure(self) -> None:
         if not self.started:
-            enter_ray(self.stack, self.cfg, self.console)
+            # A local Ray starts its dashboard only for a sweep (see ray_session).
+            enter_ray(self.stack, self.cfg, self.console, dashboard=self.dashboard)
             self.started = True
 
 
@@ -82,6 +85,8 @@ class Pipeline:
         self.run_dir = (cfg.runs_dir / cfg.name).resolve()
         self.storage = cfg.cluster.storage_path or str(self.run_dir / "ray")
         self.manifest = Manifest(self.run_dir, {"steps": {}})  # opened by run()
+        self.early = ArmScores()
+        """Arms scored before the evaluation step (the base, while a sweep chose a trial)."""
 
     def _reused(self, name: str, key: str) -> bool:
         """Whether step ``name`` is resumed from an earlier attempt that ran it with ``key``."""
@@ -186,7 +191,8 @@ class Pipeline:
         scored, lengths = benchmarks, None
         # Steps still running when the block stops are marked before Ray shuts down.
         with ExitStack() as stack, self.manifest.closing_steps():
-            ray = _Ray(cfg.cluster, stack, self.console)
+            ray = _Ray(cfg.cluster, stack, self.console,
+                       dashboard=any(s.sweep is not None for s in stages))
             # Retrieval reads no trained model, so it runs first: every prompt a RAG arm will
             # score is then known, and measured against the context, before training. A
             # rag_context stage's training prompts are retrieved from the same index.
@@ -199,7 +205,7 @@ class Pipeline:
             if cfg.evaluation.enabled:
                 scored, lengths = self.check_prompts(arms, benchmarks, examples)
             if stages:
-                trained = self.train(stages, benchmarks, ray)
+                trained = self.train(stages, benchmarks, ray, scored)
             if cfg.evaluation.enabled:
                 scores = self.evaluate(arms, stages, scored, examples, retrieval, ray)
         report_path = self.run_dir / "report.html"
@@ -210,9 +216,11 @@ class Pipeline:
         return report_path
 
     def train(self, stages: list[Stage], benchmarks: dict[str, list[QAItem]],
-              ray: _Ray) -> dict[str, TrainingSummary]:
+              ray: _Ray, scored: dict[str, list[QAItem]] | None = None,
+              ) -> dict[str, TrainingSummary]:
         """Prepare every stage's data, then load, check and train the stages in order, each
-        into ``models/<stage>``."""
+        into ``models/<stage>``. A swept stage's trials are scored on ``scored`` (the
+        questions every arm is scored on), when evaluation is on."""
         from functools import cache
 
         from transformers import AutoTokenizer
@@ -235,6 +243,15 @@ class Pipeline:
             run_name = f"{cfg.name}-{stage.name}-{stage_key(cfg, stage, stages)[:8]}"
             out = self.run_dir / "models" / stage.name
             ray.ensure()
+            if stage.sweep is not None:
+                summary = train_sweep(
+                    loaded, stage.sweep, cfg.cluster, run_name, self.storage, out,
+                    self.run_dir / "sweeps" / stage.name, data_report, self.console,
+                    partial(self.score_trials, stage.name, scored or benchmarks, ray),
+                    not self.resume, check_cluster=not ray.checked)
+                ray.checked = True
+                return {"model": self._rel(out),
+                        "trials": self._rel(self.run_dir / "sweeps" / stage.name)}, summary
             summary = train_stage(loaded, cfg.cluster, run_name, self.storage, out, data_report,
                                   self.console, not self.resume, check_cluster=not ray.checked)
             ray.checked = True
@@ -243,6 +260,18 @@ class Pipeline:
         def prepare(stage: Stage) -> tuple[dict, dict]:
             return self.prepare(stage, questions, tokenizer())
 
+        swept = [s for s in stages if s.sweep is not None]
+        if swept:  # more concurrent trials than the cluster places: before any stage trains
+            from ray import cluster_resources
+
+            from tunearena.cluster.ray_cluster import resolve_use_gpu
+            from tunearena.training.sweep_run import concurrent_trials
+
+            ray.ensure()
+            for s in swept:
+                assert s.sweep is not None
+                concurrent_trials(s.sweep, cfg.cluster, resolve_use_gpu(cfg.cluster),
+                                  cluster_resources(), f"stage {s.name}: ")
         prepared = {s.name: self._step(step("prepare", s), prepare_key(cfg, s),
                                        partial(prepare, s)) for s in stages}
         return {s.name: self._step(step("train", s), stage_key(cfg, s, stages),
@@ -354,7 +383,7 @@ class Pipeline:
                  examples: list, retrieval: dict[str, dict], ray: _Ray) -> ArmScores:
         """Write the tasks every arm reads, then score the arms side by side as Ray tasks
         (an arm done in an earlier attempt is reused) and choose the stage ``ft`` is."""
-        cfg, manifest, task_dir = self.cfg, self.manifest, self.run_dir / "tasks"
+        cfg, task_dir = self.cfg, self.run_dir / "tasks"
         tasks = self.write_tasks(arms, benchmarks, examples)
         tokens = scoring.prompt_tokens(cfg.model.base, task_dir, tasks, list(benchmarks),
                                        self.chat_template)
@@ -366,39 +395,77 @@ class Pipeline:
                 lambda: self.probe(stages, tasks, task_dir, ray))
 
         def score(arms: list[Arm], selected: str | None) -> ArmScores:
-            scores, jobs = ArmScores(), []
-            for arm in arms:
-                model_dir = arm.model_dir(cfg.model.base, self.run_dir / "models", selected)
-                step, key = f"evaluate:{arm}", scoring_key(cfg, model_dir)
-                if self._reused(step, key):
-                    scores.add(arm, _load_json(self.run_dir / "eval" / f"{arm}.json"),
-                               manifest.outputs(step))
-                else:
-                    jobs.append(scoring.arm_job(arm, model_dir, tasks, task_dir,
-                                                list(benchmarks), cfg.evaluation.latency_questions))
-                    manifest.start(step, key)
-
-            def done(job: scoring.ArmJob, result: dict) -> None:
-                path = self.run_dir / "eval" / f"{job.arm}.json"
-                _json(path, result["samples"])
-                outputs = scoring.arm_latency(job, result, search_ms, tokens)
-                manifest.finish(f"evaluate:{job.arm}", {"scores": self._rel(path)}, outputs,
-                                result["score_s"])
-                scores.add(job.arm, result["samples"], outputs)
-
-            def failed(job: scoring.ArmJob, error: BaseException) -> None:
-                manifest.fail(f"evaluate:{job.arm}", f"{type(error).__name__}: {error}")
-
-            if jobs:
-                ray.ensure()
-                scoring.evaluate_arms(jobs, cfg.evaluation, cfg.cluster, task_dir, self.console,
-                                      done, failed, self.chat_template)
+            scored_early = [a for a in arms if str(a) in self.early.samples]
+            scores = self.score_arms(
+                {a: a.model_dir(cfg.model.base, self.run_dir / "models", selected)
+                 for a in arms if a not in scored_early}, tasks, search_ms, tokens, ray)
+            for arm in scored_early:  # scored while a sweep chose its trial
+                scores.add(arm, self.early.samples[str(arm)], self.early.latency[str(arm)])
             return scores
 
         scores = scoring.score_in_order(arms, [s.name for s in stages], bool(cfg.stages),
                                         cfg.evaluation, self.console, score)
         scores.probe = probed
         return scores
+
+    def score_arms(self, arm_dirs: dict[Arm, Path], tasks: dict[str, dict[str, str]],
+                   search_ms: dict[str, list[float]], tokens: dict[str, dict[str, float]],
+                   ray: _Ray, timed: bool = True) -> ArmScores:
+        """Score each arm's model side by side as Ray tasks (an arm done in an earlier attempt
+        is reused), each recorded in the manifest and ``eval/<arm>.json``; ``timed``: time
+        ``evaluation.latency_questions`` answers one at a time too."""
+        cfg, manifest, task_dir = self.cfg, self.manifest, self.run_dir / "tasks"
+        scores, jobs = ArmScores(), []
+        for arm, model_dir in arm_dirs.items():
+            step, key = f"evaluate:{arm}", scoring_key(cfg, model_dir)
+            if self._reused(step, key):
+                scores.add(arm, _load_json(self.run_dir / "eval" / f"{arm}.json"),
+                           manifest.outputs(step))
+            else:
+                jobs.append(scoring.arm_job(arm, model_dir, tasks, task_dir, list(tasks),
+                                            cfg.evaluation.latency_questions if timed else 0))
+                manifest.start(step, key)
+
+        def done(job: scoring.ArmJob, result: dict) -> None:
+            path = self.run_dir / "eval" / f"{job.arm}.json"
+            _json(path, result["samples"])
+            outputs = scoring.arm_latency(job, result, search_ms, tokens)
+            manifest.finish(f"evaluate:{job.arm}", {"scores": self._rel(path)}, outputs,
+                            result["score_s"])
+            scores.add(job.arm, result["samples"], outputs)
+
+        def failed(job: scoring.ArmJob, error: BaseException) -> None:
+            manifest.fail(f"evaluate:{job.arm}", f"{type(error).__name__}: {error}")
+
+        if jobs:
+            ray.ensure()
+            scoring.evaluate_arms(jobs, cfg.evaluation, cfg.cluster, task_dir, self.console,
+                                  done, failed, self.chat_template)
+        return scores
+
+    def score_trials(self, stage: str, benchmarks: dict[str, list[QAItem]], ray: _Ray,
+                     trial_dirs: dict[str, Path]) -> dict | None:
+        """Score a sweep's trials (and the base, which the evaluation step then reuses) on
+        plain prompts; the selection among them by the rule that chooses between stages, or
+        None when evaluation is off."""
+        if not self.cfg.evaluation.enabled:
+            return None
+        from tunearena.launch.sweeping import trial_arm
+
+        base = Arm("base")
+        tasks = self.write_tasks([base], benchmarks, [])
+        tokens = scoring.prompt_tokens(self.cfg.model.base, self.run_dir / "tasks", tasks,
+                                       list(benchmarks), self.chat_template)
+        if str(base) not in self.early.samples:
+            early = self.score_arms({base: Path(self.cfg.model.base)}, tasks, {}, tokens, ray)
+            self.early.add(base, early.samples["base"], early.latency["base"])
+        arms = {Arm.parse(trial_arm(stage, t)): d for t, d in trial_dirs.items()}
+        trials = self.score_arms(arms, tasks, {}, tokens, ray, timed=False)
+        samples = {"base": self.early.samples["base"]} | {
+            f"ft@{t}": trials.samples[str(arm)] for arm, t in zip(arms, trial_dirs, strict=True)}
+        selection = scoring.choose_stage(samples, list(trial_dirs), self.cfg.evaluation.benchmarks,
+                                         self.cfg.evaluation.forgetting_tolerance)
+        return selection if selection["candidates"] else None
 
     def probe(self, stages: list[Stage], tasks: dict[str, dict[str, str]], task_dir: Path,
               ray: _Ray) -> tuple[dict, dict]:

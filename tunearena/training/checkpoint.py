@@ -264,6 +264,18 @@ def clear(storage_path: str, run_name: str) -> None:
         fs.delete_dir(path)
 
 
+def clear_prefixed(storage_path: str, prefix: str) -> None:
+    """Delete every run whose name starts with ``prefix`` (a sweep's experiment and its
+    trials' runs), so a fresh sweep restores none of them."""
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(_uri(storage_path))
+    selector = pyarrow.fs.FileSelector(root.rstrip("/"), allow_not_found=True)
+    for info in fs.get_file_info(selector):
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith(prefix):
+            fs.delete_dir(info.path)
+
+
 def _uri(storage_path: str) -> str:
     """pyarrow wants a URI or an absolute path."""
     return storage_path if "://" in storage_path else str(Path(storage_path).resolve())

@@ -11,6 +11,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 
 from tunearena.configbase import StrictModel
 from tunearena.training.methods import METHODS, MethodName, same_adapter
+from tunearena.training.sweep import SweepConfig, check_space
 
 
 class ModelConfig(StrictModel):
@@ -366,7 +367,7 @@ class ReplayConfig(StrictModel):
 
 
 # Stage keys that are not training keys; every other key of a stage overrides ``training:``.
-STAGE_OWN_KEYS = ("name", "start_from", "lora_init", "replay", "rag_context")
+STAGE_OWN_KEYS = ("name", "start_from", "lora_init", "replay", "rag_context", "sweep")
 
 
 class StageConfig(StrictModel):
@@ -391,6 +392,10 @@ class StageConfig(StrictModel):
     retrieved from the run's own index (``rag:``), the gold document's with probability
     ``p_gold`` beside distractors, rendered as the ``+rag`` arms render them; the index is
     built before the stage. Default: off."""
+    sweep: SweepConfig | None = None
+    """Train the stage once per trial of a search space on Ray Tune; the trial with the
+    largest domain gain within the forgetting tolerance becomes the stage's model. Default:
+    one run with the stage's settings."""
 
     @model_validator(mode="after")
     def _overrides_are_training_keys(self) -> StageConfig:
@@ -400,7 +405,7 @@ class StageConfig(StrictModel):
                 hint = difflib.get_close_matches(key, allowed + list(STAGE_OWN_KEYS), n=1)
                 raise ValueError(f"unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint
                                  else " (a stage takes name, start_from, lora_init, replay, "
-                                 "rag_context and any training key)"))
+                                 "rag_context, sweep and any training key)"))
         return self
 
     def overrides(self) -> dict[str, Any]:
@@ -419,6 +424,7 @@ class Stage:
     lora_init: str = "merge"
     replay: ReplayConfig | None = None
     rag_context: RagContextConfig | None = None
+    sweep: SweepConfig | None = None
 
 
 def resolve_stages(training: TrainingConfig, stages: list[StageConfig]) -> list[Stage]:
@@ -478,10 +484,32 @@ def resolve_stages(training: TrainingConfig, stages: list[StageConfig]) -> list[
                     raise ValueError(f"{where}: replay.stages names {name!r}, not an earlier stage")
         if replay is not None:
             _check_replay_kinds(where, cfg, replay, start, seen)
+        if stage.sweep is not None:
+            _check_sweep(where, stage.sweep, base | stage.overrides(), cfg)
         seen[stage.name] = Stage(stage.name, start, cfg, stage.lora_init, replay,
-                                 stage.rag_context)
+                                 stage.rag_context, stage.sweep)
         resolved.append(seen[stage.name])
     return resolved
+
+
+UNSWEPT_KEYS = ("method", "kind", "datasets")
+"""Training keys a sweep cannot vary: each trial must be the same kind of stage."""
+
+
+def _check_sweep(where: str, sweep: SweepConfig, training: dict[str, Any],
+                 cfg: TrainingConfig) -> None:
+    """A sweep searches keys the stage has, with values it accepts; ASHA compares trials by
+    their validation loss, so the stage must hold some data out."""
+    fixed = sorted({k.split(".")[0] for k in sweep.space} & set(UNSWEPT_KEYS))
+    if fixed:
+        raise ValueError(f"{where}.sweep.space: {fixed[0]!r} says what the stage is, not how it "
+                         "trains, so a sweep cannot vary it; make a stage per value instead")
+    check_space(sweep.space, training, TrainingConfig.model_validate, f"{where}.sweep")
+    if (sweep.scheduler == "asha" and cfg.validation_fraction == 0
+            and not any(ds.validation_path for ds in cfg.datasets)):
+        raise ValueError(f"{where}.sweep: scheduler asha stops trials by their validation loss, "
+                         "but the stage holds no validation data; set validation_fraction above "
+                         "0, a dataset's validation_path, or scheduler none")
 
 
 def _check_replay_kinds(where: str, cfg: TrainingConfig, replay: ReplayConfig, start: str,

@@ -121,6 +121,8 @@ def train_loop_per_worker(config: dict) -> None:
                 metrics |= {f"val_loss/{name}": loss for name, loss in val_by_task.items()}
             # The same numbers on every rank, so every rank takes the same decision.
             state.observe_validation(metrics["val_loss"], cfg.early_stopping_min_delta)
+            if config.get("report_validation"):  # a sweep's trial: its scheduler reads these
+                report_validation(state, metrics)
             if (cfg.early_stopping_patience is not None and not last
                     and state.bad_evals >= cfg.early_stopping_patience):
                 stopped_early_at = step + 1
@@ -229,6 +231,14 @@ def resume(engine, cfg: TrainingConfig, worker: Worker, plan: BatchPlan,
         worker.print(f"resumed from the checkpoint at step {state.step}")
     state.placement = placement
     return state
+
+
+def report_validation(state: ckpt.TrainState, metrics: dict) -> None:
+    """Report a validation (every rank; no checkpoint): the step, how many validations so
+    far (this one included) and the loss."""
+    evaluations = sum("val_loss" in h for h in state.history) + 1
+    ray.train.report({"step": state.step, "evaluations": evaluations,
+                      "val_loss": metrics["val_loss"]})
 
 
 def save_checkpoint(engine, worker: Worker, state: ckpt.TrainState, exclude_frozen: bool) -> None:

@@ -30,7 +30,7 @@ STAGE_RESULT_FIELDS = (
     "start_from", "method", "lora_init", "steps", "planned_steps", "stopped_early_at",
     "train_s", "final_train_loss", "final_val_loss", "val_loss_by_task", "mix", "replay",
     "data", "history", "export_check", "parameters", "trainable_parameters",
-    "peak_gpu_memory_mb", "peak_rss_mb", "kind", "reward_accuracy", "reward_margin",
+    "peak_gpu_memory_mb", "peak_rss_mb", "kind", "reward_accuracy", "reward_margin", "sweep",
 )
 
 
@@ -256,32 +256,46 @@ def load_stage(stage: Stage, stages: list[Stage], base: str, run_dir: Path,
 def train_stage(loaded: LoadedStage, cluster: ClusterConfig, run_name: str, storage: str,
                 out_dir: Path, data_report: dict, console: Console, fresh: bool = True,
                 check_cluster: bool = True) -> TrainingSummary:
-    """Check that a loaded stage fits the cluster (printing every check on ``console``, and
-    raising ``PreflightError`` when one failed), then train it as Ray Train run ``run_name``
-    (Ray must be initialised) into ``out_dir``.
+    """Check that a loaded stage fits the cluster (``check_stage``), then train it as Ray
+    Train run ``run_name`` (Ray must be initialised) into ``out_dir``.
 
     ``fresh`` drops the run's old checkpoints first, so nothing is restored; otherwise the
-    stage continues from them. ``check_cluster`` adds the cluster-wide checks (storage, a
-    collective), needed once per cluster. The summary records where the stage started, what
-    it replayed and ``data_report`` (the prepare step's counts). A LoRA stage's adapter
-    records which model it applies to (``training/adapters.py``)."""
-    from tunearena.cluster.preflight import PreflightError, format_checks
+    stage continues from them. The summary records where the stage started, what it replayed
+    and ``data_report`` (``stage_record``)."""
     from tunearena.training import checkpoint
     from tunearena.training.trainer import run_stage
 
-    stage = loaded.stage
     if fresh:
         checkpoint.clear(storage, run_name)
+    check_stage(loaded, cluster, storage, console, check_cluster)
+    summary = run_stage(run_name, loaded.model_dir, loaded.training, cluster, out_dir, storage,
+                        data=loaded.data, mixture=loaded.mixture, init_adapter=loaded.init_adapter)
+    if summary.resumed_from_step:
+        console.print(f"resumed training from step {summary.resumed_from_step}")
+    return stage_record(loaded, summary, out_dir, data_report)
+
+
+def check_stage(loaded: LoadedStage, cluster: ClusterConfig, storage: str, console: Console,
+                check_cluster: bool) -> None:
+    """Preflight a loaded stage against the cluster, printing every check on ``console``;
+    ``PreflightError`` when one failed. ``check_cluster`` adds the cluster-wide checks
+    (storage, a collective), needed once per cluster."""
+    from tunearena.cluster.preflight import PreflightError, format_checks
+
     checks = preflight_checks(loaded.base, loaded.training, cluster, storage,
                               loaded.mixture.epoch_size, check_cluster, loaded.tokenizer,
                               loaded.chat_template)
     console.print(format_checks(checks), highlight=False, markup=False, soft_wrap=True)
     if not all(c.ok for c in checks):
         raise PreflightError(checks)
-    summary = run_stage(run_name, loaded.model_dir, loaded.training, cluster, out_dir, storage,
-                        data=loaded.data, mixture=loaded.mixture, init_adapter=loaded.init_adapter)
-    if summary.resumed_from_step:
-        console.print(f"resumed training from step {summary.resumed_from_step}")
+
+
+def stage_record(loaded: LoadedStage, summary: TrainingSummary, out_dir: Path,
+                 data_report: dict) -> TrainingSummary:
+    """A trained stage's summary with where it started, what it replayed and
+    ``data_report`` (the prepare step's counts); an adapter stage's adapter in ``out_dir``
+    records which model it applies to (``training/adapters.py``)."""
+    stage = loaded.stage
     if stage.training.method != "full":
         from tunearena.training.adapters import base_record, record_base
         from tunearena.training.export import ADAPTER_DIR
@@ -305,7 +319,9 @@ def training_results(trained: dict[str, TrainingSummary], chosen: str, order: li
     the one the ``ft`` arms use), ``cost`` (device hours and dollars of every stage) and,
     with ``per_stage`` (a run of named stages), each stage's cost and ``stages``."""
     summary = trained[chosen]
-    hours = {name: t.train_s * t.world_size / 3600 for name, t in trained.items()}
+    # A swept stage cost every trial's time, the stopped ones included.
+    hours = {name: t.sweep.device_hours if t.sweep else t.train_s * t.world_size / 3600
+             for name, t in trained.items()}
     out: dict[str, Any] = {
         "training": summary.model_dump(mode="json", exclude={"step_time_s", "data"}) | {
             "stage": chosen, "median_step_s": summary.median_step_s,

@@ -7,7 +7,7 @@ what data it read; ``results.json`` carries it under ``training`` and ``stages``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -53,6 +53,51 @@ class ReplaySummary(_Record):
     """Share of each batch drawn from replayed tasks."""
     sources: list[str]
     """The replayed tasks, ``<stage>/<task>`` or a replay dataset's task."""
+
+
+class SweepTrial(_Record):
+    """One trial of a stage's sweep."""
+
+    trial: str
+    """Ray Tune's trial id; its scored arm is ``ft@<stage>#<trial>``."""
+    params: dict[str, Any]
+    """The trial's training keys (dotted)."""
+    status: Literal["finished", "stopped early", "failed"]
+    evaluations: int
+    """Validations it reached; ASHA compares trials at the same count."""
+    val_loss: float | None
+    """Its last validation loss."""
+    train_s: float
+    """Wall seconds the trial ran."""
+    device_hours: float
+    """``train_s`` times its workers (GPUs on a GPU cluster)."""
+    error: str | None = None
+    domain_gain: float | None = None
+    """Fully scored trials only: mean gain over the base on the domain benchmarks."""
+    forgetting: float | None = None
+    """Fully scored trials only: the largest drop below the base on a general benchmark."""
+    within_tolerance: bool | None = None
+
+
+class SweepSummary(_Record):
+    """A stage's sweep: its settings, every trial, and which became the stage's model."""
+
+    chosen: str
+    """The trial whose model is the stage's."""
+    rule: str
+    """How it was chosen, as a sentence."""
+    warning: str | None = None
+    space: dict[str, Any]
+    """Training key -> its distribution, as configured."""
+    scheduler: str
+    num_samples: int
+    concurrent: int
+    """Trials that trained side by side."""
+    scored: list[str]
+    """The trials scored as arms on every benchmark (lowest validation loss first)."""
+    trials: list[SweepTrial]
+    device_hours: float
+    """Every trial's, the stopped and failed ones included."""
 
 
 class TrainingSummary(_Record):
@@ -112,6 +157,9 @@ class TrainingSummary(_Record):
     replay: ReplaySummary | None = None
     data: dict[str, Any] = {}
     """The prepare step's report per task: records read, kept, dropped, split."""
+    sweep: SweepSummary | None = None
+    """A swept stage's trials and the choice among them (the rest of this summary is the
+    chosen trial's)."""
 
     @property
     def median_step_s(self) -> float:

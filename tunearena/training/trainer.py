@@ -115,9 +115,11 @@ def run_stage(
 
 def _trainer(name: str, model_dir: str, cfg: TrainingConfig, cluster: ClusterConfig, storage: str,
              data: tuple[TokenizedSplit, TokenizedSplit | None], mixture: Mixture,
-             init_adapter: Path | None, use_gpu: bool, progress) -> InterruptibleTorchTrainer:
+             init_adapter: Path | None, use_gpu: bool, progress,
+             callbacks: list | None = None) -> InterruptibleTorchTrainer:
     """The Ray Train trainer of one stage; ``progress`` is the queue rank 0 puts its log
-    lines in (None: rank 0 prints them)."""
+    lines in (None: rank 0 prints them). With ``callbacks`` (a sweep's trial), every rank
+    also reports each validation loss, which they pass on."""
     train, val = data
     data_ref = ray.put({"train": asdict(train), "val": asdict(val) if val is not None else None})
     # Ctrl-C and SIGTERM stay the driver's to handle (see cluster/interruptible.py).
@@ -133,6 +135,7 @@ def _trainer(name: str, model_dir: str, cfg: TrainingConfig, cluster: ClusterCon
             "mixture": asdict(mixture),
             "init_adapter": str(init_adapter) if init_adapter is not None else None,
             "progress": progress,
+            "report_validation": bool(callbacks),
         },
         scaling_config=scaling_config(cluster, use_gpu),
         # Ray Train V2's RunConfig; type checkers see the V1 class that `ray.train` swaps out.
@@ -144,6 +147,7 @@ def _trainer(name: str, model_dir: str, cfg: TrainingConfig, cluster: ClusterCon
             worker_runtime_env={"env_vars": worker_env(cluster)},
             # Ray Train's INFO lines repeat every reported metric; our rank 0 logs progress.
             logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks or [],
         ),
     )
 

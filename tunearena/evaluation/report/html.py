@@ -36,7 +36,10 @@ def render_html(view: ReportView, results: Results, sources: Sources | None = No
     stages = view.stages
     if stages and results.stages:
         stages = {**stages, "plot": plots.stages_plot(results.stages, benchmarks,
-                                                      stages["selected"])}
+                                                      stages["selected"]),
+                  "sweeps": [{**s, "plot": plots.sweep_plot(s["points"], s["tolerance"],
+                                                            s["chosen"])}
+                             for s in stages["sweeps"]]}
     forgetting = view.forgetting
     if forgetting and results.forgetting:
         forgetting = {**forgetting, "plot": plots.forgetting_plot(

@@ -131,6 +131,9 @@ def _stages(view: dict[str, Any]) -> list[str]:
     if view["methods"].rows:
         lines += ["### How the methods compare", "", *table_lines(view["methods"]), "",
                   view["methods_note"], ""]
+    for sweep in view["sweeps"]:
+        lines += [f"### Sweep: stage {sweep['stage']}", "", sweep["sentence"], "",
+                  *table_lines(sweep["table"]), ""]
     for aware in view["rag_aware"]:
         lines += [f"### RAG-aware fine-tuning: stage {aware['stage']}", "", aware["sentence"], ""]
         if aware["table"].rows:

@@ -310,3 +310,38 @@ def loss_figure(history: list[dict[str, float]]) -> Figure | None:
 def loss_plot(history: list[dict[str, float]]) -> str | None:
     """``loss_figure`` as a ``data:`` URI."""
     return _png(loss_figure(history))
+
+
+def sweep_figure(points: list[tuple[str, float, float]], tolerance: float,
+                 chosen: str) -> Figure | None:
+    """A sweep's scored trials: domain gain against the largest general drop (points), the
+    forgetting tolerance drawn, the chosen trial marked; None with no scored trial."""
+    if not points:
+        return None
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.add_subplot()
+    drops = [p[2] * 100 for p in points]
+    right = max(tolerance * 100, *drops) + 2
+    ax.axvspan(tolerance * 100, right, color="#d62728", alpha=0.07,
+               label="beyond the tolerance")
+    ax.axvline(tolerance * 100, color="#d62728", linestyle="--",
+               label=f"tolerance ({tolerance * 100:g} points)")
+    for trial, gain, drop in points:
+        mine = trial == chosen
+        ax.scatter([drop * 100], [gain * 100], s=70 if mine else 40, zorder=3,
+                   marker="*" if mine else "o", color="#ff7f0e" if mine else "#7f7f7f",
+                   label="the stage's model" if mine else None)
+        ax.annotate(trial, (drop * 100, gain * 100), textcoords="offset points", xytext=(5, 4),
+                    fontsize="x-small")
+    ax.set_xlim(min(0.0, *drops) - 2, right)
+    ax.axhline(0, color="#444", linewidth=0.8)
+    ax.set_xlabel("largest drop on a general benchmark vs base (points)")
+    ax.set_ylabel("domain gain vs base (points)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize="small")
+    return fig
+
+
+def sweep_plot(points: list[tuple[str, float, float]], tolerance: float,
+               chosen: str) -> str | None:
+    """``sweep_figure`` as a ``data:`` URI."""
+    return _png(sweep_figure(points, tolerance, chosen))

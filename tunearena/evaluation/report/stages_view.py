@@ -9,6 +9,7 @@ from tunearena.evaluation.arm import Arm
 from tunearena.evaluation.report import formats as fmt
 from tunearena.evaluation.report import numbers
 from tunearena.evaluation.report.formats import NONE
+from tunearena.evaluation.report.sweep_view import sweeps_view
 from tunearena.evaluation.report.table import Table
 from tunearena.evaluation.results import (
     Candidate,
@@ -106,6 +107,7 @@ def stages_view(results: Results) -> dict[str, Any] | None:
         "training": training,
         "details": [_stage_detail(stage, info.get(stage) or StageRecord()) for stage in order],
         "rag_aware": _rag_aware(results, selected),
+        "sweeps": sweeps_view(results),
     }
 
 
