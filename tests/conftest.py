@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -117,9 +119,10 @@ def tiny_text_file(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray instance with two CPUs for one test module; yields its GCS address.
+@contextmanager
+def local_ray(dashboard: bool = False) -> Iterator[str]:
+    """A local Ray instance with two CPUs (with its dashboard, whose State API Ray Train's
+    placement-group cleaner uses, when ``dashboard``); yields its GCS address.
 
     ``address="local"`` always starts a new instance, never joining one left running.
     """
@@ -127,12 +130,19 @@ def ray_local():
 
     from tunearena.cluster.quiet import WORKER_SETUP_HOOK
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True,
+    ray.init(address="local", num_cpus=2, include_dashboard=dashboard, log_to_driver=True,
              runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK})
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """``local_ray`` for one test module."""
+    with local_ray() as address:
+        yield address
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import local_ray
 
 from tunearena.launch.cli import main
 
@@ -33,16 +34,8 @@ TOLERANCE = 0.5
 @pytest.fixture(scope="module")
 def ray_dashboard():
     """A local Ray of two CPUs with its dashboard; yields its GCS address."""
-    import ray
-
-    from tunearena.cluster.quiet import WORKER_SETUP_HOOK
-
-    ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=True,
-             runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK})
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
+    with local_ray(dashboard=True) as address:
+        yield address
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

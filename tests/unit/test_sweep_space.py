@@ -152,3 +152,20 @@ def test_the_sweep_plot_marks_the_tolerance_and_the_chosen_trial():
     offsets = [tuple(c.get_offsets()[0]) for c in ax.collections if len(c.get_offsets())]
     assert (pytest.approx(30.0), pytest.approx(20.0)) in offsets
     assert "the stage's model" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_optuna_draws_the_space_and_refuses_a_grid():
+    sweep = SweepConfig.model_validate({
+        "space": {"lr": {"loguniform": [1e-5, 1e-2]}, "epochs": {"choice": [1, 2, 3]},
+                  "lora.rank": {"randint": [4, 8]}},
+        "search": "optuna", "num_samples": 6})
+    searcher = sweep.searcher(seed=0)
+    searcher.set_search_properties("val_loss", "min", sweep.param_space())
+    drawn = [searcher.suggest(f"trial_{i}") for i in range(6)]
+    assert all(1e-5 <= d["lr"] <= 1e-2 and d["epochs"] in (1, 2, 3)
+               and 4 <= d["lora.rank"] <= 8 for d in drawn)
+    assert len({d["lr"] for d in drawn}) == 6
+    with pytest.raises(ValidationError, match="search optuna draws every value itself, but "
+                                              "space.lr is a grid"):
+        SweepConfig.model_validate({"space": {"lr": {"grid": [1e-4, 1e-3]}}, "search": "optuna"})
+    assert SweepConfig.model_validate({"space": {"lr": {"grid": [1e-4]}}}).searcher(0) is None

@@ -111,14 +111,18 @@ def check_inputs(cfg: ExperimentConfig, runs_dir_here: bool = True,
         examples = draw_examples(load_pool(fewshot.path), fewshot.k, cfg.seed, asked)
     cfg.model.chat_template = chat_template_of(cfg.model.base, cfg.model.chat_template)
     _check_lengths(cfg, prepared)
-    _check_sweeps_fit(cfg)
+    _check_sweeps(cfg)
     return questions, examples
 
 
-def _check_sweeps_fit(cfg: ExperimentConfig) -> None:
-    """On a local Ray, whose size is known before it starts: each sweep's concurrent trials
-    against it (a cluster's is checked once joined, before any stage trains)."""
+def _check_sweeps(cfg: ExperimentConfig) -> None:
+    """Each sweep's search algorithm is installed; on a local Ray, whose size is known before
+    it starts, its concurrent trials fit (a cluster's are checked once joined, before any
+    stage trains)."""
     swept = [s for s in cfg.resolved_stages() if s.sweep is not None]
+    for stage in swept:
+        assert stage.sweep is not None
+        stage.sweep.searcher(stage.training.seed)
     if not swept or cfg.cluster.address != "local":
         return
     import os

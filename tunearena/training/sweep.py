@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from tunearena.configbase import StrictModel
+from tunearena.errors import UserError
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 
@@ -78,14 +79,23 @@ class Distribution(StrictModel):
         return tune.randint(self.randint[0], self.randint[1] + 1)  # Tune's high is excluded
 
 
+class SweepSearchUnavailable(UserError, ImportError):
+    """A search algorithm whose package is not installed."""
+
+
 class SweepConfig(StrictModel):
     """A stage trained several times over a search space; the trial with the largest domain
     gain within ``evaluation.forgetting_tolerance`` becomes the stage's model."""
 
     space: dict[str, Distribution]
     """Training key (dotted for a nested one: ``lora.rank``) -> its distribution."""
+    search: Literal["random", "optuna"] = "random"
+    """How the non-grid keys are drawn: ``random`` (each trial on its own, Ray Tune's
+    default), or ``optuna`` (Optuna's TPE, through Ray Tune's ``OptunaSearch``: each draw
+    learns from the validation losses so far; needs ``pip install optuna`` and no ``grid``)."""
     num_samples: int = Field(1, ge=1, le=1000)
-    """Repeats of the whole grid, each with fresh draws of the other keys."""
+    """Repeats of the whole grid, each with fresh draws of the other keys (with ``optuna``:
+    the number of trials)."""
     max_concurrent_trials: int | None = Field(None, ge=1)
     """Trials training side by side; default: as many as the cluster can place at once."""
     scheduler: Literal["asha", "none"] = "asha"
@@ -104,7 +114,24 @@ class SweepConfig(StrictModel):
         if not self.space:
             raise ValueError("space is empty: name at least one training key and its values, "
                              "e.g. space: {lr: {grid: [1.0e-4, 3.0e-4]}}")
+        grids = [key for key, d in self.space.items() if d.grid is not None]
+        if self.search == "optuna" and grids:
+            raise ValueError(f"search optuna draws every value itself, but space.{grids[0]} is "
+                             "a grid; make it a choice, or use search random")
         return self
+
+    def searcher(self, seed: int) -> Any:
+        """Ray Tune's search algorithm for ``search`` (None: Tune's own random and grid
+        variants); ``SweepSearchUnavailable`` when its package is missing."""
+        if self.search == "random":
+            return None
+        try:
+            import optuna  # noqa: F401
+            from ray.tune.search.optuna import OptunaSearch
+        except ImportError:
+            raise SweepSearchUnavailable("sweep.search optuna needs Optuna: pip install optuna "
+                                         "(or search: random)") from None
+        return OptunaSearch(seed=seed)
 
     def trial_count(self) -> int:
         """Trials the sweep runs: ``num_samples`` times the product of its grids' lengths."""

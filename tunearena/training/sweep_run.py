@@ -135,6 +135,7 @@ def run_sweep(name: str, model_dir: str, cfg: TrainingConfig, sweep: SweepConfig
             trainable, param_space=sweep.param_space(),
             tune_config=tune.TuneConfig(metric="val_loss", mode="min",
                                         num_samples=sweep.num_samples, scheduler=scheduler,
+                                        search_alg=sweep.searcher(cfg.seed),
                                         max_concurrent_trials=concurrent,
                                         trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(name=experiment.name, storage_path=str(storage_path),
@@ -154,6 +155,8 @@ def _trial(params: dict[str, Any], *, name: str, model_dir: str, training: dict[
     from tunearena.training.trainer import _collect_export, _trainer
 
     trial_id = trial_label(tune.get_context().get_trial_id())
+    if (Path(out_root) / f"{trial_id}.json").is_file():
+        return  # exported before the driver stopped, but not yet marked done by Tune
     cfg = TrainingConfig.model_validate(apply_trial(training, params))
     # A stable name: a restored trial's Train run continues from its own checkpoints.
     trainer = _trainer(f"{name}-{trial_id}", model_dir, cfg, cluster, storage, data, mixture,
@@ -189,7 +192,8 @@ def _trial_result(result, out_root: Path) -> TrialResult:
               else "failed" if result.error is not None else "stopped early")
     return TrialResult(
         trial_id=trial_id, params=dict(result.config or {}),
-        evaluations=int(metrics.get("evaluations", 0)),
+        evaluations=int(metrics.get("evaluations") or (
+            sum("val_loss" in h for h in summary.history) if summary is not None else 0)),
         val_loss=(summary.final_val_loss if summary is not None else metrics.get("val_loss")),
         status=status, time_s=float(metrics.get("time_total_s", 0.0)),
         model_dir=str(out_root / trial_id) if summary is not None else None,
