@@ -90,7 +90,8 @@ def train_sweep(loaded: LoadedStage, sweep: SweepConfig, cluster: ClusterConfig,
     record = SweepSummary(
         chosen=chosen.trial_id, rule=rule, warning=warning,
         space={k: d.model_dump(exclude_none=True) for k, d in sweep.space.items()},
-        scheduler=sweep.scheduler, num_samples=sweep.num_samples, concurrent=concurrent,
+        scheduler=sweep.scheduler, search=sweep.search, num_samples=sweep.num_samples,
+        concurrent=concurrent,
         scored=[t.trial_id for t in scored],
         trials=[_trial_record(t, cluster, use_gpu, by_trial.get(t.trial_id)) for t in trials],
         device_hours=0.0)

@@ -90,6 +90,7 @@ class SweepSummary(_Record):
     space: dict[str, Any]
     """Training key -> its distribution, as configured."""
     scheduler: str
+    search: str = "random"
     num_samples: int
     concurrent: int
     """Trials that trained side by side."""

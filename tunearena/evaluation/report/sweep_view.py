@@ -56,8 +56,12 @@ def sweep_sentence(stage: str, sweep: SweepSummary, usd_per_hour: float | None) 
     if ended["stopped early"]:
         text += (" ASHA stopped a trial when its validation loss trailed the others' at the "
                  "same number of validations.")
+    if sweep.search != "random":
+        text += f" Its values were drawn by {sweep.search}."
     text += (f" The {len(sweep.scored)} finished trial(s) with the lowest validation loss were "
              f"scored on every benchmark. The stage's model: {sweep.rule}")
+    if sweep.warning:
+        text = text.rstrip(".") + f". {sweep.warning}"
     cost = f"{sweep.device_hours:.3g} device-hours"
     if usd_per_hour:
         cost += f" ({fmt.usd(sweep.device_hours * usd_per_hour)})"
