@@ -115,3 +115,15 @@ def test_the_method_tables_time_and_memory_are_not_checked_but_its_gains_are():
     mask = script._mask_machine_columns
     assert mask(block("747", "49.3", "+14.7")) == mask(block("736", "52.0", "+14.7"))
     assert mask(block("747", "49.3", "+14.7")) != mask(block("747", "49.3", "+15.7"))
+
+
+def test_the_check_lets_a_score_move_by_a_flipped_near_tie_and_no_further():
+    readme = ("| ft | 51.7% (+43.9, 95% CI +33.9 to +53.3) |\n"
+              "within the demo's 5-point tolerance; 134 prompt tokens\n")
+    rerun = ("| ft | 52.2% (+44.4, 95% CI +34.4 to +53.3) |\n"
+             "within the demo's 5-point tolerance; 134 prompt tokens\n")
+    assert script.within_float_noise(readme, rerun)
+    assert not script.within_float_noise(readme, rerun.replace("52.2%", "53.9%"))
+    assert not script.within_float_noise(readme, rerun.replace("5-point", "20-point"))
+    assert not script.within_float_noise(readme, rerun.replace("tolerance;", "margin;"))
+    assert not script.within_float_noise(readme, rerun + "one more line\n")
