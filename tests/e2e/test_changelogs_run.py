@@ -11,7 +11,7 @@ import pytest
 
 from tunearena.launch.cli import main
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # about 7 minutes
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "changelogs.yaml"

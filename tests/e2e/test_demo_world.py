@@ -48,6 +48,7 @@ def test_committed_base_model_matches_its_build_record(build_base):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_shrunk_rebuild_is_bit_for_bit_reproducible(tmp_path, build_base):
     """The rebuild command keeps working, and twice from one seed gives identical weights."""
     build = build_base.build

@@ -23,7 +23,7 @@ from openai_server import local_reply, openai_server
 from tunearena.documents.drafts import Draft
 from tunearena.launch.cli import main
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # about 12 minutes
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = [json.loads(line) for line in

@@ -201,6 +201,7 @@ def test_figures_and_the_request_log(server, scored):
     assert "ray_tunearena_request_latency_ms_bucket{" in text
 
 
+@pytest.mark.heavy
 def test_a_replica_killed_mid_answer_fails_fast_and_comes_back(server, scored):
     client = server.client()
     question, _ = scored["ft"][0]

@@ -149,6 +149,7 @@ def test_ctrl_c_in_training_is_an_interrupt_that_resume_continues(config, tmp_pa
     assert (interrupted.run_dir / "models" / "ft").is_dir()
 
 
+@pytest.mark.heavy  # Ctrl-C's twin; the handler is shared
 def test_sigterm_in_training_exits_143_and_marks_the_step_interrupted(config, tmp_path):
     interrupt_in_training(config, tmp_path, signal.SIGTERM, group=False)
 

@@ -132,6 +132,7 @@ def manifest_steps(run_dir: Path) -> dict:
         return {}
 
 
+@pytest.mark.heavy
 def test_a_stopped_job_is_resubmitted_and_finishes_reusing_its_steps(head, tmp_path):
     address, env = head
     runs_dir = tmp_path / "runs"

@@ -3,6 +3,7 @@ Train workers, a model dir whose weights were truncated after any input check ra
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -30,8 +31,10 @@ def test_truncated_weights_fail_the_stage_with_the_ranks_the_cause_and_the_fix(
         run_stage("broken", str(model), cfg, cluster, tmp_path / "out", tmp_path / "ray")
     message = str(e.value)
     assert isinstance(e.value, UserError)  # the CLI prints it without a traceback, exit 2
-    assert message.startswith("stage broken failed on the cluster; worker ranks 0, 1: "
-                              "SafetensorError: Error while deserializing header"), message
+    # Every rank fails alike; the ones named are those that had failed when Ray Train stopped
+    # the group, which depends on the machine's timing: one rank or both, never a repeat.
+    assert re.match(r"stage broken failed on the cluster; worker (rank [01]|ranks 0, 1): "
+                    "SafetensorError: Error while deserializing header", message), message
     assert f"A weights file of {model} is truncated or corrupt" in message
     assert "/logs/worker-*.err" in message
     assert "Traceback" not in message and "\n" not in message

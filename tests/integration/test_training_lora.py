@@ -72,7 +72,8 @@ def fixed_batch(model_dir: Path) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": ids}
 
 
-@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("stage", [pytest.param(0, marks=pytest.mark.heavy),
+                                   pytest.param(1, marks=pytest.mark.heavy), 2, 3])
 def test_lora_trains_and_exports_a_loadable_adapter_and_merged_model(stage, trained,
                                                                      tiny_model_dir):
     from peft import PeftModel
@@ -148,6 +149,7 @@ def test_gradient_checkpointing_changes_memory_not_the_numbers(trained, tmp_path
     assert [m.value for m in history] == pytest.approx(train_losses)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(("stage", "offload"), [(2, {"offload_optimizer": "cpu"}),
                                                 (3, {"offload_optimizer": "cpu",
                                                      "offload_params": "cpu"})])

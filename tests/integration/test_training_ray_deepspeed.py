@@ -76,7 +76,7 @@ def weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(model_dir / "model.safetensors")
 
 
-@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("stage", [0, pytest.param(1, marks=pytest.mark.heavy), 2, 3])
 def test_run_stage_exports_a_trained_model(stage, trained, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
@@ -114,7 +114,7 @@ def test_run_stage_exports_a_trained_model(stage, trained, tiny_model_dir):
     assert summary.history[-1]["epoch"] == pytest.approx(8 / steps_per_epoch)
 
 
-@pytest.mark.parametrize("stage", [0, 1, 3])
+@pytest.mark.parametrize("stage", [0, pytest.param(1, marks=pytest.mark.heavy), 3])
 def test_every_zero_stage_gives_the_weights_of_zero2(stage, trained):
     # The same fp32 math partitioned differently: only the order of float reductions differs.
     (s2, dir2), (s, other) = trained(2), trained(stage)

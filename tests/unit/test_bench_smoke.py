@@ -44,6 +44,7 @@ def test_train_throughput():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_overhead_against_the_torchrun_baseline():
     # Runs bench/torchrun_baseline.py under torchrun beside run_stage under Ray.
     out = bench("overhead.py", "--steps", "10", "--repeats", "1", "--workers", "1",
@@ -63,6 +64,7 @@ def test_memory():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_demo_time():
     out = bench("demo_time.py", *[a for s in (
         "stages.0.max_steps=2", "stages.1.max_steps=2", "stages.2.max_steps=2",
@@ -81,6 +83,7 @@ def test_scoring_against_bare_hflm():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_serve_load(tmp_path, tiny_model_dir):
     import json
 
