@@ -1,4 +1,4 @@
-"""The pipeline's prepare step for the demo's RAG-aware stage (``qa_raft``): its questions are
+"""The pipeline's prepare step for the methods demo's RAG-aware stage (``qa_raft``): its questions are
 rewritten with passages from the run's index (built from the demo's documents, embedded with
 the packaged MiniLM, searched with real FAISS), and the prepared records, the counts the
 step reports and a later stage's replay all hold those prompts. No Ray, no training."""
@@ -23,7 +23,7 @@ from tunearena.training.config import ReplayConfig
 from tunearena.training.stages import stage_tasks
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / "configs" / "demo.yaml"
+DEMO = REPO / "configs" / "demo_methods.yaml"  # the demo whose qa_raft stage is RAG-aware
 DOMAIN = REPO / "examples" / "demo_world" / "domain"
 P_GOLD = 0.8
 

@@ -5,6 +5,7 @@ import sys
 import types
 
 import pytest
+from pydantic import ValidationError
 
 from tunearena.errors import UserError
 from tunearena.training.config import TrainingConfig
@@ -44,9 +45,11 @@ def test_qlora_without_bitsandbytes_says_what_to_install(bitsandbytes_missing):
         check_method(config(method="qlora"), use_gpu=True)
 
 
-def test_qlora_under_zero3_is_refused(bitsandbytes_present):
-    with pytest.raises(MethodUnavailable, match=r"zero_stage 0-2"):
-        check_method(config(method="qlora", zero_stage=3), use_gpu=True)
+def test_qlora_under_zero3_is_refused_by_the_config(bitsandbytes_present):
+    # The config itself refuses it, so `tunearena check` says so before anything starts.
+    with pytest.raises(ValidationError, match=r"method qlora runs with zero_stage 0-2: ZeRO-3 "
+                                              "cannot partition 4-bit weights"):
+        config(method="qlora", zero_stage=3)
     check_method(config(method="qlora", zero_stage=2), use_gpu=True)
 
 
