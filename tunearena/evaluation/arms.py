@@ -338,10 +338,11 @@ def scores_line(samples: dict[str, list[dict]]) -> str:
 
 
 def choose_stage(samples: dict[str, dict], stages: list[str],
-                 benchmarks: Sequence[BenchmarkConfig], tolerance: float) -> dict[str, Any]:
+                 benchmarks: Sequence[BenchmarkConfig], tolerance: float,
+                 **wording: str) -> dict[str, Any]:
     """Choose the stage the ``ft`` arms use from the scored ``ft@<stage>`` arms: the largest
-    domain gain within the forgetting tolerance (``select_stage``); the last stage when no
-    domain benchmark was scored."""
+    domain gain within the forgetting tolerance (``select_stage``, its sentences worded by
+    ``wording``); the last stage when no domain benchmark was scored."""
     from tunearena.evaluation.selection import select_stage
 
     def acc(arm: str) -> dict[str, float]:
@@ -354,7 +355,8 @@ def choose_stage(samples: dict[str, dict], stages: list[str],
         return {"selected": stages[-1], "tolerance": tolerance,
                 "rule": f"the last stage, {stages[-1]}: no domain benchmark to choose by",
                 "candidates": [], "warning": None}
-    return select_stage({s: acc(str(Arm("ft", s))) for s in stages}, scored, kinds, tolerance)
+    return select_stage({s: acc(str(Arm("ft", s))) for s in stages}, scored, kinds, tolerance,
+                        **wording)
 
 
 def retrieval_effect(samples: dict[str, dict]) -> dict[str, dict]:

@@ -18,6 +18,8 @@ def select_stage(
     base_acc: dict[str, float],
     kinds: dict[str, str],
     tolerance: float,
+    noun: str = "stage",
+    subject: str = "ft is stage",
 ) -> dict[str, Any]:
     """Choose the stage whose model becomes ``ft``.
 
@@ -44,6 +46,9 @@ def select_stage(
     "domain_gain", "forgetting", "within_tolerance"}`` in stage order; ``warning`` a sentence,
     or None when some stage is within the tolerance. ``ValueError`` on no stage, no domain
     benchmark, an unknown kind, or a missing accuracy.
+
+    The sentences speak of ``noun``s and name the choice as ``subject <name>``: a sweep's
+    trials are chosen between by the same rule (``noun="trial", subject="trial"``).
     """
     if not stage_acc:
         raise ValueError("select_stage: no stage to choose from")
@@ -84,14 +89,14 @@ def select_stage(
                 best = c
         if general:
             rule = (
-                f"ft is stage {best['stage']}: the largest mean gain on the domain benchmarks "
-                f"({_signed(best['domain_gain'])} points) among the stages that lose at most "
+                f"{subject} {best['stage']}: the largest mean gain on the domain benchmarks "
+                f"({_signed(best['domain_gain'])} points) among the {noun}s that lose at most "
                 f"{tolerance * 100:g} points on every general benchmark (the {tol} forgetting "
                 "tolerance)."
             )
         else:
             rule = (
-                f"ft is stage {best['stage']}: the largest mean gain on the domain benchmarks "
+                f"{subject} {best['stage']}: the largest mean gain on the domain benchmarks "
                 f"({_signed(best['domain_gain'])} points); no general benchmark was scored, so "
                 "forgetting could not be checked."
             )
@@ -101,13 +106,13 @@ def select_stage(
             if c["forgetting"] < best["forgetting"] - _EPS:
                 best = c
         rule = (
-            f"ft is stage {best['stage']}: no stage stays within the {tol} forgetting "
-            f"tolerance, so the stage that forgets least was chosen (it loses "
+            f"{subject} {best['stage']}: no {noun} stays within the {tol} forgetting "
+            f"tolerance, so the {noun} that forgets least was chosen (it loses "
             f"{best['forgetting'] * 100:.1f} points on a general benchmark)."
         )
         each = ", ".join(f"{c['stage']} {c['forgetting'] * 100:.1f}" for c in candidates)
         warning = (
-            f"Every fine-tuning stage forgets more than the {tol} tolerance allows (largest "
+            f"Every fine-tuning {noun} forgets more than the {tol} tolerance allows (largest "
             f"drop on a general benchmark, in points: {each}). ft is {best['stage']}, the one "
             "that forgets least, but it still loses general ability: consider replaying "
             "general data, a lower learning rate, or fewer steps."

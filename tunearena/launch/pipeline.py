@@ -464,7 +464,8 @@ class Pipeline:
         samples = {"base": self.early.samples["base"]} | {
             f"ft@{t}": trials.samples[str(arm)] for arm, t in zip(arms, trial_dirs, strict=True)}
         selection = scoring.choose_stage(samples, list(trial_dirs), self.cfg.evaluation.benchmarks,
-                                         self.cfg.evaluation.forgetting_tolerance)
+                                         self.cfg.evaluation.forgetting_tolerance,
+                                         noun="trial", subject="trial")
         return selection if selection["candidates"] else None
 
     def probe(self, stages: list[Stage], tasks: dict[str, dict[str, str]], task_dir: Path,

@@ -26,7 +26,8 @@ from tunearena.training.sweep_run import TrialResult, concurrent_trials, run_swe
 
 Scorer = Callable[[dict[str, Path]], dict | None]
 """Scores trials' models (trial -> model dir) and returns ``choose_stage``'s selection over
-them (candidates named by trial), or None when nothing can be chosen by accuracy."""
+them (candidates named by trial, its sentences speaking of trials), or None when nothing can
+be chosen by accuracy."""
 
 
 class SweepFailed(UserError, RuntimeError):
@@ -80,8 +81,7 @@ def train_sweep(loaded: LoadedStage, sweep: SweepConfig, cluster: ClusterConfig,
     else:
         by_trial = {c["stage"]: c for c in selection["candidates"]}
         chosen = next(t for t in scored if t.trial_id == selection["selected"])
-        rule, warning = _in_trials(selection["rule"]), selection["warning"]
-        warning = _in_trials(warning) if warning else None
+        rule, warning = selection["rule"], selection["warning"]
     console.print(f"sweep: {rule}", highlight=False)
     assert chosen.summary is not None and chosen.model_dir is not None
     if out_dir.exists():
@@ -98,12 +98,6 @@ def train_sweep(loaded: LoadedStage, sweep: SweepConfig, cluster: ClusterConfig,
     record.device_hours = sum(t.device_hours for t in record.trials)
     summary = stage_record(loaded, chosen.summary, out_dir, data_report)
     return summary.model_copy(update={"sweep": record})
-
-
-def _in_trials(sentence: str) -> str:
-    """The stage-selection rule's sentence, speaking of trials."""
-    return (sentence.replace("ft is stage ", "trial ").replace("stages", "trials")
-            .replace("stage", "trial"))
 
 
 def _trial_record(t: TrialResult, cluster: ClusterConfig, use_gpu: bool,
