@@ -61,8 +61,9 @@ def train_sweep(loaded: LoadedStage, sweep: SweepConfig, cluster: ClusterConfig,
     check_stage(loaded, cluster, storage, console, check_cluster)
     console.print(f"sweep: {sweep.trial_count()} trial(s), {concurrent} side by side, "
                   f"scheduler {sweep.scheduler}")
-    trials = run_sweep(run_name, loaded.model_dir, loaded.training, sweep, cluster, storage,
-                       loaded.data, loaded.mixture, trials_dir, loaded.init_adapter)
+    trials = run_sweep(run_name, loaded.model_dir, loaded.training, sweep, cluster, use_gpu,
+                       concurrent, storage, loaded.data, loaded.mixture, trials_dir,
+                       loaded.init_adapter)
     for t in trials:
         console.print(trial_line(t), highlight=False)
     finished = sorted((t for t in trials if t.finished),

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ray
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from tunearena.cluster.config import ClusterConfig
@@ -104,19 +103,16 @@ def _totals(resources: dict[str, float]) -> str:
 
 
 def run_sweep(name: str, model_dir: str, cfg: TrainingConfig, sweep: SweepConfig,
-              cluster: ClusterConfig, storage_path: Path | str,
+              cluster: ClusterConfig, use_gpu: bool, concurrent: int, storage_path: Path | str,
               data: tuple[TokenizedSplit, TokenizedSplit | None], mixture: Mixture,
               out_root: Path, init_adapter: Path | None = None) -> list[TrialResult]:
-    """Run (or, when its state is under ``storage_path``, restore) the stage's sweep; each
-    trial's result in the order Tune made them, finished trials' models under
-    ``out_root/<trial id>``. Ray must be initialised."""
+    """Run (or, when its state is under ``storage_path``, restore) the stage's sweep,
+    ``concurrent`` trials side by side (``concurrent_trials``); each trial's result in the
+    order Tune made them, finished trials' models under ``out_root/<trial id>``. Ray must be
+    initialised."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from tunearena.cluster.ray_cluster import resolve_use_gpu
-
-    use_gpu = resolve_use_gpu(cluster)
-    concurrent = concurrent_trials(sweep, cluster, use_gpu, ray.cluster_resources())
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     trainable = tune.with_resources(tune.with_parameters(
