@@ -1,6 +1,6 @@
 """Ray + DeepSpeed step time over plain torchrun + DeepSpeed, same model, data and ZeRO stage.
 
-    python bench/overhead.py [--zero-stage 2] [--workers 2] [--steps 60] [--repeats 2]
+    python bench/overhead.py [--zero-stage 2] [--workers 1] [--steps 60] [--repeats 2]
 
 Builds a randomly initialised Llama (sizes are options) and one tokenised data set, then
 alternates ``run_stage`` inside a local Ray with ``bench/torchrun_baseline.py`` under
@@ -8,7 +8,10 @@ alternates ``run_stage`` inside a local Ray with ``bench/torchrun_baseline.py`` 
 and shut down around each Ray run, so its daemons are not running while the baseline trains.
 
 Steady step time is the median wall time of an optimizer step on rank 0 once the first
-steps (warm-up) are dropped; the target is Ray / torchrun <= 1.05. Time to first step runs
+steps (warm-up) are dropped. The target is Ray / torchrun <= 1.02 laid out as a GPU node
+runs: at least one core left for Ray's own processes (its daemons, the controller, the
+driver), which ``--workers 1`` gives on a 2-core machine; with every core taken by a rank
+(``--workers 2`` there), Ray's processes take turns with the ranks, and the target is 1.05. Time to first step runs
 from launching the trainer (``run_stage``'s TorchTrainer, or torchrun's process) to the end
 of the first step; ``ray.init`` is reported apart. Both paths do the same fp32 math on gloo,
 so their final losses agree closely: the check that they did the same work.
@@ -34,7 +37,10 @@ from pathlib import Path
 import numpy as np
 from train_throughput import make_model_dir  # the sibling bench script's
 
-TARGET_RATIO = 1.05
+TARGET_RATIO = 1.02
+"""With a core left for Ray's own processes, as on a GPU node."""
+TARGET_RATIO_NO_SPARE_CORE = 1.05
+"""With every core taken by a rank."""
 # Ray starts worker processes at niceness 15 (its RAY_worker_niceness); its daemons stay at 0.
 RAY_WORKER_NICENESS = int(os.environ.get("RAY_worker_niceness", "15"))  # noqa: SIM112
 VOCAB_SIZE = 1024
@@ -108,7 +114,7 @@ def run_torchrun(run: int, model_dir: Path, cfg, cluster, npz: Path, work: Path,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zero-stage", type=int, default=2, choices=[0, 1, 2, 3])
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--cpus-per-worker", type=int, default=1)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=2, help="ray/torchrun pairs, alternated")
@@ -196,8 +202,12 @@ def main() -> int:
     ratio = statistics.median(ratios)
     # p10 is the step time least disturbed by other load on the machine: a check on the median.
     print(f"ratio ray/torchrun p10 step time: {statistics.median(floor_ratios):.3f}")
-    verdict = " ABOVE TARGET" if ratio > TARGET_RATIO else ""
-    print(f"ratio ray/torchrun steady step time: {ratio:.3f} (target <= {TARGET_RATIO}){verdict}")
+    spare = (os.cpu_count() or 1) - args.workers * args.cpus_per_worker
+    target = TARGET_RATIO if spare >= 1 else TARGET_RATIO_NO_SPARE_CORE
+    print(f"cores: {args.workers * args.cpus_per_worker} for ranks, {max(spare, 0)} left for "
+          "Ray's own processes")
+    verdict = " ABOVE TARGET" if ratio > target else ""
+    print(f"ratio ray/torchrun steady step time: {ratio:.3f} (target <= {target}){verdict}")
     if args.json_out:
         args.json_out.write_text(json.dumps({"args": vars(args) | {"json_out": None},
                                              "runs": rows, "ratio": ratio}, indent=1, default=str))

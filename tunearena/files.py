@@ -213,3 +213,33 @@ def write_atomic(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def disk_bytes(*paths: Path) -> int:
+    """Bytes of the files under ``paths``, each file once however many hard links name it
+    (a stage's model is linked from its export, not copied)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for root in paths:
+        for dirpath, _, names in os.walk(root):
+            for name in names:
+                st = os.lstat(os.path.join(dirpath, name))
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_size
+    return total
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """``dst`` as a tree of hard links to ``src``'s files (the same bytes, on disk once);
+    copies where the two are on different file systems. For trees nothing edits in place
+    afterwards (files beside them are replaced, ``write_atomic``)."""
+    import shutil
+
+    def link_or_copy(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link_or_copy)

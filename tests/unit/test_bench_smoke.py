@@ -72,6 +72,13 @@ def test_demo_time():
         "evaluation.bootstrap_samples=100") for a in ("--set", s)])
     assert "training: 2 steps," in out
     assert "demo wall time / 600 s target =" in out
+    # The lines a script reads: each a number where the line says.
+    lines = {line.split(":")[0]: line.split(":")[1].split()[0] for line in out.splitlines()
+             if line.startswith(("later-stage start-up:", "total:", "run dir ratio:"))}
+    assert set(lines) == {"later-stage start-up", "total", "run dir ratio"}, out
+    assert 0 <= float(lines["later-stage start-up"]) < float(lines["total"])
+    # The run directory holds its exported models and index, and more.
+    assert float(lines["run dir ratio"]) >= 1
 
 
 @pytest.mark.slow

@@ -169,3 +169,25 @@ def test_optuna_draws_the_space_and_refuses_a_grid():
                                               "space.lr is a grid"):
         SweepConfig.model_validate({"space": {"lr": {"grid": [1e-4, 1e-3]}}, "search": "optuna"})
     assert SweepConfig.model_validate({"space": {"lr": {"grid": [1e-4]}}}).searcher(0) is None
+
+
+def test_a_trial_in_a_suffixed_dir_is_still_found_by_its_label(tmp_path):
+    # Restored as pending after the driver died while starting it, a trial finds its dir
+    # taken and Tune appends a suffix; its label, summary and model stay its own.
+    from types import SimpleNamespace
+
+    from tunearena.training.summary import TrainingSummary
+    from tunearena.training.sweep_run import _trial_result
+
+    (tmp_path / "t3.json").write_text(TrainingSummary(
+        steps=2, planned_steps=2, method="full", parameters=10, trainable_parameters=10,
+        train_tokens=64, train_s=1.0, tokens_per_s=64.0, tokens_per_s_per_worker=32.0,
+        device="cpu", global_batch_size=4, world_size=2, bf16=False, use_gpu=False,
+        train_sequences=8, val_sequences=2, train_loss_tokens=60, final_val_loss=1.25,
+        mix={"target": {"t": 1.0}, "realised": {"t": 1.0}, "sequences": {"t": 8}},
+    ).model_dump_json())
+    result = SimpleNamespace(path=str(tmp_path / "exp" / "t3_24a4"), config={"lr": 1e-7},
+                             metrics={"evaluations": 2, "val_loss": 1.5}, error=None)
+    trial = _trial_result(result, tmp_path)
+    assert (trial.trial_id, trial.status, trial.val_loss) == ("t3", "finished", 1.25)
+    assert trial.model_dir == str(tmp_path / "t3")

@@ -11,21 +11,24 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import sys
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import pyarrow.fs
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from tunearena.cluster.config import ClusterConfig
-from tunearena.cluster.ray_cluster import scaling_config, worker_env
+from tunearena.cluster.ray_cluster import scaling_config
+from tunearena.cluster.storage import resolve_storage
 from tunearena.errors import UserError
+
+if TYPE_CHECKING:
+    from tunearena.training.pool import WorkerPool
 
 STORAGE_FIX = (
     "on a multi-node cluster cluster.storage_path must be a shared filesystem that every node "
@@ -182,13 +185,6 @@ def check_resources(cfg: ClusterConfig, use_gpu: bool) -> Check:
 # ---------------------------------------------------------------------------- storage
 
 
-def _resolve_storage(storage_path: str) -> str:
-    """A URI stays as it is; a local path becomes absolute (pyarrow wants one)."""
-    if "://" in storage_path:
-        return storage_path
-    return os.path.abspath(os.path.expanduser(storage_path))
-
-
 def _join_uri(uri: str, name: str) -> str:
     """``uri/name``, keeping a URI's ``?query`` (e.g. ``s3://b/p?region=x``) at the end."""
     base, sep, query = uri.partition("?")
@@ -231,7 +227,7 @@ def check_storage(storage_path: str, timeout_s: float = 60.0) -> Check:
     and writes its own file back, which the driver then reads. Checkpoints written by a
     worker on one node and read by the driver (or a restarted worker) on another need this.
     """
-    uri = _resolve_storage(storage_path)
+    uri = resolve_storage(storage_path)
     token = uuid.uuid4().hex
     probe_uri = _join_uri(uri, f".tunearena-preflight-{token[:12]}")
     try:
@@ -300,7 +296,8 @@ def _read_back(fs: pyarrow.fs.FileSystem, path: str, token: str) -> str | None:
 
 
 def _all_reduce_loop(config: dict) -> dict:
-    """On each worker: one all-reduce and one all-gather; rank 0 returns what it saw."""
+    """On each worker (a job of the worker group): one all-reduce and one all-gather; rank 0
+    returns what it saw."""
     import ray.train.torch
     import torch
     import torch.distributed as dist
@@ -321,53 +318,33 @@ def _all_reduce_loop(config: dict) -> dict:
     dist.all_gather_object(
         where, (ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())
     )
-    # Ray Train V2 keeps reported metrics only alongside a checkpoint; rank 0's return value
-    # comes back as Result.return_value, which is all a smoke test needs.
+    # Rank 0's return value comes back to the driver, which is all a smoke test needs.
     return {"nodes": where, "backend": dist.get_backend(), "all_reduce_s": all_reduce_s}
 
 
-def check_collective(
-    cfg: ClusterConfig, use_gpu: bool, storage_path: str, timeout_s: int = 60
-) -> Check:
-    """A tiny all-reduce across the real workers, placed exactly as training places them.
+def check_collective(cfg: ClusterConfig, use_gpu: bool, storage_path: str, timeout_s: int = 60,
+                     pool: WorkerPool | None = None) -> Check:
+    """A tiny all-reduce across the real workers: those of ``pool``, the worker group that
+    then trains (started here when it is not running), or a group of its own that ends with
+    the check.
 
     Catches what only a collective shows: nodes that cannot reach each other on the ports
     gloo/NCCL pick, a wrong network interface, a GPU that NCCL cannot use.
     """
-    # Imported here, not at the top: ray.train pulls in torch (seconds), and every node's
+    # Imported here, not at the top: the pool pulls in ray.train (seconds), and every node's
     # storage probe imports this module.
-    from ray.train import FailureConfig, LoggingConfig, RunConfig
-    from ray.train.torch import TorchConfig
+    from tunearena.training.pool import PoolTimeout, WorkerPool
 
-    from tunearena.cluster.interruptible import InterruptibleTorchTrainer
-
-    name = f"tunearena-preflight-{uuid.uuid4().hex[:12]}"
-    uri = _resolve_storage(storage_path)
-    trainer = InterruptibleTorchTrainer(
-        # V2 hands rank 0's return value back; the annotation still says it returns None.
-        _all_reduce_loop,  # type: ignore[arg-type]
-        scaling_config=scaling_config(cfg, use_gpu),
-        # A hung rendezvous or collective fails after timeout_s instead of the default 30 min.
-        torch_config=TorchConfig(timeout_s=timeout_s),
-        # Ray Train V2's RunConfig; type checkers see the V1 class that `ray.train` swaps out.
-        run_config=RunConfig(  # type: ignore[call-arg]
-            name=name,
-            storage_path=uri,
-            # No retries: by default V2 retries a worker group that cannot be placed forever;
-            # with these limits an impossible placement fails after Ray Train's start timeout.
-            failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),  # type: ignore[call-arg]
-            worker_runtime_env={"env_vars": worker_env(cfg)},
-            logging_config=LoggingConfig(log_level="WARNING"),
-        ),
-    )
+    own = pool is None
+    group = WorkerPool(cfg, storage_path, use_gpu) if pool is None else pool
+    # Placing and starting the workers comes first (Ray Train's own limit for it), then the
+    # collective itself; a hung rendezvous fails after that instead of Ray's 30 min.
+    limit = float(os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", 30)) + timeout_s
     t0 = time.perf_counter()
     try:
-        result = trainer.fit()
-        if result.error is not None:
-            raise result.error
-        seen = result.return_value  # type: ignore[attr-defined]
+        seen = group.run(_all_reduce_loop, {}, timeout_s=None if group.alive else limit)
     except Exception as err:
-        if "startup timed out" in str(err):
+        if isinstance(err, PoolTimeout) and err.started == 0:
             fix = ("the workers could not be placed: see the resources check, free what other "
                    "jobs hold, or on an autoscaling cluster raise "
                    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")
@@ -377,20 +354,15 @@ def check_collective(
                    "GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME to that interface in each node's "
                    "`ray start` environment (workers inherit it from there), and see the "
                    "worker logs above")
+        group.close(wait_s=0)
         return Check("collective", False,
                      f"all-reduce over {cfg.num_workers} workers failed after "
                      f"{time.perf_counter() - t0:.1f} s: {_short(err)}", fix)
     finally:
-        _remove_run_dir(uri, name)
+        if own:
+            group.close()
     places = ", ".join(_node_label(ip, node_id) for ip, node_id in seen["nodes"])
     return Check("collective", True,
                  f"all-reduce over {cfg.num_workers} workers ({seen['backend']}) on {places}: "
                  f"ok in {seen['all_reduce_s'] * 1000:.1f} ms (workers up and done in "
                  f"{time.perf_counter() - t0:.1f} s)")
-
-
-def _remove_run_dir(uri: str, name: str) -> None:
-    """Delete the preflight trainer's run dir when it is a local directory."""
-    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
-    if isinstance(fs, pyarrow.fs.LocalFileSystem):
-        shutil.rmtree(os.path.join(path, name), ignore_errors=True)

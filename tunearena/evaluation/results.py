@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunearena.errors import UserError
+from tunearena.training.estimate import TrainingEstimate
 from tunearena.training.gguf import GGUFConversion
 from tunearena.training.summary import (
     ExportCheck,
@@ -368,6 +369,7 @@ class StageRecord(_Model):
     reward_accuracy: float | None = None
     reward_margin: float | None = None
     sweep: SweepSummary | None = None
+    estimate: TrainingEstimate | None = None
 
 
 class StageSummary(TrainingSummary):
@@ -438,6 +440,8 @@ class Cost(_Open):
     usd: float | None = None
     usd_per_device_hour: float | None = None
     per_stage: dict[str, StageCost] = {}
+    estimate: StageCost | None = None
+    """What every stage's training was estimated to cost before it ran (GPU runs)."""
 
 
 class CostOfPassSettings(_Model):

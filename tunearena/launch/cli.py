@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
                                "running it: resources, storage, collective, memory, batch, "
                                "tokenizer; prints a table with fixes")
     preflight.add_argument("config", type=Path)
+    preflight.add_argument("--plan", metavar="GPU",
+                           help="plan for cluster.num_workers GPUs of this kind (H100, H200, "
+                                "A100, L40S, A10G, L4) without connecting to any cluster: "
+                                "memory per ZeRO stage, time and cost of each stage")
     common(preflight)
     submit = sub.add_parser("submit", help="submit a run as a Ray job to a running cluster "
                             "(the working dir and config are shipped with it); prints its id")
@@ -240,7 +244,7 @@ def _command(args: argparse.Namespace, argv: list[str], console) -> int:
     if args.command == "preflight":
         from tunearena.launch.preflight import run_preflight
 
-        return 0 if run_preflight(cfg, console) else 1
+        return 0 if run_preflight(cfg, console, args.plan) else 1
     if args.command == "check":
         if cfg.synthesis is not None:
             from tunearena.launch.synthesis import check_synthesis

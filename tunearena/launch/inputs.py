@@ -34,7 +34,7 @@ def load_tokenizer(base: str):
         raise ModelDirError(f"model {base}: its tokenizer cannot be loaded: {e}") from None
 
 
-def check_inputs(cfg: ExperimentConfig, runs_dir_here: bool = True,
+def check_inputs(cfg: ExperimentConfig, runs_dir_here: bool = True, weights: bool = True,
                  ) -> tuple[dict[str, list[QAItem]], list]:
     """Read every input file once, before any cluster resource is claimed.
 
@@ -46,7 +46,9 @@ def check_inputs(cfg: ExperimentConfig, runs_dir_here: bool = True,
     The base model's files are read here: a local dir's config, its weights' headers (a
     truncated or mismatched file is named), a hub id in the offline cache; a dir that ships
     its own code is refused unless ``model.trust_remote_code``, which is recorded here for
-    every later load in this process and its Ray workers (``tunearena.remote_code``).
+    every later load in this process and its Ray workers (``tunearena.remote_code``). With
+    ``weights=False`` (planning a run from the model's config alone) the weights are not
+    looked for.
 
     Training files are cleaned, leak-checked, split and measured against ``seq_len`` as the
     prepare step will (``training.data_check``); with ``+rag`` arms or a ``rag_context``
@@ -72,7 +74,7 @@ def check_inputs(cfg: ExperimentConfig, runs_dir_here: bool = True,
     if runs_dir_here:
         check_runs_dir(cfg.runs_dir, cfg.name)
     cfg.model.base = resolve_base(cfg.model.base, cfg.model.gguf_cache_dir)
-    check_model_dir(cfg.model.base, trusted)
+    check_model_dir(cfg.model.base, trusted, weights)
     from tunearena.training.tracking import check_trackers_available
 
     questions = {b.name: load_qa(b.path, b.track) for b in cfg.evaluation.benchmarks

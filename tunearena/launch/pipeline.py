@@ -15,7 +15,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from rich.console import Console
@@ -46,10 +46,22 @@ from tunearena.training.config import Stage
 from tunearena.training.stages import load_stage, preparation_lines, prepare_stage, train_stage
 from tunearena.training.summary import TrainingSummary
 
+if TYPE_CHECKING:
+    from tunearena.training.pool import WorkerPool
+
 
 def _json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(data, indent=1) + "\n")
+
+
+def run_dir_line(run_dir: Path) -> str:
+    """The run directory's size, and what of it are the exported models and the index."""
+    from tunearena.files import disk_bytes
+
+    total = disk_bytes(run_dir)
+    kept = disk_bytes(*(run_dir / d for d in ("models", "index")))
+    return f"{total / 1e6:.1f} MB on disk; exported models and index {kept / 1e6:.1f} MB"
 
 
 def _load_json(path: Path) -> Any:
@@ -58,18 +70,37 @@ def _load_json(path: Path) -> Any:
 
 class _Ray:
     """The run's one Ray session, started when a step first needs it; it serves training and
-    scoring. ``checked``: the cluster-wide preflight checks (storage, collective) have passed."""
+    scoring. ``checked``: the cluster-wide preflight checks (storage, collective) have passed.
+    ``workers()``: the warm worker group that trains stage after stage, started on first use
+    and kept until ``release()`` frees its resources (for a sweep's trials, or scoring)."""
 
-    def __init__(self, cfg: ClusterConfig, stack: ExitStack, console: Console,
+    def __init__(self, cfg: ClusterConfig, stack: ExitStack, console: Console, storage: str,
                  dashboard: bool = False):
         self.cfg, self.stack, self.console, self.dashboard = cfg, stack, console, dashboard
+        self.storage = storage
         self.started = self.checked = False
+        self.pool: WorkerPool | None = None
 
     def ensure(self) -> None:
         if not self.started:
             # A local Ray starts its dashboard only for a sweep (see ray_session).
             enter_ray(self.stack, self.cfg, self.console, dashboard=self.dashboard)
             self.started = True
+
+    def workers(self) -> WorkerPool:
+        from tunearena.cluster.ray_cluster import resolve_use_gpu
+        from tunearena.training.pool import WorkerPool
+
+        self.ensure()
+        if self.pool is None:
+            self.pool = WorkerPool(self.cfg, self.storage, resolve_use_gpu(self.cfg))
+            self.stack.callback(self.release)  # before Ray shuts down (entered earlier)
+        return self.pool
+
+    def release(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
 
 class Pipeline:
@@ -170,7 +201,7 @@ class Pipeline:
             return {n: self._rel(cfg.synthesis_dir / n) for n in OUTPUTS}, summary
 
         with ExitStack() as stack, self.manifest.closing_steps():
-            ray = _Ray(cfg.cluster, stack, self.console)
+            ray = _Ray(cfg.cluster, stack, self.console, self.storage)
             return self._step("synthesize", synthesis_key(cfg, ingested.documents),
                               lambda: run(ray), load=SynthesisSummary.model_validate)
 
@@ -191,7 +222,7 @@ class Pipeline:
         scored, lengths = benchmarks, None
         # Steps still running when the block stops are marked before Ray shuts down.
         with ExitStack() as stack, self.manifest.closing_steps():
-            ray = _Ray(cfg.cluster, stack, self.console,
+            ray = _Ray(cfg.cluster, stack, self.console, self.storage,
                        dashboard=any(s.sweep is not None for s in stages))
             # Retrieval reads no trained model, so it runs first: every prompt a RAG arm will
             # score is then known, and measured against the context, before training. A
@@ -213,6 +244,7 @@ class Pipeline:
             scores, trained, stages, index, retrieval, lengths, synthesis))
         self.console.print(f"\nreport: [bold]{report_path}[/bold]")
         self.console.print(f"results: {self.run_dir / 'results.json'}")
+        self.console.print(f"run directory: {self.run_dir} ({run_dir_line(self.run_dir)})")
         return report_path
 
     def train(self, stages: list[Stage], benchmarks: dict[str, list[QAItem]],
@@ -242,8 +274,9 @@ class Pipeline:
             # while the stage is the same one; a fresh attempt never restores an old one.
             run_name = f"{cfg.name}-{stage.name}-{stage_key(cfg, stage, stages)[:8]}"
             out = self.run_dir / "models" / stage.name
-            ray.ensure()
             if stage.sweep is not None:
+                ray.ensure()
+                ray.release()  # the trials place their own worker groups
                 summary = train_sweep(
                     loaded, stage.sweep, cfg.cluster, run_name, self.storage, out,
                     self.run_dir / "sweeps" / stage.name, data_report, self.console,
@@ -253,7 +286,9 @@ class Pipeline:
                 return {"model": self._rel(out),
                         "trials": self._rel(self.run_dir / "sweeps" / stage.name)}, summary
             summary = train_stage(loaded, cfg.cluster, run_name, self.storage, out, data_report,
-                                  self.console, not self.resume, check_cluster=not ray.checked)
+                                  self.console, not self.resume, check_cluster=not ray.checked,
+                                  pool=ray.workers(),
+                                  usd_per_gpu_hour=cfg.report.gpu_hour_cost_usd)
             ray.checked = True
             return {"model": self._rel(out)}, summary
 
@@ -274,9 +309,11 @@ class Pipeline:
                                   cluster_resources(), f"stage {s.name}: ")
         prepared = {s.name: self._step(step("prepare", s), prepare_key(cfg, s),
                                        partial(prepare, s)) for s in stages}
-        return {s.name: self._step(step("train", s), stage_key(cfg, s, stages),
-                                   partial(train, s, prepared[s.name]),
-                                   load=TrainingSummary.model_validate) for s in stages}
+        trained = {s.name: self._step(step("train", s), stage_key(cfg, s, stages),
+                                      partial(train, s, prepared[s.name]),
+                                      load=TrainingSummary.model_validate) for s in stages}
+        ray.release()  # scoring's tasks need the workers' CPUs and GPUs
+        return trained
 
     def prepare(self, stage: Stage, questions: dict[str, list[str]],
                 tokenizer: Any) -> tuple[dict, dict]:

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from tunearena.cluster.config import ClusterConfig
 from tunearena.errors import UserError
+from tunearena.files import link_tree
 from tunearena.training import checkpoint
 from tunearena.training.stages import LoadedStage, check_stage, stage_record
 from tunearena.training.summary import SweepSummary, SweepTrial, TrainingSummary
@@ -87,7 +88,10 @@ def train_sweep(loaded: LoadedStage, sweep: SweepConfig, cluster: ClusterConfig,
     assert chosen.summary is not None and chosen.model_dir is not None
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    shutil.copytree(chosen.model_dir, out_dir)
+    link_tree(Path(chosen.model_dir), out_dir)  # the chosen trial's files, on disk once
+    if not loaded.training.checkpoint_keep_on_success:
+        for t in finished:  # each exported: its resumable checkpoints are not read again
+            checkpoint.drop_resumable(storage, f"{run_name}-{t.trial_id}")
     record = SweepSummary(
         chosen=chosen.trial_id, rule=rule, warning=warning,
         space={k: d.model_dump(exclude_none=True) for k, d in sweep.space.items()},

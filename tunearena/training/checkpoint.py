@@ -1,12 +1,16 @@
 """Resumable checkpoints: what a worker saves and loads, and what the driver checks before a
 stage restarts from one.
 
-A checkpoint is DeepSpeed's own (every rank writes its shard into the same Ray checkpoint
-dir) plus ``tunearena_state.json`` from rank 0 (step, loss history, tracker run) and each
-rank's RNG state, and each rank's list of the SHA-256 of the files it wrote
-(``tunearena_hashes_rank<R>.json``). Ray Train keeps the latest ``checkpoint_keep`` of them in
-``<storage>/<run name>/step_NNNNNNN`` and restores the latest when a run with the same name
-starts again: after a worker failure (``max_failures``) and on ``--resume``.
+A checkpoint is DeepSpeed's own (every rank writes its shard into the same dir) plus
+``tunearena_state.json`` from rank 0 (step, loss history, tracker run) and each rank's RNG
+state, and each rank's list of the SHA-256 of the files it wrote
+(``tunearena_hashes_rank<R>.json``). It lives in ``<storage>/<run name>/step_NNNNNNN``; the
+stage's verified export in ``<storage>/<run name>/export``. The run's record
+(``tunearena_checkpoints.json``, beside them) lists the latest ``checkpoint_keep`` of them,
+each added by rank 0 once every rank has written its part; the latest is restored when a run
+of the same name trains again: after a worker failure (``max_failures``) and on ``--resume``.
+The workers write into storage themselves (not through Ray Train), so a run's checkpoints
+stay its own when one worker group trains stage after stage.
 
 DeepSpeed reads its files with ``torch.load(weights_only=False)``, which runs whatever code a
 crafted file holds; so a checkpoint is loaded only when every file in it is one the ranks
@@ -19,6 +23,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,8 +37,12 @@ STATE_FILE = "tunearena_state.json"
 HASH_FILE = "tunearena_hashes_rank{rank}.json"
 """Each rank's ``{"algorithm": "sha256", "rank": R, "files": {relative path: hex digest}}``."""
 DEEPSPEED_TAG = "deepspeed"
-# Ray Train V2's record of the run's checkpoints, next to them in storage.
-RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+RECORD_FILE = "tunearena_checkpoints.json"
+"""A run's checkpoints in storage, oldest first: ``{"checkpoints": [{"dir": name, "metrics":
+{...}}]}``. Only whole checkpoints are in it, so a dir a killed worker left half written is
+never restored."""
+EXPORT_DIR = "export"
+"""The checkpoint dir that holds a stage's verified export (a Hugging Face model dir)."""
 
 
 class ResumeError(UserError, RuntimeError):
@@ -225,33 +236,129 @@ def check_world_size(state: dict, world_size: int) -> None:
         )
 
 
-def latest(storage_path: str, run_name: str) -> tuple[str, dict] | None:
-    """(dir name, metrics) of the run's latest registered checkpoint, from Ray's own record.
-
-    Only checkpoints every worker finished uploading are in that record, so a dir left half
-    written by a killed worker is never picked.
-    """
+def _run_root(storage_path: str, run_name: str):
+    """(pyarrow filesystem, path) of a run's dir in storage."""
     import pyarrow.fs
 
     fs, root = pyarrow.fs.FileSystem.from_uri(_uri(storage_path))
-    path = f"{root.rstrip('/')}/{run_name}/{RAY_SNAPSHOT_FILE}"
+    return fs, f"{root.rstrip('/')}/{run_name}"
+
+
+def record(storage_path: str, run_name: str) -> list[dict]:
+    """The run's recorded checkpoints, oldest first (``RECORD_FILE``); [] for none."""
+    import pyarrow.fs
+
+    fs, root = _run_root(storage_path, run_name)
+    path = f"{root}/{RECORD_FILE}"
     if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
-        return None
+        return []
     with fs.open_input_stream(path) as f:
-        snapshot = json.loads(f.read())
-    result = snapshot.get("latest_checkpoint_result")
-    if not result:
-        return None
-    return result["checkpoint_dir_name"], result["metrics"]
+        return list(json.loads(f.read())["checkpoints"])
+
+
+def latest(storage_path: str, run_name: str) -> tuple[str, dict] | None:
+    """(dir name, metrics) of the run's latest recorded checkpoint; None for none."""
+    entries = record(storage_path, run_name)
+    return (entries[-1]["dir"], entries[-1]["metrics"]) if entries else None
+
+
+def _write_record(storage_path: str, run_name: str, entries: list[dict]) -> None:
+    text = json.dumps({"checkpoints": entries}, indent=1) + "\n"
+    if "://" in storage_path:  # an object store's put is whole or absent
+        fs, root = _run_root(storage_path, run_name)
+        with fs.open_output_stream(f"{root}/{RECORD_FILE}") as f:
+            f.write(text.encode())
+    else:
+        from tunearena.files import write_atomic
+
+        write_atomic(Path(_uri(storage_path)) / run_name / RECORD_FILE, text)
+
+
+def discard(storage_path: str, run_name: str, dir_name: str) -> None:
+    """Delete checkpoint dir ``dir_name`` of a run, if it exists (a dir left by a killed
+    attempt, before the same checkpoint is written again)."""
+    import pyarrow.fs
+
+    fs, root = _run_root(storage_path, run_name)
+    if fs.get_file_info(f"{root}/{dir_name}").type == pyarrow.fs.FileType.Directory:
+        fs.delete_dir(f"{root}/{dir_name}")
+
+
+@contextmanager
+def writing(storage_path: str, run_name: str, dir_name: str, rank: int = 0) -> Iterator[Path]:
+    """A local dir for rank ``rank`` to write its part of checkpoint ``dir_name`` of a run
+    into, merged into the checkpoint when the block ends: a dir of its own beside the
+    checkpoint in storage (each rank hashes only the files it wrote; the merge is a rename
+    per file), or a temporary dir uploaded to an object store."""
+    import shutil
+
+    if "://" in storage_path:
+        import pyarrow.fs
+
+        fs, root = _run_root(storage_path, run_name)
+        with tempfile.TemporaryDirectory() as tmp:
+            yield Path(tmp)
+            fs.create_dir(f"{root}/{dir_name}", recursive=True)  # a no-op on an object store
+            pyarrow.fs.copy_files(tmp, f"{root}/{dir_name}", destination_filesystem=fs)
+        return
+    run_dir = Path(_uri(storage_path)) / run_name
+    own = run_dir / f".{dir_name}.rank{rank}"  # a dot-dir: never read as a checkpoint
+    shutil.rmtree(own, ignore_errors=True)  # what a killed attempt of this rank left
+    own.mkdir(parents=True)
+    try:
+        yield own
+        for path in sorted(own.rglob("*")):
+            if path.is_file():
+                target = run_dir / dir_name / path.relative_to(own)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                path.replace(target)
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+def commit(storage_path: str, run_name: str, dir_name: str, metrics: dict, keep: int) -> None:
+    """Record checkpoint ``dir_name`` (whole: every rank has written its part) as the run's
+    latest, with ``metrics``; the checkpoints beyond the latest ``keep`` are deleted."""
+    entries = [e for e in record(storage_path, run_name) if e["dir"] != dir_name]
+    entries.append({"dir": dir_name, "metrics": metrics})
+    dropped, entries = entries[:-keep], entries[-keep:]
+    _write_record(storage_path, run_name, entries)  # first: a listed dir always exists
+    for entry in dropped:
+        discard(storage_path, run_name, entry["dir"])
+
+
+def drop_resumable(storage_path: str, run_name: str) -> int:
+    """Delete a finished run's resumable checkpoints, keeping its export; returns the bytes
+    freed. Nothing reads them again once the export is verified and collected."""
+    entries = record(storage_path, run_name)
+    kept = [e for e in entries if e["dir"] == EXPORT_DIR]
+    if not kept:  # not finished: its checkpoints are what a resume needs
+        return 0
+    freed = 0
+    _write_record(storage_path, run_name, kept)
+    for entry in entries:
+        if entry["dir"] != EXPORT_DIR:
+            freed += _size(storage_path, run_name, entry["dir"])
+            discard(storage_path, run_name, entry["dir"])
+    return freed
+
+
+def _size(storage_path: str, run_name: str, dir_name: str) -> int:
+    import pyarrow.fs
+
+    fs, root = _run_root(storage_path, run_name)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(f"{root}/{dir_name}", recursive=True,
+                                                     allow_not_found=True))
+    return sum(i.size or 0 for i in infos if i.type == pyarrow.fs.FileType.File)
 
 
 def open_checkpoint(storage_path: str, run_name: str, dir_name: str):
-    """A Ray ``Checkpoint`` for a checkpoint dir in storage (local or an object store)."""
-    import pyarrow.fs
+    """A Ray ``Checkpoint`` for a checkpoint dir in storage (local or an object store):
+    ``as_directory()`` gives the dir itself, or a downloaded copy of it."""
     import ray.train
 
-    fs, root = pyarrow.fs.FileSystem.from_uri(_uri(storage_path))
-    return ray.train.Checkpoint(path=f"{root.rstrip('/')}/{run_name}/{dir_name}", filesystem=fs)
+    fs, root = _run_root(storage_path, run_name)
+    return ray.train.Checkpoint(path=f"{root}/{dir_name}", filesystem=fs)
 
 
 def clear(storage_path: str, run_name: str) -> None:

@@ -283,6 +283,9 @@ class TrainingConfig(StrictModel):
     """A resumable checkpoint every N optimizer steps (default: none mid-run)."""
     checkpoint_keep: int = Field(2, ge=1)
     """How many of the latest checkpoints to keep (older ones are deleted)."""
+    checkpoint_keep_on_success: bool = False
+    """Keep a stage's resumable checkpoints once its export is verified and in
+    ``models/<stage>`` (by default they are deleted: nothing reads them again)."""
     early_stopping_patience: int | None = Field(None, ge=1)
     """Stop the stage once the validation loss has not improved by ``early_stopping_min_delta``
     for this many validations in a row; the model at that step is exported. Default: off."""

@@ -154,15 +154,14 @@ def export_tolerance(method: str, bf16: bool) -> float:
 
 def export_verified(engine, cfg: TrainingConfig, worker: Worker, check_batch: dict,
                     model_dir: str, bf16: bool, summary: TrainingSummary, out: Path,
-                    marker: str):
+                    marker: str) -> None:
     """Export the trained engine to ``out`` and prove the export by reloading it (every rank
-    calls it: it holds collectives); rank 0 returns the export as a Ray ``Checkpoint``, with
-    ``summary`` (its export check filled in) written into ``marker``, the other ranks None.
+    calls it: it holds collectives); rank 0 writes ``summary`` (its export check filled in)
+    into ``out / marker``.
 
     Raises ``ExportError`` when a reloaded model's loss on ``check_batch`` strays from the
     engine's beyond ``export_tolerance``.
     """
-    import ray.train
     from transformers import AutoTokenizer
 
     is_lora = cfg.method != "full"  # an adapter method
@@ -172,7 +171,7 @@ def export_verified(engine, cfg: TrainingConfig, worker: Worker, check_batch: di
     trained_loss = batch_loss(engine, check_batch)
     export(engine, cfg.zero_stage, is_lora, out, worker.rank)  # a collective
     if not worker.is_main:
-        return None
+        return
     dtype = torch.bfloat16 if bf16 else torch.float32
     tolerance = export_tolerance(cfg.method, bf16)
     checks = []
@@ -194,4 +193,3 @@ def export_verified(engine, cfg: TrainingConfig, worker: Worker, check_batch: di
     worker.print("export verified: " + ", ".join(
         f"{c['what']} loss {c['reloaded_loss']:.6g} (trained {c['trained_loss']:.6g})"
         for c in checks))
-    return ray.train.Checkpoint.from_directory(out)

@@ -41,15 +41,22 @@ the stage's ``TrainingSummary``."""
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Train one stage; report metrics and checkpoints to Ray Train; export on rank 0.
+    """Train one stage into its run's dir in storage (checkpoints, then the verified export
+    from rank 0); with ``report_validation`` (a sweep's trial), report each validation to Ray
+    Train. A stage already exported is left as it is.
 
-    Starts from the latest checkpoint when Ray Train has one (a restart after a failure, or a
-    resumed run), so the same step, lr and data position continue.
+    Starts from the run's latest checkpoint when it has one (a restart after a failure, or a
+    resumed run), so the same step, lr and data position continue. Called once per stage,
+    in a worker group of its own or in one that trains stage after stage (``pool.py``).
     """
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
     cfg = TrainingConfig.model_validate(config["training"])
+    storage, run_name = config["storage"], config["run_name"]
+    latest = ckpt.latest(storage, run_name)
+    if latest is not None and latest[1].get("exported"):
+        return  # exported before this worker group restarted; the driver collects it
     worker = Worker.from_ray_train()
     if not worker.cuda:
         # On a CPU the worker's memory is the process's: see keep_mmap_threshold.
@@ -68,7 +75,7 @@ def train_loop_per_worker(config: dict) -> None:
     placement = worker.placement()
     worker.print(describe_stage(cfg, config, worker, plan, mixture, total_steps,
                                 train["input_ids"].shape[1], n_params, n_trainable, placement))
-    state = resume(engine, cfg, worker, plan, placement, len(mixture.names))
+    state = resume(engine, cfg, worker, plan, placement, len(mixture.names), storage, run_name)
     start_step = state.step
     pairs = (PairObjective.start(engine, cfg, train, val, worker, state)
              if cfg.kind != "sft" else None)
@@ -137,7 +144,7 @@ def train_loop_per_worker(config: dict) -> None:
             break
         if cfg.checkpoint_every_steps and (step + 1) % cfg.checkpoint_every_steps == 0 and not last:
             state.train_s = clock.train_s()
-            save_checkpoint(engine, worker, state, exclude_frozen=cfg.method != "full")
+            save_checkpoint(engine, worker, state, cfg, storage, run_name)
 
     state.train_s = clock.train_s()
     summary = build_summary(cfg, worker, plan, mixture, state, clock, train, val,
@@ -147,17 +154,28 @@ def train_loop_per_worker(config: dict) -> None:
     check_batch = worker.to_device(val if val is not None else train, np.array([0]))
     # A preference row is [chosen | rejected]: its chosen half is one sequence.
     width = cfg.seq_len if pairs is not None else 512
-    check_batch = {k: v[:, :width] for k, v in check_batch.items()}
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = export_verified(engine, cfg, worker, check_batch, config["model_dir"],
-                                     config["bf16"], summary, Path(tmp) / "model", EXPORT_MARKER)
-        if tracker is not None:
-            tracker.close()
-        ray.train.report(
-            {"step": summary.steps, "world_size": worker.world_size,
-             "global_batch_size": plan.global_batch_size, "exported": True},
-            checkpoint=checkpoint, checkpoint_dir_name="export",
-        )
+    export_stage(engine, cfg, config, worker, summary,
+                 {k: v[:, :width] for k, v in check_batch.items()}, plan.global_batch_size)
+    if tracker is not None:
+        tracker.close()
+
+
+def export_stage(engine, cfg: TrainingConfig, config: dict, worker: Worker,
+                 summary: TrainingSummary, check_batch: dict, global_batch_size: int) -> None:
+    """Export the trained model, verified, into the run's ``export`` dir in storage (rank 0;
+    every rank takes part) and record it as the run's latest checkpoint."""
+    storage, run_name = config["storage"], config["run_name"]
+    if worker.is_main:  # the export of an attempt that died before recording it
+        ckpt.discard(storage, run_name, ckpt.EXPORT_DIR)
+    with (ckpt.writing(storage, run_name, ckpt.EXPORT_DIR) if worker.is_main
+          else tempfile.TemporaryDirectory()) as out:
+        export_verified(engine, cfg, worker, check_batch, config["model_dir"], config["bf16"],
+                        summary, Path(out), EXPORT_MARKER)
+    if worker.is_main:
+        ckpt.commit(storage, run_name, ckpt.EXPORT_DIR,
+                    {"step": summary.steps, "world_size": worker.world_size,
+                     "global_batch_size": global_batch_size, "exported": True},
+                    cfg.checkpoint_keep)
 
 
 def start_engine(cfg: TrainingConfig, config: dict, worker: Worker,
@@ -217,14 +235,14 @@ def describe_stage(cfg: TrainingConfig, config: dict, worker: Worker, plan: Batc
 
 
 def resume(engine, cfg: TrainingConfig, worker: Worker, plan: BatchPlan,
-           placement: list[dict], n_tasks: int) -> ckpt.TrainState:
-    """The state to start from: Ray Train's latest checkpoint, loaded into ``engine`` (a
-    collective), or a fresh start."""
+           placement: list[dict], n_tasks: int, storage: str, run_name: str) -> ckpt.TrainState:
+    """The state to start from: the run's latest checkpoint in storage, loaded into
+    ``engine`` (a collective), or a fresh start."""
     state = ckpt.TrainState(worker.world_size, plan.global_batch_size,
                             task_counts=[0] * n_tasks)
-    restored = ray.train.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as d:
+    latest = ckpt.latest(storage, run_name)
+    if latest is not None:
+        with ckpt.open_checkpoint(storage, run_name, latest[0]).as_directory() as d:
             state = ckpt.load(engine, Path(d), worker.rank, worker.world_size,
                               exclude_frozen=cfg.method != "full")
         state.task_counts = state.task_counts or [0] * n_tasks
@@ -241,17 +259,21 @@ def report_validation(state: ckpt.TrainState, metrics: dict) -> None:
                       "val_loss": metrics["val_loss"]})
 
 
-def save_checkpoint(engine, worker: Worker, state: ckpt.TrainState, exclude_frozen: bool) -> None:
-    """A resumable checkpoint of every rank at ``state.step`` (a collective)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt.save(engine, Path(tmp), worker.rank, state, exclude_frozen=exclude_frozen)
-        # Every rank reports its own files; Ray merges them into one checkpoint dir.
-        ray.train.report(
-            {"step": state.step, "world_size": state.world_size,
-             "global_batch_size": state.global_batch_size},
-            checkpoint=ray.train.Checkpoint.from_directory(tmp),
-            checkpoint_dir_name=ckpt.checkpoint_dir_name(state.step),
-        )
+def save_checkpoint(engine, worker: Worker, state: ckpt.TrainState, cfg: TrainingConfig,
+                    storage: str, run_name: str) -> None:
+    """A resumable checkpoint of every rank at ``state.step`` into the run's dir in storage
+    (collectives), recorded as the latest once every rank has written its part."""
+    name = ckpt.checkpoint_dir_name(state.step)
+    if worker.is_main:  # what an attempt killed while writing this step left
+        ckpt.discard(storage, run_name, name)
+    worker.barrier()
+    with ckpt.writing(storage, run_name, name, worker.rank) as directory:
+        ckpt.save(engine, directory, worker.rank, state, exclude_frozen=cfg.method != "full")
+    worker.barrier()  # every rank's files are in storage
+    if worker.is_main:
+        ckpt.commit(storage, run_name, name,
+                    {"step": state.step, "world_size": state.world_size,
+                     "global_batch_size": state.global_batch_size}, cfg.checkpoint_keep)
 
 
 @dataclass

@@ -6,6 +6,7 @@ starts), except ``gpu_memory_bytes``, which asks one GPU node of the cluster.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -352,18 +353,26 @@ def check_batch(cfg: TrainingConfig, world_size: int, n_train_sequences: int) ->
 
 
 @ray.remote(num_gpus=1, num_cpus=0)
-def _device_memory() -> int:
-    return int(torch.cuda.get_device_properties(0).total_memory)
+def _device() -> tuple[str, int]:
+    return torch.cuda.get_device_name(0), int(torch.cuda.get_device_properties(0).total_memory)
 
 
-def gpu_memory_bytes(timeout_s: float = 60.0) -> int | None:
-    """Total memory of one GPU of the connected cluster; None without GPUs or on timeout."""
+@functools.cache
+def gpu_device(timeout_s: float = 60.0) -> tuple[str, int] | None:
+    """(name, total memory in bytes) of one GPU of the connected cluster, asked of a GPU
+    node once per driver; None without GPUs or on timeout."""
     if ray.cluster_resources().get("GPU", 0) < 1:
         return None
-    ref = _device_memory.remote()
+    ref = _device.remote()
     try:
         return ray.get(ref, timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
         # Every GPU is busy: report the estimate alone rather than wait.
         ray.cancel(ref, force=True)
         return None
+
+
+def gpu_memory_bytes(timeout_s: float = 60.0) -> int | None:
+    """Total memory of one GPU of the connected cluster; None without GPUs or on timeout."""
+    found = gpu_device(timeout_s)
+    return found[1] if found is not None else None

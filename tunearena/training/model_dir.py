@@ -129,11 +129,12 @@ def read_config(model_dir: Path) -> dict:
     return _read_json(model_dir / "config.json")
 
 
-def check_model_dir(model: str, trust_remote_code: bool = False) -> None:
+def check_model_dir(model: str, trust_remote_code: bool = False, weights: bool = True) -> None:
     """Fail before any worker starts when ``model.base`` cannot be loaded as it is.
 
     A local dir must hold a readable ``config.json`` and complete weights whose shapes fit
-    it (``weights.check_weights``), and ship no code unless ``trust_remote_code``. A hub id is
+    it (``weights.check_weights``; not with ``weights=False``, for planning from the config
+    alone), and ship no code unless ``trust_remote_code``. A hub id is
     checked the same way in its cached snapshot; offline and not cached, it is refused with
     how to get it. A hub id that is not cached while online is left to ``from_pretrained``.
     """
@@ -156,6 +157,9 @@ def check_model_dir(model: str, trust_remote_code: bool = False) -> None:
     if config.is_dir():
         raise ModelDirError(f"model dir {path}: config.json is a directory, not a file")
     found = [f for f in WEIGHT_FILES if (path / f).exists()]
+    if not weights:
+        check_custom_code(path, trust_remote_code)
+        return
     if not found:
         raise ModelDirError(
             f"model dir {path} has no weights (expected one of {', '.join(WEIGHT_FILES)})")

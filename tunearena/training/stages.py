@@ -8,6 +8,7 @@ take those directories rather than the whole run.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,8 @@ from tunearena.training.summary import ReplaySummary, TrainingSummary
 
 if TYPE_CHECKING:
     from tunearena.cluster.preflight import Check
+    from tunearena.training.estimate import TrainingEstimate
+    from tunearena.training.pool import WorkerPool
 
 # What results.json keeps of each stage's summary when a run has several stages.
 STAGE_RESULT_FIELDS = (
@@ -31,6 +34,7 @@ STAGE_RESULT_FIELDS = (
     "train_s", "final_train_loss", "final_val_loss", "val_loss_by_task", "mix", "replay",
     "data", "history", "export_check", "parameters", "trainable_parameters",
     "peak_gpu_memory_mb", "peak_rss_mb", "kind", "reward_accuracy", "reward_margin", "sweep",
+    "estimate",
 )
 
 
@@ -167,15 +171,16 @@ def stop_ids(model_dir: str) -> set[int]:
 
 def preflight_checks(base: str, training: TrainingConfig, cluster: ClusterConfig, storage: str,
                      n_train_sequences: int, first: bool = True, tokenizer: Any = None,
-                     chat_template: bool = False) -> list[Check]:
+                     chat_template: bool = False, pool: WorkerPool | None = None) -> list[Check]:
     """The preflight checks of one stage of fine-tuning ``base``, each a pass or a fail with
     its fix.
 
     The cheap checks (batch arithmetic, resources, memory, and with ``tokenizer`` the EOS
     and chat-template round trip, the template being used for ``instruction`` records too
     when ``chat_template``) go first; storage seen from every node and an all-reduce
-    across the placed workers follow only when those pass, and only when ``first`` (the
-    cluster does not change between stages).
+    across the placed workers (``pool``'s, the group that then trains, when given) follow
+    only when those pass, and only when ``first`` (the cluster does not change between
+    stages).
     """
     from tunearena.cluster.preflight import check_collective, check_resources, check_storage
     from tunearena.cluster.ray_cluster import resolve_use_gpu
@@ -199,8 +204,32 @@ def preflight_checks(base: str, training: TrainingConfig, cluster: ClusterConfig
         checks.append(check_tokenizer(tokenizer, {d.format for d in training.datasets},
                                       stop_ids(base), chat_template))
     if all(c.ok for c in checks) and first:
-        checks += [check_storage(storage), check_collective(cluster, use_gpu, storage)]
+        checks += [check_storage(storage), check_collective(cluster, use_gpu, storage, pool=pool)]
     return checks
+
+
+def stage_estimate(base: str, training: TrainingConfig, cluster: ClusterConfig,
+                   n_train_sequences: int, width: int, usd_per_gpu_hour: float,
+                   gpu: str | None = None) -> TrainingEstimate | None:
+    """The stage's training time and cost on the cluster's GPUs (``gpu``: on GPUs of that
+    kind, without asking the cluster), for ``n_train_sequences`` sequences an epoch padded to
+    ``width`` tokens; None on CPU workers."""
+    from tunearena.cluster.ray_cluster import resolve_use_gpu
+    from tunearena.training.batch import BatchPlan
+    from tunearena.training.estimate import estimate_training
+    from tunearena.training.memory import gpu_device, model_shape
+
+    if gpu is None:
+        found = gpu_device() if resolve_use_gpu(cluster) else None
+        if found is None:
+            return None
+        gpu = found[0]
+    plan = BatchPlan(training.micro_batch_size, training.grad_accum_steps, cluster.num_workers)
+    steps = plan.total_steps(n_train_sequences, training.epochs, training.max_steps)
+    shape = model_shape(base, training if training.method != "full" else None)
+    gpus = max(1, math.ceil(cluster.num_workers * cluster.gpus_per_worker))
+    return estimate_training(gpu, gpus, steps, plan.global_batch_size, width, shape.total_params,
+                             shape.trainable_params, training.method, usd_per_gpu_hour)
 
 
 @dataclass(frozen=True)
@@ -255,36 +284,52 @@ def load_stage(stage: Stage, stages: list[Stage], base: str, run_dir: Path,
 
 def train_stage(loaded: LoadedStage, cluster: ClusterConfig, run_name: str, storage: str,
                 out_dir: Path, data_report: dict, console: Console, fresh: bool = True,
-                check_cluster: bool = True) -> TrainingSummary:
-    """Check that a loaded stage fits the cluster (``check_stage``), then train it as Ray
-    Train run ``run_name`` (Ray must be initialised) into ``out_dir``.
+                check_cluster: bool = True, pool: WorkerPool | None = None,
+                usd_per_gpu_hour: float = 0.0) -> TrainingSummary:
+    """Check that a loaded stage fits the cluster (``check_stage``), then train it as run
+    ``run_name`` in ``storage`` (Ray must be initialised) into ``out_dir``, on ``pool`` (a
+    warm worker group, ``pool.py``) when given.
 
     ``fresh`` drops the run's old checkpoints first, so nothing is restored; otherwise the
-    stage continues from them. The summary records where the stage started, what it replayed
-    and ``data_report`` (``stage_record``)."""
+    stage continues from them. Once the export is in ``out_dir``, the resumable checkpoints
+    are deleted unless ``checkpoint_keep_on_success``. The summary records where the stage
+    started, what it replayed, ``data_report`` (``stage_record``) and, on GPUs, the time and
+    cost estimated before it trained (at ``usd_per_gpu_hour``)."""
     from tunearena.training import checkpoint
+    from tunearena.training.estimate import estimate_line
     from tunearena.training.trainer import run_stage
 
     if fresh:
         checkpoint.clear(storage, run_name)
-    check_stage(loaded, cluster, storage, console, check_cluster)
+    check_stage(loaded, cluster, storage, console, check_cluster, pool)
+    estimate = stage_estimate(loaded.base, loaded.training, cluster, loaded.mixture.epoch_size,
+                              loaded.data[0].input_ids.shape[1], usd_per_gpu_hour)
+    if estimate is not None:
+        console.print(estimate_line(loaded.stage.name, estimate, "GPU"), highlight=False)
     summary = run_stage(run_name, loaded.model_dir, loaded.training, cluster, out_dir, storage,
-                        data=loaded.data, mixture=loaded.mixture, init_adapter=loaded.init_adapter)
+                        data=loaded.data, mixture=loaded.mixture, init_adapter=loaded.init_adapter,
+                        pool=pool)
     if summary.resumed_from_step:
         console.print(f"resumed training from step {summary.resumed_from_step}")
-    return stage_record(loaded, summary, out_dir, data_report)
+    if not loaded.training.checkpoint_keep_on_success:
+        freed = checkpoint.drop_resumable(storage, run_name)
+        if freed:
+            console.print(f"[dim]removed the stage's resumable checkpoints ({freed / 1e6:.1f} MB; "
+                          "checkpoint_keep_on_success keeps them)[/dim]")
+    return stage_record(loaded, summary.model_copy(update={"estimate": estimate}), out_dir,
+                        data_report)
 
 
 def check_stage(loaded: LoadedStage, cluster: ClusterConfig, storage: str, console: Console,
-                check_cluster: bool) -> None:
+                check_cluster: bool, pool: WorkerPool | None = None) -> None:
     """Preflight a loaded stage against the cluster, printing every check on ``console``;
     ``PreflightError`` when one failed. ``check_cluster`` adds the cluster-wide checks
-    (storage, a collective), needed once per cluster."""
+    (storage, a collective on ``pool``'s workers when given), needed once per cluster."""
     from tunearena.cluster.preflight import PreflightError, format_checks
 
     checks = preflight_checks(loaded.base, loaded.training, cluster, storage,
                               loaded.mixture.epoch_size, check_cluster, loaded.tokenizer,
-                              loaded.chat_template)
+                              loaded.chat_template, pool)
     console.print(format_checks(checks), highlight=False, markup=False, soft_wrap=True)
     if not all(c.ok for c in checks):
         raise PreflightError(checks)
@@ -316,7 +361,8 @@ def training_results(trained: dict[str, TrainingSummary], chosen: str, order: li
                      selection: dict | None, usd_per_device_hour: float, per_stage: bool,
                      ) -> dict[str, Any]:
     """What ``results.json`` holds of training: ``training`` (the ``chosen`` stage's summary,
-    the one the ``ft`` arms use), ``cost`` (device hours and dollars of every stage) and,
+    the one the ``ft`` arms use), ``cost`` (device hours and dollars of every stage, and what
+    they were estimated at before training when every stage was) and,
     with ``per_stage`` (a run of named stages), each stage's cost and ``stages``."""
     summary = trained[chosen]
     # A swept stage cost every trial's time, the stopped ones included.
@@ -333,6 +379,10 @@ def training_results(trained: dict[str, TrainingSummary], chosen: str, order: li
             "usd_per_device_hour": usd_per_device_hour,
         },
     }
+    estimates = [t.estimate for t in trained.values()]
+    if estimates and all(e is not None for e in estimates):
+        out["cost"]["estimate"] = {"device_hours": sum(e.device_hours for e in estimates if e),
+                                   "usd": sum(e.usd for e in estimates if e)}
     if per_stage:
         out["cost"]["per_stage"] = {name: {"device_hours": h, "usd": h * usd_per_device_hour}
                                     for name, h in hours.items()}

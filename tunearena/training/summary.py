@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from tunearena.training.estimate import TrainingEstimate
+
 
 class _Record(BaseModel):
     """Unknown keys are an error: a renamed field must fail where it is read, not later."""
@@ -161,6 +163,8 @@ class TrainingSummary(_Record):
     sweep: SweepSummary | None = None
     """A swept stage's trials and the choice among them (the rest of this summary is the
     chosen trial's)."""
+    estimate: TrainingEstimate | None = None
+    """The time and cost estimated before the stage trained (GPU runs; ``estimate.py``)."""
 
     @property
     def median_step_s(self) -> float:

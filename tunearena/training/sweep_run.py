@@ -61,14 +61,6 @@ class TrialResult:
         return self.status == "finished"
 
 
-class _ValidationsToTune(TuneReportCallback):
-    """Pass on the workers' validation reports only: the checkpoint reports carry no loss."""
-
-    def after_report(self, run_context, metrics, checkpoint):
-        if metrics and "val_loss" in metrics[0]:
-            super().after_report(run_context, metrics, None)
-
-
 def placeable_trials(cluster: ClusterConfig, use_gpu: bool, resources: dict[str, float]) -> int:
     """How many trials' worker groups ``resources`` (the cluster's totals) hold at once."""
     need: dict[str, float] = {"CPU": cluster.num_workers * cluster.cpus_per_worker}
@@ -148,21 +140,19 @@ def _trial(params: dict[str, Any], *, name: str, model_dir: str, training: dict[
     stops it; a finished trial's export lands in ``out_root/<trial id>``."""
     from ray import tune
 
-    from tunearena.training.trainer import _collect_export, _trainer
+    from tunearena.training.trainer import collect_export, trial_trainer
 
     trial_id = trial_label(tune.get_context().get_trial_id())
     if (Path(out_root) / f"{trial_id}.json").is_file():
         return  # exported before the driver stopped, but not yet marked done by Tune
     cfg = TrainingConfig.model_validate(apply_trial(training, params))
     # A stable name: a restored trial's Train run continues from its own checkpoints.
-    trainer = _trainer(f"{name}-{trial_id}", model_dir, cfg, cluster, storage, data, mixture,
-                       init_adapter, use_gpu, None, callbacks=[_ValidationsToTune()])
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"trial {trial_id} finished without an exported model")
-    with result.checkpoint.as_directory() as exported:
-        summary = _collect_export(f"{name}-{trial_id}", Path(exported),
-                                  Path(out_root) / trial_id)
+    run = f"{name}-{trial_id}"
+    result = trial_trainer(run, model_dir, cfg, cluster, storage, data, mixture, init_adapter,
+                           use_gpu, callbacks=[TuneReportCallback()]).fit()
+    if result.error is not None:
+        raise result.error
+    summary = collect_export(run, storage, Path(out_root) / trial_id)
     (Path(out_root) / f"{trial_id}.json").write_text(summary.model_dump_json())
 
 
@@ -179,7 +169,9 @@ def trial_label(trial_id: str) -> str:
 
 
 def _trial_result(result, out_root: Path) -> TrialResult:
-    trial_id = Path(result.path).name
+    # The dir is the trial's label, unless Tune found one of that name already (a trial the
+    # driver was starting when it died, restored as pending): then a suffix follows "_".
+    trial_id = Path(result.path).name.split("_", 1)[0]
     metrics = result.metrics or {}
     summary_file = out_root / f"{trial_id}.json"
     summary = (TrainingSummary.model_validate_json(summary_file.read_text())

@@ -88,6 +88,10 @@ class Worker:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.tolist()
 
+    def barrier(self) -> None:
+        """Wait until every rank gets here (a collective)."""
+        dist.barrier()
+
     def placement(self) -> list[dict]:
         """Every rank's node, process and device, gathered on every rank (in rank order)."""
         here = {"rank": self.rank, "node_ip": ray.util.get_node_ip_address(),

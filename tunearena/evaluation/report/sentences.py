@@ -165,7 +165,13 @@ def cost_sentence(cost: Cost | None) -> str | None:
     rate = cost.usd_per_device_hour
     at = f" at ${rate:g} per hour" if rate is not None else ""
     device = cost.device or "device"
-    return f"Fine-tuning used {cost.device_hours:.3g} {device}-hours, about ${cost.usd:.2f}{at}."
+    sentence = f"Fine-tuning used {cost.device_hours:.3g} {device}-hours, about ${cost.usd:.2f}{at}"
+    e = cost.estimate
+    if e is None or not e.device_hours:
+        return sentence + "."
+    return (f"{sentence}; it was estimated at {e.device_hours:.3g} {device}-hours (${e.usd:.2f}) "
+            f"before launch, so it took {cost.device_hours / e.device_hours:.2f} times the "
+            "estimate (start-up, validation and export are not in the estimate).")
 
 
 def dropped_prompts_sentence(lengths: PromptLengths | None) -> str | None:

@@ -27,7 +27,7 @@ Stage = StageSummary | StageRecord
 _TEXT_COLUMNS = ("stage", "starts from", "method", "stopped early", "task")
 _TRAINING_COLUMNS = ("stage", "starts from", "method", "steps", "stopped early", "train time (s)",
                      "final train loss", "final val loss", "held-out reward accuracy",
-                     "held-out reward margin", "device-hours", "USD")
+                     "held-out reward margin", "device-hours", "USD", "estimated device-hours")
 _METHOD_COLUMNS = ("stage", "method", "trainable parameters", "share trained",
                    "peak memory (MB)", "train time (s)", "domain gain (points)",
                    "largest general drop (points)")
@@ -177,6 +177,7 @@ def _training_row(stage: str, s: Stage | None, cost: StageCost | None) -> list[s
         fmt.number(s.reward_margin, "+.3f"),
         fmt.number(cost.device_hours if cost else None, ".3g"),
         fmt.number(cost.usd if cost else None, ".2f"),
+        fmt.number(s.estimate.device_hours if s.estimate else None, ".3g"),
     ]
 
 
