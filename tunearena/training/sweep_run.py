@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray.tune.integration.ray_train import TuneReportCallback
-
 from tunearena.cluster.config import ClusterConfig
 from tunearena.errors import UserError
 from tunearena.training.config import TrainingConfig
@@ -139,6 +137,7 @@ def _trial(params: dict[str, Any], *, name: str, model_dir: str, training: dict[
     """One trial: the stage's trainer with the trial's settings, to its end or until ASHA
     stops it; a finished trial's export lands in ``out_root/<trial id>``."""
     from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
 
     from tunearena.training.trainer import collect_export, trial_trainer
 
