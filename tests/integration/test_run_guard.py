@@ -25,6 +25,9 @@ import yaml
 pytestmark = pytest.mark.slow
 
 MAX_STEPS = 60  # long enough that a signal sent at step 1 lands in training
+# The first driver of the two-driver test trains on while a second one starts (seconds) and is
+# refused: 60 steps of the tiny model take about a second.
+GUARDED_STEPS = 3000
 HINT = "interrupted; completed steps are kept (rerun with --resume)"
 
 
@@ -155,7 +158,8 @@ def test_sigterm_in_training_exits_143_and_marks_the_step_interrupted(config, tm
 
 
 def test_a_second_driver_is_refused_while_the_first_trains_unharmed(config, tmp_path):
-    first = Driver(config, tmp_path / "runs", name="first")
+    first = Driver(config, tmp_path / "runs", "--set", f"training.max_steps={GUARDED_STEPS}",
+                   "--set", "training.checkpoint_every_steps=1000", name="first")
     try:
         first.wait_for_training()
         second = subprocess.run(
@@ -171,5 +175,5 @@ def test_a_second_driver_is_refused_while_the_first_trains_unharmed(config, tmp_
     finally:
         first.kill()
     train = first.steps()["train"]
-    assert train["status"] == "done" and train["outputs"]["steps"] == MAX_STEPS
+    assert train["status"] == "done" and train["outputs"]["steps"] == GUARDED_STEPS
     assert (first.run_dir / "models" / "ft" / "model.safetensors").is_file()
