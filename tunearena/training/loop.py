@@ -33,7 +33,7 @@ from tunearena.training.preference_loop import PairObjective
 from tunearena.training.summary import TrainingSummary
 from tunearena.training.throughput import mfu
 from tunearena.training.tracking import Tracker
-from tunearena.training.worker import Worker, keep_mmap_threshold
+from tunearena.training.worker import Worker, keep_mmap_threshold, reset_peak_rss
 
 EXPORT_MARKER = "tunearena_export.json"
 """Written into a reported checkpoint that is a Hugging Face model dir (not DeepSpeed state):
@@ -58,6 +58,7 @@ def train_loop_per_worker(config: dict) -> None:
     if latest is not None and latest[1].get("exported"):
         return  # exported before this worker group restarted; the driver collects it
     worker = Worker.from_ray_train()
+    reset_peak_rss()  # a warm worker's earlier stages are not this one's peak
     if not worker.cuda:
         # On a CPU the worker's memory is the process's: see keep_mmap_threshold.
         keep_mmap_threshold()

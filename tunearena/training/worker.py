@@ -41,6 +41,26 @@ def keep_mmap_threshold() -> bool:
         return False
 
 
+def reset_peak_rss() -> None:
+    """Start this process's peak resident memory afresh at what it holds now (Linux), so a
+    stage trained in a warm worker reports its own peak, not an earlier stage's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak resident set size (VmHWM)
+    except OSError:  # not Linux: the peak stays the process's
+        pass
+
+
+def _vm_hwm_mb() -> float | None:
+    """This process's peak resident memory in MiB, from Linux's ``/proc/self/status``."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next((x for x in f if x.startswith("VmHWM:")), None)
+    except OSError:
+        return None
+    return int(line.split()[1]) / 1024 if line else None
+
+
 @dataclass(frozen=True)
 class Worker:
     """One Ray Train worker: a DeepSpeed rank on one device."""
@@ -105,13 +125,16 @@ class Worker:
         """Every rank's peak resident memory so far, in MiB, gathered on every rank (a
         collective).
 
-        The process's high-water mark (``ru_maxrss``, KiB on Linux): what the host must hold
-        for this rank at once, the imported libraries included, which preflight's estimate is
+        The process's high-water mark since the stage began (``reset_peak_rss``; Linux's
+        ``VmHWM``, else ``ru_maxrss`` since the process began): what the host must hold for
+        this rank at once, the imported libraries included, which preflight's estimate is
         compared against on CPU.
         """
-        here = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        if sys.platform == "darwin":  # bytes there
-            here /= 1024
+        here = _vm_hwm_mb()
+        if here is None:
+            here = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            if sys.platform == "darwin":  # bytes there
+                here /= 1024
         peaks: list = [None] * self.world_size
         dist.all_gather_object(peaks, here)
         return peaks
