@@ -40,6 +40,8 @@ def run_preflight(cfg: ExperimentConfig, console: Console, plan: str | None = No
     from tunearena.training.stage_data import prepare_stage_data
     from tunearena.training.stages import preflight_checks, stage_estimate, training_config
 
+    if plan is not None:
+        plan_gpu_memory_gib(plan)  # an unknown GPU kind is named before any input is read
     questions, _ = check_inputs(cfg, weights=plan is None)
     asked = {name: [q.question for q in items] for name, items in questions.items()}
     stages = cfg.resolved_stages()
@@ -89,16 +91,11 @@ def plan_stages(cfg: ExperimentConfig, stages: list, prepared: dict, gpu: str,
     True when every stage's batch holds and its configured ZeRO stage fits."""
     from rich.table import Table
 
-    from tunearena.errors import UserError
-    from tunearena.training.estimate import GPU_MEMORY_GIB, estimate_line, gpu_memory_gib
+    from tunearena.training.estimate import estimate_line
     from tunearena.training.memory import MEMORY_HEADROOM, check_batch, estimate_for
     from tunearena.training.stages import stage_estimate
-    from tunearena.training.throughput import peak_tflops
 
-    gib = gpu_memory_gib(gpu)
-    if gib is None or peak_tflops(gpu) is None:
-        raise UserError(f"--plan {gpu}: not a GPU kind whose memory and peak are known; use "
-                        f"one of {', '.join(name for name, _ in GPU_MEMORY_GIB)}")
+    gib = plan_gpu_memory_gib(gpu)
     workers = cfg.cluster.num_workers
     budget = gib * 2**30 * min(1.0, cfg.cluster.gpus_per_worker)
     table = Table(title=f"GiB per worker on {workers} x {gpu} ({gib:g} GiB, "
@@ -131,3 +128,17 @@ def plan_stages(cfg: ExperimentConfig, stages: list, prepared: dict, gpu: str,
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
     return ok
+
+
+def plan_gpu_memory_gib(gpu: str) -> float:
+    """The memory of GPU kind ``gpu``; a ``UserError`` naming the known kinds when its memory
+    or peak is not known."""
+    from tunearena.errors import UserError
+    from tunearena.training.estimate import GPU_MEMORY_GIB, gpu_memory_gib
+    from tunearena.training.throughput import peak_tflops
+
+    gib = gpu_memory_gib(gpu)
+    if gib is None or peak_tflops(gpu) is None:
+        raise UserError(f"--plan {gpu}: not a GPU kind whose memory and peak are known; use "
+                        f"one of {', '.join(name for name, _ in GPU_MEMORY_GIB)}")
+    return gib
