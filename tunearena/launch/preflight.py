@@ -92,7 +92,12 @@ def plan_stages(cfg: ExperimentConfig, stages: list, prepared: dict, gpu: str,
     from rich.table import Table
 
     from tunearena.training.estimate import estimate_line
-    from tunearena.training.memory import MEMORY_HEADROOM, check_batch, estimate_for
+    from tunearena.training.memory import (
+        MEMORY_HEADROOM,
+        check_batch,
+        estimate_memory_per_worker,
+        model_shape,
+    )
     from tunearena.training.stages import stage_estimate
 
     gib = plan_gpu_memory_gib(gpu)
@@ -107,10 +112,12 @@ def plan_stages(cfg: ExperimentConfig, stages: list, prepared: dict, gpu: str,
     for stage in stages:
         t, data = stage.training, prepared[stage.name]
         bf16 = t.precision != "fp32"
+        # The model's shape is one for every ZeRO stage: built once, from its config alone.
+        shape = model_shape(cfg.model.base, t if t.method != "full" else None)
         cells = []
         for z in range(4):
-            e = estimate_for(cfg.model.base, t.model_copy(update={"zero_stage": z}), workers,
-                             bf16, True)
+            e = estimate_memory_per_worker(t.model_copy(update={"zero_stage": z}), workers,
+                                           bf16, shape, True)
             fits = e.total_bytes <= MEMORY_HEADROOM * budget
             mark = "*" if z == t.zero_stage else ""
             cells.append(f"{e.total_bytes / 2**30:,.1f} {'fits' if fits else 'no'}{mark}")

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from tunearena.cluster.storage import resolve_storage
 from tunearena.errors import UserError
 
 STATE_FILE = "tunearena_state.json"
@@ -191,7 +192,7 @@ def verify_latest(storage_path: str, run_name: str, dir_name: str) -> None:
     """``verify`` the whole checkpoint ``dir_name`` of a run in storage, from the driver."""
     import pyarrow.fs
 
-    fs, root = pyarrow.fs.FileSystem.from_uri(_uri(storage_path))
+    fs, root = pyarrow.fs.FileSystem.from_uri(resolve_storage(storage_path))
     path = f"{root.rstrip('/')}/{run_name}/{dir_name}"
     verify(fs, path, path if "://" not in storage_path else
            f"{storage_path.rstrip('/')}/{run_name}/{dir_name}")
@@ -240,7 +241,7 @@ def _run_root(storage_path: str, run_name: str):
     """(pyarrow filesystem, path) of a run's dir in storage."""
     import pyarrow.fs
 
-    fs, root = pyarrow.fs.FileSystem.from_uri(_uri(storage_path))
+    fs, root = pyarrow.fs.FileSystem.from_uri(resolve_storage(storage_path))
     return fs, f"{root.rstrip('/')}/{run_name}"
 
 
@@ -271,7 +272,7 @@ def _write_record(storage_path: str, run_name: str, entries: list[dict]) -> None
     else:
         from tunearena.files import write_atomic
 
-        write_atomic(Path(_uri(storage_path)) / run_name / RECORD_FILE, text)
+        write_atomic(Path(resolve_storage(storage_path)) / run_name / RECORD_FILE, text)
 
 
 def discard(storage_path: str, run_name: str, dir_name: str) -> None:
@@ -301,7 +302,7 @@ def writing(storage_path: str, run_name: str, dir_name: str, rank: int = 0) -> I
             fs.create_dir(f"{root}/{dir_name}", recursive=True)  # a no-op on an object store
             pyarrow.fs.copy_files(tmp, f"{root}/{dir_name}", destination_filesystem=fs)
         return
-    run_dir = Path(_uri(storage_path)) / run_name
+    run_dir = Path(resolve_storage(storage_path)) / run_name
     own = run_dir / f".{dir_name}.rank{rank}"  # a dot-dir: never read as a checkpoint
     shutil.rmtree(own, ignore_errors=True)  # what a killed attempt of this rank left
     own.mkdir(parents=True)
@@ -365,7 +366,7 @@ def clear(storage_path: str, run_name: str) -> None:
     """Delete a run's checkpoints, so a fresh attempt does not restore an old one."""
     import pyarrow.fs
 
-    fs, root = pyarrow.fs.FileSystem.from_uri(_uri(storage_path))
+    fs, root = pyarrow.fs.FileSystem.from_uri(resolve_storage(storage_path))
     path = f"{root.rstrip('/')}/{run_name}"
     if fs.get_file_info(path).type == pyarrow.fs.FileType.Directory:
         fs.delete_dir(path)
@@ -376,13 +377,8 @@ def clear_prefixed(storage_path: str, prefix: str) -> None:
     trials' runs), so a fresh sweep restores none of them."""
     import pyarrow.fs
 
-    fs, root = pyarrow.fs.FileSystem.from_uri(_uri(storage_path))
+    fs, root = pyarrow.fs.FileSystem.from_uri(resolve_storage(storage_path))
     selector = pyarrow.fs.FileSelector(root.rstrip("/"), allow_not_found=True)
     for info in fs.get_file_info(selector):
         if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith(prefix):
             fs.delete_dir(info.path)
-
-
-def _uri(storage_path: str) -> str:
-    """pyarrow wants a URI or an absolute path."""
-    return storage_path if "://" in storage_path else str(Path(storage_path).resolve())

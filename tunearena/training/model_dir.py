@@ -156,10 +156,10 @@ def check_model_dir(model: str, trust_remote_code: bool = False, weights: bool =
         raise ModelDirError(f"model dir {path} has no config.json")
     if config.is_dir():
         raise ModelDirError(f"model dir {path}: config.json is a directory, not a file")
-    found = [f for f in WEIGHT_FILES if (path / f).exists()]
     if not weights:
         check_custom_code(path, trust_remote_code)
         return
+    found = [f for f in WEIGHT_FILES if (path / f).exists()]
     if not found:
         raise ModelDirError(
             f"model dir {path} has no weights (expected one of {', '.join(WEIGHT_FILES)})")
