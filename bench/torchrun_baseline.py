@@ -26,6 +26,7 @@ import torch.distributed as dist
 from tunearena.training.batch import BatchPlan
 from tunearena.training.config import TrainingConfig
 from tunearena.training.ds_config import build_ds_config, build_lr_scheduler
+from tunearena.training.memory import needs_lean_heap
 from tunearena.training.model import count_parameters, load_model
 from tunearena.training.worker import keep_mmap_threshold
 
@@ -72,10 +73,12 @@ def main() -> None:
     # As in the Ray loop: under ZeRO-3 weights are partitioned as they load.
     hf_ds_config = HfDeepSpeedConfig(ds_config) if cfg.zero_stage == 3 else None  # noqa: F841
     model = load_model(args.model_dir, cfg, bf16=False)
-    # As in the Ray loop: buckets sized to what trains, and glibc's mmap threshold fixed.
+    # As in the Ray loop: buckets sized to what trains, and glibc's mmap threshold fixed
+    # where the activations are large.
     ds_config = build_ds_config(cfg, world_size, total_steps, bf16=False,
                                 trainable_params=count_parameters(model)[1])
-    keep_mmap_threshold()
+    if needs_lean_heap(args.model_dir, cfg, world_size, use_gpu=False):
+        keep_mmap_threshold()
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=[p for p in model.parameters() if p.requires_grad],

@@ -3,12 +3,15 @@ and answer times measured (real Ray, lm-eval and the tiny random Llama)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from tunearena.cluster.config import ClusterConfig
 from tunearena.evaluation.arm import Arm
-from tunearena.evaluation.arms import ArmFailed, ArmJob, Scoring, run_arms
+from tunearena.evaluation.arms import ArmEvaluation, ArmJob, Scoring, arm_failure
 from tunearena.evaluation.benchmarks import QAItem
 from tunearena.evaluation.harness import load_model, score_model
 from tunearena.evaluation.latency import time_answers
@@ -34,10 +37,14 @@ def test_arms_as_ray_tasks_match_in_process_scores_and_keep_going_past_a_failure
     good = ArmJob(Arm.parse("base"), str(tiny_model_dir), {"mc": "mc", "gen": "gen"}, {"mc": timed})
     bad = ArmJob(Arm.parse("base+rag"), str(tiny_model_dir), {"mc": "no_such_task"})
     done, failed = {}, {}
-    with pytest.raises(ArmFailed, match=r"1 arm\(s\) failed \(base\+rag\).*no_such_task"):
-        run_arms([bad, good], scoring, use_gpu=False, cpus_per_arm=1,
-                 on_done=lambda job, result: done.update({str(job.arm): result}),
-                 on_error=lambda job, error: failed.update({str(job.arm): error}))
+    with ArmEvaluation(scoring, ClusterConfig(num_workers=1, cpus_per_worker=1),
+                       Console(quiet=True)) as arms:
+        for job in (bad, good):
+            arms.score(job, on_done=lambda job, result: done.update({str(job.arm): result}),
+                       on_error=lambda job, error: failed.update({str(job.arm): error}))
+        arms.wait()
+    assert [str(job.arm) for job, _ in arms.failed] == ["base+rag"]
+    assert re.search(r"1 arm\(s\) failed \(base\+rag\).*no_such_task", str(arm_failure(arms.failed)))
     assert list(done) == ["base"] and list(failed) == ["base+rag"]
     assert "no_such_task" in str(failed["base+rag"])
     # In a Ray worker the arm gets exactly the scores it gets in this process.

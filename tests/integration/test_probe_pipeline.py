@@ -1,5 +1,6 @@
-"""A run whose stage did not change the model stops at the probe, before any arm is scored,
-and keeps what it trained."""
+"""A run whose stage did not change the model stops at the probe, before any arm on a
+fine-tuned model is scored, and keeps what it trained (and the base's scores, scored beside
+the probe)."""
 
 from __future__ import annotations
 
@@ -47,4 +48,6 @@ def test_a_stage_equal_to_the_base_stops_the_run_at_the_probe(
     steps = json.loads((run_dir / "manifest.json").read_text())["steps"]
     assert steps["train:still"]["status"] == "done"  # what was trained is kept
     assert steps["probe"]["status"] == "failed"
-    assert not any(name.startswith("evaluate:") for name in steps)  # nothing was scored
+    # Nothing on a fine-tuned model was scored; the base's arm ran beside the probe.
+    assert not any(name.startswith("evaluate:ft") for name in steps)
+    assert steps["evaluate:base"]["status"] == "done"

@@ -299,3 +299,27 @@ def test_unknown_device_memory_reports_the_estimate_only():
     check = check_memory(estimate(training(zero_stage=0), use_gpu=False, bf16=False), None, "CPU")
     assert check.ok
     assert "GiB per worker" in check.detail and "not compared" in check.detail
+
+
+# ---------------------------------------------------------------- CPU workers' glibc heap
+
+
+def test_only_large_activations_keep_the_cpu_heap_lean(tmp_path):
+    from pathlib import Path
+
+    from transformers import LlamaConfig
+
+    from tunearena.training.memory import LEAN_HEAP_FROM_BYTES, estimate_for, needs_lean_heap
+
+    demo = str(Path(__file__).resolve().parents[2] / "examples" / "demo_world" / "base_model")
+    cfg = training(seq_len=256, micro_batch_size=4, zero_stage=2)
+    small = estimate_for(demo, cfg, 2, False, False)
+    assert small.activations_bytes + small.logits_bytes < LEAN_HEAP_FROM_BYTES
+    assert not needs_lean_heap(demo, cfg, 2, use_gpu=False)
+    # SmolLM2-135M's shape (config only: the estimate reads no weights).
+    LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                tie_word_embeddings=True).save_pretrained(tmp_path)
+    lora = training(seq_len=256, micro_batch_size=4, zero_stage=2, method="lora")
+    assert needs_lean_heap(str(tmp_path), lora, 2, use_gpu=False)
+    assert not needs_lean_heap(str(tmp_path), lora, 2, use_gpu=True)

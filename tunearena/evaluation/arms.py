@@ -115,75 +115,137 @@ def score_arm(job: ArmJob, scoring: Scoring, device: str) -> dict[str, Any]:
             "score_s": score_s, "answer_ms": answer_ms}
 
 
-def run_arms(
-    jobs: list[ArmJob],
-    scoring: Scoring,
-    use_gpu: bool,
-    cpus_per_arm: int,
-    on_done: Callable[[ArmJob, dict[str, Any]], None],
-    on_error: Callable[[ArmJob, BaseException], None],
-) -> None:
-    """Run ``score_arm`` for every job as a Ray task (Ray must be initialised) and hand each
-    result to ``on_done`` as it arrives, each failure to ``on_error``; then raise
-    ``ArmFailed`` naming the arms that failed, if any did."""
-    import ray
+class ArmTasks:
+    """Ray tasks on the arms' resources (one GPU each on a GPU cluster, else
+    ``cpus_per_arm`` CPUs): arms, and the probe, each queued when the driver can start it;
+    ``wait`` hands each result (or failure) to its callback as it arrives, and a callback
+    may queue more. Ray must be initialised.
 
-    if not jobs:
-        return
-    # A task asking for more CPUs than any node has would wait forever.
-    cpus = max(1, min(cpus_per_arm, int(ray.cluster_resources().get("CPU", 1))))
-    remote = ray.remote(score_arm).options(num_cpus=cpus, num_gpus=1 if use_gpu else 0,
-                                           max_retries=0)
-    device = "cuda" if use_gpu else "cpu"
-    pending = {remote.remote(job, scoring, device): job for job in jobs}
-    failed: list[tuple[ArmJob, BaseException]] = []
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        job = pending.pop(ready[0])
-        try:
-            result = ray.get(ready[0])
-        except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError,
-                ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError) as e:
-            cause = root_cause(e)
-            failed.append((job, cause))
-            on_error(job, cause)
-            continue
-        on_done(job, result)
-    if failed:
-        raise arm_failure(failed) from None
+    No more tasks are started than the cluster can run at once, so a task queued later but
+    marked ``first`` (one that other arms wait for) starts before the others queued: Ray's
+    own queue would start them in the order they came."""
+
+    def __init__(self, scoring: Scoring, use_gpu: bool, cpus_per_arm: int):
+        import ray
+
+        self.scoring, self.device = scoring, "cuda" if use_gpu else "cpu"
+        resources = ray.cluster_resources()
+        # A task asking for more CPUs than any node has would wait forever.
+        cpus = max(1, min(cpus_per_arm, int(resources.get("CPU", 1))))
+        self.options = {"num_cpus": cpus, "num_gpus": 1 if use_gpu else 0, "max_retries": 0}
+        self.slots = max(1, int(resources.get("GPU", 0)) if use_gpu
+                         else int(resources.get("CPU", 1)) // cpus)
+        self.queue: list[tuple[bool, Callable, tuple, Callable, Callable]] = []
+        self.pending: dict[Any, tuple[Callable[[Any], None],
+                                      Callable[[BaseException], None]]] = {}
+
+    def call(self, fn: Callable, args: tuple, on_done: Callable[[Any], None],
+             on_error: Callable[[BaseException], None], first: bool = False) -> None:
+        """Queue ``fn(*args, device)`` as a task (``device``: ``cuda`` or ``cpu``); ``first``:
+        ahead of the tasks queued without it."""
+        self.queue.append((first, fn, args, on_done, on_error))
+        self._start()
+
+    def score(self, job: ArmJob, on_done: Callable[[ArmJob, dict[str, Any]], None],
+              on_error: Callable[[ArmJob, BaseException], None], first: bool = False) -> None:
+        """Queue ``score_arm`` on ``job``."""
+        self.call(score_arm, (job, self.scoring),
+                  lambda result: on_done(job, result), lambda error: on_error(job, error), first)
+
+    def _start(self) -> None:
+        import ray
+
+        while self.queue and len(self.pending) < self.slots:
+            entry = next((e for e in self.queue if e[0]), self.queue[0])
+            self.queue.remove(entry)
+            _, fn, args, on_done, on_error = entry
+            ref = ray.remote(fn).options(**self.options).remote(*args, self.device)
+            self.pending[ref] = (on_done, on_error)
+
+    def wait(self, after: Callable[[], None] = lambda: None) -> None:
+        """Until no task is queued or in flight, calling ``after`` once each result or
+        failure is handled (it may queue more tasks)."""
+        import ray
+
+        while self.pending:
+            ready, _ = ray.wait(list(self.pending), num_returns=1)
+            on_done, on_error = self.pending.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError,
+                    ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError) as e:
+                on_error(root_cause(e))
+            else:
+                on_done(result)
+            after()
+            self._start()
 
 
-def evaluate_arms(jobs: list[ArmJob], evaluation: EvaluationConfig, cluster: ClusterConfig,
-                  task_dir: Path, console: Console,
-                  on_done: Callable[[ArmJob, dict[str, Any]], None],
-                  on_error: Callable[[ArmJob, BaseException], None],
-                  chat_template: bool = False) -> None:
-    """Score ``jobs`` side by side with ``run_arms`` (one GPU each on a GPU cluster), showing
-    each arm's progress and scores on ``console`` (prompts through the chat template when
-    ``chat_template``); raises ``ArmFailed`` as ``run_arms`` does."""
-    from rich.markup import escape
+class ArmEvaluation:
+    """Arms scored with ``scoring`` as Ray tasks (``ArmTasks``), with their progress and scores
+    on ``console``: ``score`` an arm's job, or ``call`` a task on the same resources (the
+    probe), whenever it is ready; ``wait`` until none is queued or in flight; ``failed`` holds
+    the arms that failed. ``ensure_ray`` is called before the first task is queued. A
+    context manager (the progress display)."""
 
-    from tunearena.cluster.ray_cluster import resolve_use_gpu
+    def __init__(self, scoring: Scoring, cluster: ClusterConfig, console: Console,
+                 ensure_ray: Callable[[], None] = lambda: None):
+        self.scoring = scoring
+        self.cluster, self.console, self.ensure_ray = cluster, console, ensure_ray
+        self.tasks: ArmTasks | None = None
+        self.progress = ArmProgress(console)
+        self.failed: list[tuple[ArmJob, BaseException]] = []
 
-    use_gpu = resolve_use_gpu(cluster)
-    console.rule(f"[bold]evaluate: {', '.join(str(j.arm) for j in jobs)}")
-    console.print(f"{len(jobs)} arm(s) as Ray tasks, "
-                  + ("one GPU each" if use_gpu else f"{cluster.cpus_per_worker} CPU(s) each"))
+    def __enter__(self) -> ArmEvaluation:
+        return self
 
-    def done(job: ArmJob, result: dict[str, Any]) -> None:
-        on_done(job, result)
-        progress.finish(job.arm, f"done in {result['score_s']:.1f} s")
-        console.print(f"[green]✓ evaluate:{job.arm}[/green] in {result['score_s']:.1f} s: "
-                      f"{scores_line(result['samples'])}")
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
 
-    def failed(job: ArmJob, error: BaseException) -> None:
-        on_error(job, error)
-        progress.finish(job.arm, "[red]failed[/red]")
-        console.print(f"[bold red]✗ evaluate:{job.arm}: {escape(str(error))}[/bold red]")
+    def _tasks(self) -> ArmTasks:
+        if self.tasks is None:
+            from tunearena.cluster.ray_cluster import resolve_use_gpu
 
-    with ArmProgress(console, [j.arm for j in jobs]) as progress:
-        run_arms(jobs, Scoring.of(evaluation, task_dir, chat_template), use_gpu,
-                 cluster.cpus_per_worker, done, failed)
+            self.ensure_ray()
+            use_gpu = resolve_use_gpu(self.cluster)
+            self.tasks = ArmTasks(self.scoring, use_gpu, self.cluster.cpus_per_worker)
+            self.console.print(
+                "arms as Ray tasks, " + ("one GPU each" if use_gpu
+                                         else f"{self.cluster.cpus_per_worker} CPU(s) each"))
+            self.progress.start()
+        return self.tasks
+
+    def call(self, fn: Callable, args: tuple, on_done: Callable[[Any], None],
+             on_error: Callable[[BaseException], None], first: bool = False) -> None:
+        """Queue ``fn(*args, device)`` as a task (``ArmTasks.call``)."""
+        self._tasks().call(fn, args, on_done, on_error, first)
+
+    def score(self, job: ArmJob, on_done: Callable[[ArmJob, dict[str, Any]], None],
+              on_error: Callable[[ArmJob, BaseException], None], first: bool = False) -> None:
+        """Queue ``job``'s scoring (``ArmTasks.score``): its scores go to the console and
+        ``on_done``, a failure to ``failed`` and ``on_error``."""
+        from rich.markup import escape
+
+        def done(job: ArmJob, result: dict[str, Any]) -> None:
+            on_done(job, result)
+            self.progress.finish(job.arm, f"done in {result['score_s']:.1f} s")
+            self.console.print(f"[green]✓ evaluate:{job.arm}[/green] in "
+                               f"{result['score_s']:.1f} s: {scores_line(result['samples'])}")
+
+        def failed(job: ArmJob, error: BaseException) -> None:
+            self.failed.append((job, error))
+            on_error(job, error)
+            self.progress.finish(job.arm, "[red]failed[/red]")
+            self.console.print(f"[bold red]✗ evaluate:{job.arm}: {escape(str(error))}[/bold red]")
+
+        tasks = self._tasks()
+        self.progress.add(job.arm)
+        tasks.score(job, done, failed, first)
+
+    def wait(self, after: Callable[[], None] = lambda: None) -> None:
+        """Until no task is in flight (``ArmTasks.wait``)."""
+        if self.tasks is not None:
+            self.tasks.wait(after)
 
 
 @dataclass
@@ -195,41 +257,11 @@ class ArmScores:
     latency: dict[str, dict] = field(default_factory=dict)
     selection: dict | None = None
     probe: dict | None = None
-    """The probe's record (``evaluation.probe.run_probe``) when stages were probed."""
+    """The probe's record (prompts, tolerance, each stage's change) when stages were
+    probed."""
 
     def add(self, arm: Arm, samples: dict, latency: dict) -> None:
         self.samples[str(arm)], self.latency[str(arm)] = samples, latency
-
-
-def score_in_order(arms: list[Arm], stages: list[str], select: bool,
-                   evaluation: EvaluationConfig, console: Console,
-                   score: Callable[[list[Arm], str | None], ArmScores]) -> ArmScores:
-    """Score ``arms`` with ``score(arms, selected_stage)``: every arm whose model exists now
-    first, side by side; the stage the plain ``ft`` arms use is known only once every stage
-    is scored (chosen by ``choose_stage`` when ``select``, else the last of ``stages``), so
-    they go last. Returns the scores of every arm, with the selection when ``select``."""
-    from rich.markup import escape
-
-    scores = score([a for a in arms if not (a.model == "ft" and a.stage is None)], None)
-    selected = stages[-1] if stages else None
-    if select:
-        scores.selection = choose_stage(scores.samples, stages, evaluation.benchmarks,
-                                        evaluation.forgetting_tolerance)
-        console.print(escape(scores.selection["rule"]))  # "ft is stage <name>: <why>"
-        if scores.selection.get("warning"):
-            console.print(f"[bold red]WARNING: {escape(scores.selection['warning'])}[/bold red]")
-        selected = scores.selection["selected"]
-    later = []
-    for arm in [a for a in arms if a.model == "ft" and a.stage is None]:
-        same = str(arm.at_stage(selected)) if selected else None
-        if same in scores.samples:
-            # The same model as its stage's arm: its scores, not a second scoring.
-            scores.add(arm, scores.samples[same], scores.latency[same])
-        else:
-            later.append(arm)
-    more = score(later, selected)
-    return ArmScores(scores.samples | more.samples, scores.latency | more.latency,
-                     scores.selection)
 
 
 def write_arm_tasks(benchmarks: Sequence[BenchmarkConfig], questions: dict[str, list[QAItem]],
@@ -379,23 +411,28 @@ def retrieval_effect(samples: dict[str, dict]) -> dict[str, dict]:
 
 class ArmProgress:
     """The driver's view of arms being scored: one line per arm (running, then done or
-    failed, with its time) under an overall bar. Use as a context manager."""
+    failed, with its time) under an overall bar, an arm added as it starts."""
 
-    def __init__(self, console: Console, arms: Sequence[Arm]):
+    def __init__(self, console: Console):
         self.progress = Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
             TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
             console=console, transient=False)
-        self.overall = self.progress.add_task("all arms", total=len(arms), status="")
-        self.lines = {arm: self.progress.add_task(f"  {arm}", total=1, status="running")
-                      for arm in arms}
+        self.overall = self.progress.add_task("all arms", total=0, status="")
+        self.lines: dict[Arm, Any] = {}
+        self.started = False
 
-    def __enter__(self) -> ArmProgress:
+    def start(self) -> None:
         self.progress.start()
-        return self
+        self.started = True
 
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+    def stop(self) -> None:
+        if self.started:
+            self.progress.stop()
+
+    def add(self, arm: Arm) -> None:
+        self.lines[arm] = self.progress.add_task(f"  {arm}", total=1, status="running")
+        self.progress.update(self.overall, total=len(self.lines))
 
     def finish(self, arm: Arm, status: str) -> None:
         """Mark ``arm`` finished with ``status`` (e.g. ``done in 12.3 s``)."""

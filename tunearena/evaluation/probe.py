@@ -89,16 +89,3 @@ def probe_prompts(task_rows: Sequence[Sequence[dict]], n: int = PROBE_PROMPTS) -
     for rows in task_rows:
         prompts += [row["prompt"] for row in rows if isinstance(row.get("prompt"), str)]
     return (prompts + list(FALLBACK_PROMPTS))[:max(n, 1)]
-
-
-def run_probe(base_dir: str, stage_dirs: Mapping[str, str], prompts: Sequence[str],
-              use_gpu: bool) -> dict:
-    """``probe_stages`` as one Ray task (on a GPU when the arms get one; Ray must be
-    initialised), then ``check_probe``; returns what results.json records of it."""
-    import ray
-
-    remote = ray.remote(probe_stages).options(num_gpus=1 if use_gpu else 0, max_retries=0)
-    changes = ray.get(remote.remote(base_dir, dict(stage_dirs), list(prompts),
-                                    "cuda" if use_gpu else "cpu"))
-    check_probe(changes, stage_dirs)
-    return {"prompts": len(prompts), "tolerance": PROBE_TOLERANCE, "changes": changes}

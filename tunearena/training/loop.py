@@ -59,8 +59,8 @@ def train_loop_per_worker(config: dict) -> None:
         return  # exported before this worker group restarted; the driver collects it
     worker = Worker.from_ray_train()
     reset_peak_rss()  # a warm worker's earlier stages are not this one's peak
-    if not worker.cuda:
-        # On a CPU the worker's memory is the process's: see keep_mmap_threshold.
+    if not worker.cuda and config.get("lean_heap"):
+        # On a CPU the worker's memory is the process's: see memory.needs_lean_heap.
         keep_mmap_threshold()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     torch.manual_seed(cfg.seed)

@@ -285,6 +285,26 @@ def estimate_for(model_dir: str, cfg: TrainingConfig, world_size: int, bf16: boo
     return estimate_memory_per_worker(cfg, world_size, bf16, shape, use_gpu)
 
 
+LEAN_HEAP_FROM_BYTES = 256 * 1024**2
+"""The estimated activations and logits from which a CPU worker keeps glibc's mmap threshold
+fixed (``worker.keep_mmap_threshold``). glibc's heap can keep about what a step frees, so
+below this it keeps little, while a fixed threshold maps fresh pages for every tensor over
+128 KiB: the demo's 1.1M-parameter steps took 1.6 times as long with it (268 ms against
+168 ms, the same loss); SmolLM2-135M LoRA at micro-batch 4 held 5.2 GiB per worker without
+it against 3.6 GiB with it."""
+
+
+def needs_lean_heap(model_dir: str, cfg: TrainingConfig, world_size: int,
+                    use_gpu: bool) -> bool:
+    """Whether CPU workers training ``model_dir`` on ``cfg`` should keep glibc's mmap
+    threshold fixed: their estimated activations and logits reach
+    ``LEAN_HEAP_FROM_BYTES``. Never on GPUs, whose activations are not the process's."""
+    if use_gpu:
+        return False
+    e = estimate_for(model_dir, cfg, world_size, False, False)
+    return e.activations_bytes + e.logits_bytes >= LEAN_HEAP_FROM_BYTES
+
+
 def _levers(e: MemoryEstimate) -> list[str]:
     """Settings that lower GPU memory and are not in use yet, cheapest first."""
     levers = []

@@ -24,6 +24,7 @@ from tunearena.training.config import Stage, TrainingConfig
 from tunearena.training.data import TokenizedSplit
 from tunearena.training.failures import TrainingFailedError, stage_failure
 from tunearena.training.loop import EXPORT_MARKER, train_loop_per_worker
+from tunearena.training.memory import needs_lean_heap
 from tunearena.training.mixture import Mixture
 from tunearena.training.model_dir import ModelDirError, check_model_dir  # noqa: F401 (re-exported)
 from tunearena.training.pool import WorkerPool
@@ -111,7 +112,9 @@ def run_stage(
     with StageProgress(name) as progress, ExitStack() as stack:
         workers = pool or stack.enter_context(WorkerPool(cluster, storage, use_gpu))
         config = stage_config(name, model_dir, cfg, storage, data, mixture, init_adapter,
-                              use_gpu, progress.queue)
+                              use_gpu, progress.queue,
+                              lean_heap=needs_lean_heap(model_dir, cfg, cluster.num_workers,
+                                                        use_gpu))
         try:
             workers.run(train_loop_per_worker, config)
         except TrainingFailedError as err:  # Ray's wording and frames: say it in ours
@@ -122,10 +125,11 @@ def run_stage(
 def stage_config(name: str, model_dir: str, cfg: TrainingConfig, storage: str,
                  data: tuple[TokenizedSplit, TokenizedSplit | None], mixture: Mixture,
                  init_adapter: Path | None, use_gpu: bool, progress,
-                 report_validation: bool = False) -> dict:
+                 report_validation: bool = False, lean_heap: bool = False) -> dict:
     """What ``train_loop_per_worker`` reads of one stage; ``progress`` is the queue rank 0
     puts its log lines in (None: rank 0 prints them). With ``report_validation`` (a sweep's
-    trial), every rank also reports each validation loss to Ray Train."""
+    trial), every rank also reports each validation loss to Ray Train. ``lean_heap``: CPU
+    workers keep glibc's mmap threshold fixed (``memory.needs_lean_heap``)."""
     train, val = data
     return {
         "training": cfg.model_dump(mode="json"),
@@ -140,6 +144,7 @@ def stage_config(name: str, model_dir: str, cfg: TrainingConfig, storage: str,
         "init_adapter": str(init_adapter) if init_adapter is not None else None,
         "progress": progress,
         "report_validation": report_validation,
+        "lean_heap": lean_heap,
     }
 
 
@@ -152,8 +157,10 @@ def trial_trainer(name: str, model_dir: str, cfg: TrainingConfig, cluster: Clust
     # Ctrl-C and SIGTERM stay the driver's to handle (see cluster/interruptible.py).
     return InterruptibleTorchTrainer(
         train_loop_per_worker,
-        train_loop_config=stage_config(name, model_dir, cfg, storage, data, mixture,
-                                       init_adapter, use_gpu, None, report_validation=True),
+        train_loop_config=stage_config(
+            name, model_dir, cfg, storage, data, mixture, init_adapter, use_gpu, None,
+            report_validation=True,
+            lean_heap=needs_lean_heap(model_dir, cfg, cluster.num_workers, use_gpu)),
         scaling_config=scaling_config(cluster, use_gpu),
         # Ray Train V2's RunConfig; type checkers see the V1 class that `ray.train` swaps out.
         run_config=RunConfig(  # type: ignore[call-arg]

@@ -28,7 +28,9 @@ def keep_mmap_threshold() -> bool:
     heap, whose holes it never returns: SmolLM2-135M LoRA at micro-batch 4 held 1.2 GiB more
     than its live tensors. Fixed at glibc's initial 128 KiB, every larger tensor is mapped
     and unmapped, and the process holds what it uses (what preflight estimates). The cost
-    is fresh pages per large tensor, small beside a CPU step. A no-op where glibc is absent.
+    is fresh pages per large tensor: small beside a large model's step, but a small model's
+    step takes 1.6 times as long, so a stage asks for this only when its activations are
+    large (``memory.needs_lean_heap``). A no-op where glibc is absent.
     """
     import ctypes
     import ctypes.util
