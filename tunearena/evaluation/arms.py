@@ -13,7 +13,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -28,6 +28,9 @@ from tunearena.evaluation.report.numbers import primary_score, sample_track
 from tunearena.evaluation.results import PRIMARY_METRIC
 from tunearena.evaluation.tasks import task_rows
 from tunearena.remote_code import trust_remote_code
+
+if TYPE_CHECKING:
+    from tunearena.training.pool import WorkerPool
 
 
 @dataclass(frozen=True)
@@ -115,34 +118,80 @@ def score_arm(job: ArmJob, scoring: Scoring, device: str) -> dict[str, Any]:
             "score_s": score_s, "answer_ms": answer_ms}
 
 
-class ArmTasks:
-    """Ray tasks on the arms' resources (one GPU each on a GPU cluster, else
-    ``cpus_per_arm`` CPUs): arms, and the probe, each queued when the driver can start it;
-    ``wait`` hands each result (or failure) to its callback as it arrives, and a callback
-    may queue more. Ray must be initialised.
+class RayTasks:
+    """Where arms run without warm workers: a Ray task each, on the arms' resources (one GPU
+    each on a GPU cluster, else ``cpus_per_arm`` CPUs). Ray must be initialised."""
 
-    No more tasks are started than the cluster can run at once, so a task queued later but
-    marked ``first`` (one that other arms wait for) starts before the others queued: Ray's
-    own queue would start them in the order they came."""
-
-    def __init__(self, scoring: Scoring, use_gpu: bool, cpus_per_arm: int):
+    def __init__(self, use_gpu: bool, cpus_per_arm: int):
         import ray
 
-        self.scoring, self.device = scoring, "cuda" if use_gpu else "cpu"
+        self.device = "cuda" if use_gpu else "cpu"
         resources = ray.cluster_resources()
         # A task asking for more CPUs than any node has would wait forever.
         cpus = max(1, min(cpus_per_arm, int(resources.get("CPU", 1))))
         self.options = {"num_cpus": cpus, "num_gpus": 1 if use_gpu else 0, "max_retries": 0}
         self.slots = max(1, int(resources.get("GPU", 0)) if use_gpu
                          else int(resources.get("CPU", 1)) // cpus)
+
+    def post(self, fn: Callable, args: tuple) -> Any:
+        import ray
+
+        return ray.remote(fn).options(**self.options).remote(*args, self.device)
+
+    def finished(self, posted: list) -> list[tuple[Any, bool, Any]]:
+        import ray
+
+        ready, _ = ray.wait(posted, num_returns=1)
+        try:
+            return [(ready[0], True, ray.get(ready[0]))]
+        except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError,
+                ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError) as e:
+            return [(ready[0], False, root_cause(e))]
+
+    def close(self, wait: bool = True) -> None:
+        pass
+
+
+class PoolTasks:
+    """Where arms run once a run has trained: on its warm worker group
+    (``training.pool.serve_tasks``), a task at a time per rank, on the rank's device."""
+
+    def __init__(self, pool: WorkerPool):
+        self.pool, self.slots = pool, pool.slots
+        pool.start_tasks()
+        self.closed = False
+
+    def post(self, fn: Callable, args: tuple) -> Any:
+        return self.pool.post_task(fn, args)
+
+    def finished(self, posted: list) -> list[tuple[Any, bool, Any]]:
+        return self.pool.finished_tasks()
+
+    def close(self, wait: bool = True) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pool.close_tasks(wait)
+
+
+class ArmTasks:
+    """Arms, and the probe, each queued when the driver can start it, run by ``runner``
+    (``RayTasks`` or ``PoolTasks``); ``wait`` hands each result (or failure) to its callback
+    as it arrives, and a callback may queue more.
+
+    No more tasks are started than the runner can run at once, so a task queued later but
+    marked ``first`` (one that other arms wait for) starts before the others queued: Ray's
+    own queue would start them in the order they came."""
+
+    def __init__(self, scoring: Scoring, runner: RayTasks | PoolTasks):
+        self.scoring, self.runner = scoring, runner
         self.queue: list[tuple[bool, Callable, tuple, Callable, Callable]] = []
         self.pending: dict[Any, tuple[Callable[[Any], None],
                                       Callable[[BaseException], None]]] = {}
 
     def call(self, fn: Callable, args: tuple, on_done: Callable[[Any], None],
              on_error: Callable[[BaseException], None], first: bool = False) -> None:
-        """Queue ``fn(*args, device)`` as a task (``device``: ``cuda`` or ``cpu``); ``first``:
-        ahead of the tasks queued without it."""
+        """Queue ``fn(*args, device)`` as a task (``device``: where it runs, ``cuda``,
+        ``cuda:N`` or ``cpu``); ``first``: ahead of the tasks queued without it."""
         self.queue.append((first, fn, args, on_done, on_error))
         self._start()
 
@@ -153,44 +202,38 @@ class ArmTasks:
                   lambda result: on_done(job, result), lambda error: on_error(job, error), first)
 
     def _start(self) -> None:
-        import ray
-
-        while self.queue and len(self.pending) < self.slots:
+        while self.queue and len(self.pending) < self.runner.slots:
             entry = next((e for e in self.queue if e[0]), self.queue[0])
             self.queue.remove(entry)
             _, fn, args, on_done, on_error = entry
-            ref = ray.remote(fn).options(**self.options).remote(*args, self.device)
-            self.pending[ref] = (on_done, on_error)
+            self.pending[self.runner.post(fn, args)] = (on_done, on_error)
 
     def wait(self, after: Callable[[], None] = lambda: None) -> None:
         """Until no task is queued or in flight, calling ``after`` once each result or
         failure is handled (it may queue more tasks)."""
-        import ray
-
         while self.pending:
-            ready, _ = ray.wait(list(self.pending), num_returns=1)
-            on_done, on_error = self.pending.pop(ready[0])
-            try:
-                result = ray.get(ready[0])
-            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError,
-                    ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError) as e:
-                on_error(root_cause(e))
-            else:
-                on_done(result)
-            after()
-            self._start()
+            for key, ok, value in self.runner.finished(list(self.pending)):
+                on_done, on_error = self.pending.pop(key)
+                if ok:
+                    on_done(value)
+                else:
+                    on_error(value)
+                after()
+                self._start()
+        self.runner.close()
 
 
 class ArmEvaluation:
-    """Arms scored with ``scoring`` as Ray tasks (``ArmTasks``), with their progress and scores
-    on ``console``: ``score`` an arm's job, or ``call`` a task on the same resources (the
-    probe), whenever it is ready; ``wait`` until none is queued or in flight; ``failed`` holds
-    the arms that failed. ``ensure_ray`` is called before the first task is queued. A
-    context manager (the progress display)."""
+    """Arms scored with ``scoring`` (``ArmTasks``), with their progress and scores on
+    ``console``: ``score`` an arm's job, or ``call`` a task on the same resources (the probe),
+    whenever it is ready; ``wait`` until none is queued or in flight; ``failed`` holds the
+    arms that failed. The tasks run on ``pool``, the run's warm workers, while it is alive,
+    else as Ray tasks. ``ensure_ray`` is called before the first task is queued. A context
+    manager (the progress display)."""
 
     def __init__(self, scoring: Scoring, cluster: ClusterConfig, console: Console,
-                 ensure_ray: Callable[[], None] = lambda: None):
-        self.scoring = scoring
+                 ensure_ray: Callable[[], None] = lambda: None, pool: WorkerPool | None = None):
+        self.scoring, self.pool = scoring, pool
         self.cluster, self.console, self.ensure_ray = cluster, console, ensure_ray
         self.tasks: ArmTasks | None = None
         self.progress = ArmProgress(console)
@@ -201,6 +244,8 @@ class ArmEvaluation:
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
+        if self.tasks is not None:  # stopped early: the workers finish what they hold
+            self.tasks.runner.close(wait=False)
 
     def _tasks(self) -> ArmTasks:
         if self.tasks is None:
@@ -208,10 +253,14 @@ class ArmEvaluation:
 
             self.ensure_ray()
             use_gpu = resolve_use_gpu(self.cluster)
-            self.tasks = ArmTasks(self.scoring, use_gpu, self.cluster.cpus_per_worker)
-            self.console.print(
-                "arms as Ray tasks, " + ("one GPU each" if use_gpu
-                                         else f"{self.cluster.cpus_per_worker} CPU(s) each"))
+            each = "one GPU each" if use_gpu else f"{self.cluster.cpus_per_worker} CPU(s) each"
+            if self.pool is not None and self.pool.alive:
+                runner: RayTasks | PoolTasks = PoolTasks(self.pool)
+                self.console.print(f"arms on the {self.pool.slots} training worker(s), {each}")
+            else:
+                runner = RayTasks(use_gpu, self.cluster.cpus_per_worker)
+                self.console.print(f"arms as Ray tasks, {each}")
+            self.tasks = ArmTasks(self.scoring, runner)
             self.progress.start()
         return self.tasks
 

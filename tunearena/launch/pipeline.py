@@ -324,7 +324,8 @@ class Pipeline:
         trained = {s.name: self._step(step("train", s), stage_key(cfg, s, stages),
                                       partial(train, s, prepared[s.name]),
                                       load=TrainingSummary.model_validate) for s in stages}
-        ray.release()  # scoring's tasks need the workers' CPUs and GPUs
+        if not self.cfg.evaluation.enabled:
+            ray.release()  # otherwise the same workers score the arms
         return trained
 
     def prepare(self, stage: Stage, questions: dict[str, list[str]],
@@ -447,8 +448,9 @@ class Pipeline:
                            self.console, probed=probing)
         refused: list[BaseException] = []
         self.console.rule(f"[bold]evaluate: {', '.join(str(a) for a in arms)}")
-        with scoring.ArmEvaluation(self._scoring(), cfg.cluster, self.console,
-                                   ray.ensure) as evaluation:
+        # On the workers that trained, while they are up (a run that trained just now).
+        with scoring.ArmEvaluation(self._scoring(), cfg.cluster, self.console, ray.ensure,
+                                   ray.pool) as evaluation:
             if probing:
                 order.scores.probe = self.probe(stages, tasks, evaluation, order, refused)
 

@@ -11,6 +11,10 @@ the workers: their placement, their process group, and their restart after a fai
 ``cluster.max_failures`` over the group's life), after which every rank takes the unfinished
 job again; a training job resumes from its run's latest checkpoint in storage
 (``checkpoint.py``), so a restarted stage continues where it was.
+
+Once training is done the same workers score the arms (``serve_tasks``): each rank takes one
+task after another from the desk (an arm, or the probe) and runs it on its own device, so
+scoring starts no processes, loads no libraries again and asks for no resources of its own.
 """
 
 from __future__ import annotations
@@ -42,6 +46,14 @@ class Job:
     config: dict
 
 
+@dataclass(frozen=True)
+class Task:
+    id: int
+    payload: bytes | None
+    """``(fn, args)`` pickled by the driver, run as ``fn(*args, device)`` on one rank; None:
+    the ranks stop taking tasks. Pickled, so the desk never imports what a task runs."""
+
+
 @ray.remote(num_cpus=0)
 class _Desk:
     """The jobs posted to a worker group, what rank 0 returned of each, and which ranks have
@@ -58,6 +70,13 @@ class _Desk:
         self.started: set[int] = set()
         self.posted = 0
         self.changed = asyncio.Event()
+        self.tasks: dict[int, Task] = {}
+        """Tasks posted and not yet taken, by id."""
+        self.taken: dict[int, tuple[int, Task]] = {}
+        """Tasks a rank is running: (rank, task) by id."""
+        self.finished: list[tuple[int, bool, Any]] = []
+        """(id, whether it succeeded, its value or error) not yet collected by the driver."""
+        self.tasks_closed = False
 
     def _change(self) -> None:
         self.changed.set()  # wakes every waiter; later ones wait on a fresh event
@@ -95,6 +114,49 @@ class _Desk:
     async def ranks_started(self) -> int:
         return len(self.started)
 
+    async def post_task(self, task: Task) -> None:
+        self.tasks[task.id] = task
+        self._change()
+
+    async def take_task(self, rank: int, fresh: bool, wait_s: float) -> Task | None:
+        """The next task for ``rank`` (one without a payload once the tasks are closed and
+        none is left); None after ``wait_s``. ``fresh``: the rank has just started, so a task it
+        held was lost with its process (the group restarted): it goes back in the queue."""
+        if fresh:
+            for task_id, (holder, task) in list(self.taken.items()):
+                if holder == rank:
+                    del self.taken[task_id]
+                    self.tasks[task_id] = task
+
+        def first() -> Task | None:
+            if self.tasks:
+                return self.tasks[min(self.tasks)]
+            return Task(-1, None) if self.tasks_closed else None
+
+        task = await self._until(first, wait_s)
+        if task is not None and task.payload is not None:
+            del self.tasks[task.id]
+            self.taken[task.id] = (rank, task)
+        return task
+
+    async def finish_task(self, task_id: int, ok: bool, value: Any) -> None:
+        if self.taken.pop(task_id, None) is not None:
+            self.finished.append((task_id, ok, value))
+            self._change()
+
+    async def finished_tasks(self, wait_s: float) -> list[tuple[int, bool, Any]]:
+        """The tasks finished since the last call (waiting up to ``wait_s`` for one)."""
+        found = await self._until(lambda: self.finished or None, wait_s)
+        self.finished = []
+        return found or []
+
+    async def open_tasks(self) -> None:
+        self.tasks_closed = False
+
+    async def close_tasks(self) -> None:
+        self.tasks_closed = True
+        self._change()
+
 
 def serve(config: dict) -> None:
     """Each rank's loop: take the next job, run it, (rank 0) post its value; until closed."""
@@ -114,6 +176,60 @@ def serve(config: dict) -> None:
             ray.get(desk.finish.remote(job.id, value))
         done = job.id
         _release_memory()
+
+
+def serve_tasks(config: dict) -> None:
+    """Each rank's loop while the group scores: take a task, run it on this rank's device,
+    post its value (or its error); until the driver closes the tasks. A job of the group
+    (``WorkerPool.start_tasks``)."""
+    import pickle
+
+    import ray.train
+    import ray.train.torch
+
+    desk = config["desk"]
+    rank = ray.train.get_context().get_world_rank()
+    device = str(ray.train.torch.get_device())  # "cpu", or this rank's "cuda:N"
+    fresh = True
+    while True:
+        task = ray.get(desk.take_task.remote(rank, fresh, WAIT_S))
+        fresh = False
+        if task is None:
+            continue
+        if task.payload is None:
+            return
+        try:
+            with _one_process():
+                fn, args = ray.cloudpickle.loads(task.payload)
+                ok, value = True, fn(*args, device)
+            del fn, args
+        except Exception as err:  # noqa: BLE001 (the driver's to report, with the task's)
+            ok, value = False, err
+            try:
+                pickle.dumps(err)
+            except Exception:  # noqa: BLE001 (an error that cannot travel: its text does)
+                value = RuntimeError(f"{type(err).__name__}: {err}")
+        ray.get(desk.finish_task.remote(task.id, ok, value))
+        del task, value  # what the task held goes before the next
+        _release_memory()
+
+
+DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+"""What Ray Train sets for a rank's process group, which a task's libraries must not see:
+lm-eval returns results only where ``LOCAL_RANK`` is 0, so rank 1 would score nothing."""
+
+
+@contextlib.contextmanager
+def _one_process():
+    """A task is one process's work: the rank's distributed variables are hidden while it
+    runs, and put back for the group's next job."""
+    import os
+
+    saved = {k: os.environ.pop(k) for k in DISTRIBUTED_ENV if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def _release_memory() -> None:
@@ -147,6 +263,7 @@ class WorkerPool:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._aborted = False
+        self._tasks_job = self._task_ids = 0
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -201,10 +318,19 @@ class WorkerPool:
         """Run ``fn(config)`` on every rank, starting the group if it is not running; rank 0's
         return value. A group that failed past ``max_failures`` raises Ray Train's error;
         ``PoolTimeout`` past ``timeout_s``. Ctrl-C (``KeyboardInterrupt``) stops the group."""
+        return self.wait(self.start(fn, config), timeout_s)
+
+    def start(self, fn: Callable[[dict], Any], config: dict) -> int:
+        """Post ``fn(config)`` for every rank, starting the group if it is not running; the
+        job's id, for ``wait``."""
         if not self.alive:
             self._start()
         assert self._desk is not None
-        job_id = ray.get(self._desk.post.remote(fn, config))
+        return ray.get(self._desk.post.remote(fn, config))
+
+    def wait(self, job_id: int, timeout_s: float | None = None) -> Any:
+        """Rank 0's return value of job ``job_id``, as ``run`` says."""
+        assert self._desk is not None
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
             while True:
@@ -221,6 +347,46 @@ class WorkerPool:
         except KeyboardInterrupt:
             self._abort()
             raise
+
+    @property
+    def slots(self) -> int:
+        """How many tasks the group runs at once: one per rank."""
+        return self.cluster.num_workers
+
+    def start_tasks(self) -> None:
+        """Let every rank take tasks (``serve_tasks``) until ``close_tasks``."""
+        if not self.alive:
+            self._start()
+        ray.get(self._desk.open_tasks.remote())
+        self._tasks_job = self.start(serve_tasks, {"desk": self._desk})
+
+    def post_task(self, fn: Callable, args: tuple) -> int:
+        """Queue ``fn(*args, device)`` for the next free rank; the task's id."""
+        self._task_ids += 1
+        payload = ray.cloudpickle.dumps((fn, args))
+        ray.get(self._desk.post_task.remote(Task(self._task_ids, payload)))
+        return self._task_ids
+
+    def finished_tasks(self) -> list[tuple[int, bool, Any]]:
+        """(id, whether it succeeded, its value or error) of the tasks finished since the last
+        call, waiting a little for one. Raises the group's error if it failed past
+        ``max_failures``; Ctrl-C stops the group."""
+        try:
+            found = ray.get(self._desk.finished_tasks.remote(WAIT_S))
+        except KeyboardInterrupt:
+            self._abort()
+            raise
+        if not found and not self.alive:
+            raise self._error or RuntimeError("the worker group ended while it scored")
+        return found
+
+    def close_tasks(self, wait: bool = True) -> None:
+        """Stop the ranks taking tasks, once they finish those they hold (``wait``: until
+        they have)."""
+        if self.alive:
+            ray.get(self._desk.close_tasks.remote())
+            if wait:
+                self.wait(self._tasks_job)
 
     def close(self, wait_s: float = 30) -> None:
         """Let the workers finish and exit (or stop them after ``wait_s``; at once after an
