@@ -31,8 +31,7 @@ def _order(arm_names: list[str], select: bool, probed: bool = False) -> ScoreOrd
 def _score(order: ScoreOrder, ready: list[tuple[Arm, str | None]], fail: str = "") -> None:
     for arm, selected in ready:
         if str(arm) == fail:
-            order.fail(arm)
-            continue
+            continue  # failed: never added
         domain, general = ACC[str(arm.at_stage(selected) if selected else arm).split("+")[0]]
         order.add(arm, {"domain_qa": _rows(domain), "general_qa": _rows(general)},
                   {"model": str(arm.at_stage(selected)) if selected else str(arm)})
@@ -79,7 +78,7 @@ def test_a_failed_stage_arm_holds_back_the_arms_its_choice_decides():
     scores, batches = _run(order, fail="ft@s2")
     assert batches == [["base", "ft@s1", "ft@s2"]]
     assert scores.selection is None
-    assert [str(a) for a in order.unscored] == ["ft@s2", "ft+rag"]
+    assert list(scores.samples) == ["base", "ft@s1"]  # ft+rag never handed out
 
 
 def test_without_selection_ft_is_the_last_stage():

@@ -91,9 +91,9 @@ class EvaluationConfig(StrictModel):
     """Questions per benchmark timed one at a time (retrieval plus the model's answer) for
     each arm's latency p50/p95; 0 skips the timing."""
     probe: bool = True
-    """Before scoring, stop the run if a fine-tuned stage's next-token log-probabilities on
-    the probe prompts equal the base's (an adapter never applied, the base exported again);
-    turn it off only for stages meant to leave the base unchanged."""
+    """Before any arm on a fine-tuned model is scored, stop the run if a stage's next-token
+    log-probabilities on the probe prompts equal the base's (an adapter never applied, the
+    base exported again); turn it off only for stages meant to leave the base unchanged."""
     limit: int | None = Field(None, ge=1)
     """Score only the first N questions of each benchmark (a smoke switch)."""
     batch_size: int = Field(32, ge=1)

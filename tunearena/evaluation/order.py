@@ -25,7 +25,8 @@ from tunearena.evaluation.config import EvaluationConfig
 
 class ScoreOrder:
     """The arms of one evaluation, handed out by ``ready()`` as their inputs become ready;
-    the caller scores each and reports it with ``add`` (or ``fail``). ``probed``: the stages'
+    the caller scores each and reports its scores with ``add`` (an arm that fails is never
+    added, and the arms that wait for it are never handed out). ``probed``: the stages'
     arms wait for ``pass_probe()``. ``select``: the plain ``ft`` arms use the stage chosen
     between ``stages`` (the rule is printed on ``console``), else the last of them."""
 
@@ -36,21 +37,12 @@ class ScoreOrder:
         self.probe_passed = not probed
         self.scores = ArmScores()
         self.handed: set[Arm] = set()
-        self.failed: set[Arm] = set()
 
     def pass_probe(self) -> None:
         self.probe_passed = True
 
     def add(self, arm: Arm, samples: dict, latency: dict) -> None:
         self.scores.add(arm, samples, latency)
-
-    def fail(self, arm: Arm) -> None:
-        self.failed.add(arm)
-
-    @property
-    def unscored(self) -> list[Arm]:
-        """The arms with no scores (yet): waiting, in flight or failed."""
-        return [a for a in self.arms if str(a) not in self.scores.samples]
 
     def first(self, arm: Arm) -> bool:
         """Whether ``arm`` goes ahead of the arms queued without it: an arm on a fine-tuned

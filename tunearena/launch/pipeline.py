@@ -13,7 +13,6 @@ import platform
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,19 +35,18 @@ from tunearena.launch.keys import (
     index_key,
     prepare_key,
     retrieve_key,
-    scoring_key,
     stage_key,
     synthesis_key,
 )
 from tunearena.launch.lock import RunLock
 from tunearena.launch.manifest import Manifest, read_manifest, refuse_earlier_run
+from tunearena.launch.scoring import ArmInputs, RunScoring
 from tunearena.launch.sweeping import train_sweep
 from tunearena.training.config import Stage
 from tunearena.training.stages import load_stage, preparation_lines, prepare_stage, train_stage
 from tunearena.training.summary import TrainingSummary
 
 if TYPE_CHECKING:
-    from tunearena.evaluation.order import ScoreOrder
     from tunearena.training.pool import WorkerPool
 
 
@@ -103,16 +101,6 @@ class _Ray:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
-
-
-@dataclass(frozen=True)
-class _ArmInputs:
-    """What every arm of one scoring reads: each benchmark's task per context, the mean
-    prompt length per benchmark and context, and the retrieval times of the RAG arms."""
-
-    tasks: dict[str, dict[str, str]]
-    tokens: dict[str, dict[str, float]]
-    search_ms: dict[str, list[float]]
 
 
 class Pipeline:
@@ -431,94 +419,18 @@ class Pipeline:
 
     def evaluate(self, arms: list[Arm], stages: list[Stage], benchmarks: dict[str, list[QAItem]],
                  examples: list, retrieval: dict[str, dict], ray: _Ray) -> ArmScores:
-        """Write the tasks every arm reads, then score the arms as Ray tasks, each as soon as
-        its model may be scored (``ScoreOrder``): the base's arms beside the probe, the
-        stages' arms once it passes, the plain ft arms once their stage is chosen. An arm
-        done in an earlier attempt is reused. When an arm fails, or the probe refuses a
-        stage, the arms in flight still finish and are kept."""
-        from tunearena.evaluation.order import ScoreOrder
-
-        cfg, task_dir = self.cfg, self.run_dir / "tasks"
+        """Write the tasks every arm reads, then score the arms (``RunScoring.evaluate``: on
+        the workers that trained, while they are up) and choose the stage ``ft`` is."""
         tasks = self.write_tasks(arms, benchmarks, examples)
-        inputs = _ArmInputs(tasks, scoring.prompt_tokens(
-            cfg.model.base, task_dir, tasks, list(benchmarks), self.chat_template),
-            {name: stats["search_ms"] for name, stats in retrieval.items()})
-        probing = bool(cfg.evaluation.probe and stages and any(a.model == "ft" for a in arms))
-        order = ScoreOrder(arms, [s.name for s in stages], bool(cfg.stages), cfg.evaluation,
-                           self.console, probed=probing)
-        refused: list[BaseException] = []
-        self.console.rule(f"[bold]evaluate: {', '.join(str(a) for a in arms)}")
-        # On the workers that trained, while they are up (a run that trained just now).
-        with scoring.ArmEvaluation(self._scoring(), cfg.cluster, self.console, ray.ensure,
-                                   ray.pool) as evaluation:
-            if probing:
-                order.scores.probe = self.probe(stages, tasks, evaluation, order, refused)
+        inputs = ArmInputs(tasks, scoring.prompt_tokens(
+            self.cfg.model.base, self.run_dir / "tasks", tasks, list(benchmarks),
+            self.chat_template), {name: stats["search_ms"] for name, stats in retrieval.items()})
+        return self._scoring().evaluate(arms, [s.name for s in stages], inputs, ray.ensure,
+                                        ray.pool)
 
-            def start_ready() -> None:
-                while ready := order.ready():
-                    for arm, stage in ready:
-                        self._start_arm(evaluation, arm, arm.model_dir(
-                            cfg.model.base, self.run_dir / "models", stage), inputs, order.add,
-                            first=order.first(arm))
-
-            start_ready()
-            evaluation.wait(after=start_ready)
-        if refused:
-            raise refused[0]
-        if evaluation.failed:
-            raise scoring.arm_failure(evaluation.failed) from None
-        return order.result()
-
-    def _scoring(self) -> scoring.Scoring:
-        return scoring.Scoring.of(self.cfg.evaluation, self.run_dir / "tasks", self.chat_template)
-
-    def _start_arm(self, evaluation: scoring.ArmEvaluation, arm: Arm, model_dir: Path,
-                   inputs: _ArmInputs, then: Callable[[Arm, dict, dict], None],
-                   timed: bool = True, first: bool = False) -> None:
-        """Score ``arm`` on ``model_dir`` with ``evaluation`` (``first``: ahead of the arms
-        queued without it), recorded in the manifest and ``eval/<arm>.json``; ``then`` gets
-        its samples and latency record. An arm done in an earlier attempt, or scored while a
-        sweep chose its trial, is reused at once. ``timed``: time
-        ``evaluation.latency_questions`` answers one at a time too."""
-        if str(arm) in self.early.samples:
-            then(arm, self.early.samples[str(arm)], self.early.latency[str(arm)])
-            return
-        step, key = f"evaluate:{arm}", scoring_key(self.cfg, model_dir)
-        if self._reused(step, key):
-            then(arm, _load_json(self.run_dir / "eval" / f"{arm}.json"),
-                 self.manifest.outputs(step))
-            return
-        job = scoring.arm_job(arm, model_dir, inputs.tasks, self.run_dir / "tasks",
-                              list(inputs.tasks),
-                              self.cfg.evaluation.latency_questions if timed else 0)
-        self.manifest.start(step, key)
-
-        def done(job: scoring.ArmJob, result: dict) -> None:
-            path = self.run_dir / "eval" / f"{job.arm}.json"
-            _json(path, result["samples"])
-            outputs = scoring.arm_latency(job, result, inputs.search_ms, inputs.tokens)
-            self.manifest.finish(step, {"scores": self._rel(path)}, outputs, result["score_s"])
-            then(job.arm, result["samples"], outputs)
-
-        def failed(job: scoring.ArmJob, error: BaseException) -> None:
-            self.manifest.fail(step, f"{type(error).__name__}: {error}")
-
-        evaluation.score(job, done, failed, first)
-
-    def score_arms(self, arm_dirs: dict[Arm, Path], inputs: _ArmInputs, ray: _Ray,
-                   timed: bool = True) -> ArmScores:
-        """Score each arm's model side by side as Ray tasks (``_start_arm``); raises
-        ``ArmFailed`` once the others are done if any failed."""
-        scores = ArmScores()
-        self.console.rule(f"[bold]evaluate: {', '.join(str(a) for a in arm_dirs)}")
-        with scoring.ArmEvaluation(self._scoring(), self.cfg.cluster, self.console,
-                                   ray.ensure) as evaluation:
-            for arm, model_dir in arm_dirs.items():
-                self._start_arm(evaluation, arm, model_dir, inputs, scores.add, timed)
-            evaluation.wait()
-        if evaluation.failed:
-            raise scoring.arm_failure(evaluation.failed) from None
-        return scores
+    def _scoring(self) -> RunScoring:
+        return RunScoring(self.cfg, self.run_dir, self.manifest, self.console, self._reused,
+                          self.early, self.chat_template)
 
     def score_trials(self, stage: str, benchmarks: dict[str, list[QAItem]], ray: _Ray,
                      trial_dirs: dict[str, Path]) -> dict | None:
@@ -531,69 +443,21 @@ class Pipeline:
 
         base = Arm("base")
         tasks = self.write_tasks([base], benchmarks, [])
-        inputs = _ArmInputs(tasks, scoring.prompt_tokens(
+        inputs = ArmInputs(tasks, scoring.prompt_tokens(
             self.cfg.model.base, self.run_dir / "tasks", tasks, list(benchmarks),
             self.chat_template), {})
         if str(base) not in self.early.samples:
-            early = self.score_arms({base: Path(self.cfg.model.base)}, inputs, ray)
+            early = self._scoring().score_arms({base: Path(self.cfg.model.base)}, inputs,
+                                               ray.ensure)
             self.early.add(base, early.samples["base"], early.latency["base"])
         arms = {Arm.parse(trial_arm(stage, t)): d for t, d in trial_dirs.items()}
-        trials = self.score_arms(arms, inputs, ray, timed=False)
+        trials = self._scoring().score_arms(arms, inputs, ray.ensure, timed=False)
         samples = {"base": self.early.samples["base"]} | {
             f"ft@{t}": trials.samples[str(arm)] for arm, t in zip(arms, trial_dirs, strict=True)}
         selection = scoring.choose_stage(samples, list(trial_dirs), self.cfg.evaluation.benchmarks,
                                          self.cfg.evaluation.forgetting_tolerance,
                                          noun="trial", subject="trial")
         return selection if selection["candidates"] else None
-
-    def probe(self, stages: list[Stage], tasks: dict[str, dict[str, str]],
-              evaluation: scoring.ArmEvaluation, order: ScoreOrder,
-              refused: list[BaseException]) -> dict | None:
-        """Start the probe (a stage whose model answers exactly like the base is refused)
-        as a task beside the arms; once it passes, ``order`` lets the stages' arms go, and
-        a refusal goes into ``refused``. Returns the record of a probe passed in an earlier
-        attempt (None while this one runs: it is added to the scores when it passes)."""
-        from tunearena.evaluation.probe import (
-            PROBE_TOLERANCE,
-            ProbeError,
-            check_probe,
-            probe_prompts,
-            probe_stages,
-        )
-
-        key = scoring_key(self.cfg, self.run_dir / "models")
-        if self._reused("probe", key):
-            order.pass_probe()
-            return self.manifest.outputs("probe")
-        task_dir = self.run_dir / "tasks"
-        own = [variants[""] for variants in tasks.values()
-               if (task_dir / f"{variants['']}.jsonl").is_file()]
-        prompts = probe_prompts([scoring.task_rows(task_dir, task) for task in own])
-        stage_dirs = {s.name: str(self.run_dir / "models" / s.name) for s in stages}
-        self.manifest.start("probe", key)
-        t0 = time.perf_counter()
-
-        def done(changes: dict[str, float]) -> None:
-            try:
-                check_probe(changes, stage_dirs)
-            except ProbeError as err:
-                failed(err)
-                return
-            result = {"prompts": len(prompts), "tolerance": PROBE_TOLERANCE, "changes": changes}
-            self.manifest.finish("probe", {}, result, time.perf_counter() - t0)
-            self.console.print(f"[green]✓ probe[/green] in {time.perf_counter() - t0:.1f} s: "
-                               "every stage differs from the base on the probe prompts "
-                               f"(smallest largest change {min(changes.values()):.3g})")
-            order.scores.probe = result
-            order.pass_probe()
-
-        def failed(error: BaseException) -> None:
-            self.manifest.fail("probe", f"{type(error).__name__}: {error}")
-            refused.append(error)
-
-        evaluation.call(probe_stages, (self.cfg.model.base, stage_dirs, prompts), done, failed,
-                        first=True)
-        return None
 
     def report(self, scores: ArmScores, trained: dict[str, TrainingSummary], stages: list[Stage],
                index: dict, retrieval: dict, lengths: dict | None,
