@@ -71,18 +71,23 @@ def _load_json(path: Path) -> Any:
 class _Ray:
     """The run's one Ray session, started when a step first needs it; it serves training and
     scoring. ``checked``: the cluster-wide preflight checks (storage, collective) have passed.
-    ``workers()``: the warm worker group that trains stage after stage, started on first use
-    and kept until ``release()`` frees its resources (for a sweep's trials, or scoring)."""
+    ``workers()``: the warm worker group that trains stage after stage and then scores the
+    arms, started on first use and kept until ``release()`` frees its resources (for a
+    sweep's trials) or the session ends."""
 
     def __init__(self, cfg: ClusterConfig, stack: ExitStack, console: Console, storage: str,
                  dashboard: bool = False):
         self.cfg, self.stack, self.console, self.dashboard = cfg, stack, console, dashboard
         self.storage = storage
-        self.started = self.checked = False
+        self.started = self.checked = self.owned = False
         self.pool: WorkerPool | None = None
 
     def ensure(self) -> None:
         if not self.started:
+            import ray
+
+            # A Ray this run starts, it shuts down (a test's or a notebook's is left running).
+            self.owned = not ray.is_initialized()
             # A local Ray starts its dashboard only for a sweep (see ray_session).
             enter_ray(self.stack, self.cfg, self.console, dashboard=self.dashboard)
             self.started = True
@@ -94,13 +99,20 @@ class _Ray:
         self.ensure()
         if self.pool is None:
             self.pool = WorkerPool(self.cfg, self.storage, resolve_use_gpu(self.cfg))
-            self.stack.callback(self.release)  # before Ray shuts down (entered earlier)
+            self.stack.callback(self.end)  # before Ray shuts down (entered earlier)
         return self.pool
 
     def release(self) -> None:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+
+    def end(self) -> None:
+        """As the session ends: a Ray this run shuts down ends the group with it."""
+        if self.pool is not None and self.owned:
+            self.pool.leave()
+            self.pool = None
+        self.release()
 
 
 class Pipeline:
@@ -312,9 +324,7 @@ class Pipeline:
         trained = {s.name: self._step(step("train", s), stage_key(cfg, s, stages),
                                       partial(train, s, prepared[s.name]),
                                       load=TrainingSummary.model_validate) for s in stages}
-        if not self.cfg.evaluation.enabled:
-            ray.release()  # otherwise the same workers score the arms
-        return trained
+        return trained  # the same workers score the arms
 
     def prepare(self, stage: Stage, questions: dict[str, list[str]],
                 tokenizer: Any) -> tuple[dict, dict]:
