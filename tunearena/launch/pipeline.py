@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -49,6 +50,9 @@ from tunearena.training.summary import TrainingSummary
 if TYPE_CHECKING:
     from tunearena.training.pool import WorkerPool
 
+LEFT_JOIN_S = 30
+"""How long the run's end waits, after Ray's shutdown, for a left group's thread to end."""
+
 
 def _json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +85,7 @@ class _Ray:
         self.storage = storage
         self.started = self.checked = self.owned = False
         self.pool: WorkerPool | None = None
+        self.left: threading.Thread | None = None  # the group's driver thread, once left
 
     def ensure(self) -> None:
         if not self.started:
@@ -88,6 +93,8 @@ class _Ray:
 
             # A Ray this run starts, it shuts down (a test's or a notebook's is left running).
             self.owned = not ray.is_initialized()
+            # Entered before Ray, so run after Ray has shut down.
+            self.stack.callback(self._join_left)
             # A local Ray starts its dashboard only for a sweep (see ray_session).
             enter_ray(self.stack, self.cfg, self.console, dashboard=self.dashboard)
             self.started = True
@@ -110,9 +117,15 @@ class _Ray:
     def end(self) -> None:
         """As the session ends: a Ray this run shuts down ends the group with it."""
         if self.pool is not None and self.owned:
-            self.pool.leave()
+            self.left = self.pool.leave()
             self.pool = None
         self.release()
+
+    def _join_left(self) -> None:
+        """Ray's shutdown ends the wait of a group left running (at once, on 2 cores)."""
+        if self.left is not None:
+            self.left.join(timeout=LEFT_JOIN_S)
+            self.left = None
 
 
 class Pipeline:

@@ -404,19 +404,22 @@ class WorkerPool:
 
         remove_run_dir(resolve_storage(self.storage), self.name)
 
-    def leave(self) -> None:
+    def leave(self) -> threading.Thread | None:
         """Let the workers go as the run ends and its Ray with it: the ranks are told to exit,
         but Ray Train is not waited for to wind the group down (3 s of the demo's end on 2
         cores): Ray's shutdown ends what is left. Ray Train's record of the group is
-        removed."""
-        if self._thread is None:
-            return
+        removed. Returns the thread still waiting on Ray Train, for the caller to join once
+        Ray has shut down: no thread may be inside Ray's client as the process exits."""
+        thread = self._thread
+        if thread is None:
+            return None
         if self.alive and not self._aborted:
             self._desk.post.remote(None, {})
         self._thread = self._trainer = self._desk = None
         from tunearena.cluster.storage import remove_run_dir, resolve_storage
 
         remove_run_dir(resolve_storage(self.storage), self.name)
+        return thread
 
     def _abort(self) -> None:
         self._aborted = True
