@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import platform
-import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -50,9 +49,6 @@ from tunearena.training.summary import TrainingSummary
 if TYPE_CHECKING:
     from tunearena.training.pool import WorkerPool
 
-LEFT_JOIN_S = 30
-"""How long the run's end waits, after Ray's shutdown, for a left group's thread to end."""
-
 
 def _json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,18 +79,11 @@ class _Ray:
                  dashboard: bool = False):
         self.cfg, self.stack, self.console, self.dashboard = cfg, stack, console, dashboard
         self.storage = storage
-        self.started = self.checked = self.owned = False
+        self.started = self.checked = False
         self.pool: WorkerPool | None = None
-        self.left: threading.Thread | None = None  # the group's driver thread, once left
 
     def ensure(self) -> None:
         if not self.started:
-            import ray
-
-            # A Ray this run starts, it shuts down (a test's or a notebook's is left running).
-            self.owned = not ray.is_initialized()
-            # Entered before Ray, so run after Ray has shut down.
-            self.stack.callback(self._join_left)
             # A local Ray starts its dashboard only for a sweep (see ray_session).
             enter_ray(self.stack, self.cfg, self.console, dashboard=self.dashboard)
             self.started = True
@@ -106,26 +95,13 @@ class _Ray:
         self.ensure()
         if self.pool is None:
             self.pool = WorkerPool(self.cfg, self.storage, resolve_use_gpu(self.cfg))
-            self.stack.callback(self.end)  # before Ray shuts down (entered earlier)
+            self.stack.callback(self.release)  # before Ray shuts down (entered earlier)
         return self.pool
 
     def release(self) -> None:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
-
-    def end(self) -> None:
-        """As the session ends: a Ray this run shuts down ends the group with it."""
-        if self.pool is not None and self.owned:
-            self.left = self.pool.leave()
-            self.pool = None
-        self.release()
-
-    def _join_left(self) -> None:
-        """Ray's shutdown ends the wait of a group left running (at once, on 2 cores)."""
-        if self.left is not None:
-            self.left.join(timeout=LEFT_JOIN_S)
-            self.left = None
 
 
 class Pipeline:
