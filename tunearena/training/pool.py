@@ -37,10 +37,10 @@ from tunearena.cluster.config import ClusterConfig
 WAIT_S = 1.0
 """How long one call to the desk waits for a job or a result before the caller looks around
 (a driver checks that the group is alive, and its deadline)."""
-HEALTH_CHECK_S = "0.25"
+HEALTH_CHECK_S = "0.5"
 """How often Ray Train's controller asks the ranks how they are, unless
 ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` says otherwise. Ray's 2 s is also the wait between the
-ranks' return and the group's end: 3 s at the end of every run on 2 cores, 1 s at this."""
+ranks' return and the group's end: 3 s at the end of every run on 2 cores, 1 to 2 s at this."""
 
 
 @dataclass(frozen=True)
